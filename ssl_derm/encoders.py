@@ -1,0 +1,134 @@
+"""timm encoders behind one small interface: pooled features, dense feature maps, ``num_features``.
+
+Any timm model name works. Weights are random unless ``checkpoint`` names an encoder exported by
+``ssl-derm pretrain`` (a timm state dict in safetensors); nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+
+class EncoderError(ValueError):
+    pass
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    """timm.create_model, passing ``img_size`` only to models whose constructor takes it (ViT, Swin...)."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        kwargs.pop("img_size")
+        return timm.create_model(name, **kwargs)
+
+
+class Encoder(nn.Module):
+    """A timm backbone without classifier.
+
+    ``forward(x)``: (B, 3, H, W) float -> (B, num_features) pooled features.
+    ``forward_dense(x)``: (B, 3, H, W) -> (B, dense_dim, h, w) the last feature map (ViT tokens on their grid).
+    """
+
+    def __init__(self, model: nn.Module, name: str, img_size: int):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.img_size = img_size
+        # pooled width (mobilenetv3 has a head conv after pooling, so it can differ from the map's width)
+        self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        self.dense_dim = int(model.num_features)  # channels of forward_dense
+        self.is_vit = hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def pool(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))
+
+    def to_dense(self, feats: torch.Tensor) -> torch.Tensor:
+        """Turn ``forward_features`` output into (B, C, h, w)."""
+        if feats.ndim == 4:
+            # Swin and some others give NHWC
+            if feats.shape[-1] == self.dense_dim and feats.shape[1] != self.dense_dim:
+                return feats.permute(0, 3, 1, 2).contiguous()
+            return feats
+        if feats.ndim == 3:  # tokens
+            npt = getattr(self.model, "num_prefix_tokens", 0)
+            tokens = feats[:, npt:]
+            n = tokens.shape[1]
+            grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
+            h, w = (int(grid[0]), int(grid[1])) if grid is not None and grid[0] * grid[1] == n else (int(n**0.5), int(n**0.5))
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        raise EncoderError(f"cannot make a dense map from features of shape {tuple(feats.shape)}")
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_dense(self.forward_features(x))
+
+    @property
+    def reduction(self) -> int:
+        """Input pixels per feature-map cell along one side."""
+        info = getattr(self.model, "feature_info", None)
+        if info:
+            try:
+                return int(info[-1]["reduction"])
+            except (KeyError, IndexError, TypeError):
+                pass
+        ps = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        return int(ps[0]) if ps is not None else 32
+
+
+def create_encoder(
+    name: str,
+    img_size: int = 224,
+    checkpoint: Optional[str] = None,
+    pretrained: bool = False,
+    drop_path_rate: float = 0.0,
+) -> Encoder:
+    """Build a randomly initialised timm encoder, or load an exported one from ``checkpoint``."""
+    if pretrained:
+        raise EncoderError(
+            "encoder.pretrained=true asks for hub weights, and none can be downloaded here; "
+            "pretrain one with `ssl-derm pretrain` and pass encoder.checkpoint=PATH instead"
+        )
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise EncoderError(f"encoder.name '{name}' is not a timm model; similar names: {', '.join(close) or 'none'}")
+    kwargs = dict(num_classes=0, img_size=img_size)
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if checkpoint and str(checkpoint).lower() != "none":
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = path / "encoder.safetensors"
+        if not path.is_file():
+            raise EncoderError(f"encoder.checkpoint '{checkpoint}' does not exist; give the encoder.safetensors that `ssl-derm pretrain` exported")
+        try:
+            model = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        except RuntimeError as e:
+            raise EncoderError(f"encoder.checkpoint '{path}' does not fit encoder.name '{name}': {str(e)[:400]}") from None
+    else:
+        model = _create(name, pretrained=False, **kwargs)
+    return Encoder(model, name, img_size)
+
+
+def export_encoder(encoder: Encoder, path) -> Path:
+    """Write the timm state dict as safetensors, atomically, so that plain timm can load it with
+    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0)``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"timm_name": encoder.name, "img_size": str(encoder.img_size)})
+    tmp.replace(path)
+    return path

@@ -1,0 +1,60 @@
+"""One registry for every pluggable piece: methods, augmentation presets, protocols, segmenters.
+
+Usage::
+
+    @register("method", "simclr")
+    class SimCLR(...): ...
+
+    cls = get("method", "simclr")
+    names("method")  # sorted list of registered names
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+_REGISTRY: Dict[str, Dict[str, object]] = {}
+
+# Modules imported lazily the first time a kind is looked up, so that registration happens
+# without every caller having to import every plug-in module.
+_PLUGIN_MODULES = {
+    "method": "ssl_derm.methods",
+    "preset": "ssl_derm.augment",
+    "protocol": "ssl_derm.evaluate",
+    "segmenter": "ssl_derm.segment",
+}
+
+
+def register(kind: str, name: str) -> Callable:
+    """Decorator: register ``obj`` under ``kind``/``name``. A duplicate name is an error."""
+
+    def deco(obj):
+        table = _REGISTRY.setdefault(kind, {})
+        if name in table and table[name] is not obj:
+            raise ValueError(f"{kind} '{name}' is registered twice ({table[name]!r} and {obj!r})")
+        table[name] = obj
+        return obj
+
+    return deco
+
+
+def _ensure_loaded(kind: str) -> None:
+    mod = _PLUGIN_MODULES.get(kind)
+    if mod is not None:
+        import importlib
+
+        importlib.import_module(mod)
+
+
+def names(kind: str) -> list:
+    _ensure_loaded(kind)
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def get(kind: str, name: str):
+    """Look up a registered object; an unknown name lists what is available."""
+    _ensure_loaded(kind)
+    table = _REGISTRY.get(kind, {})
+    if name not in table:
+        avail = ", ".join(sorted(table)) or "(none)"
+        raise KeyError(f"unknown {kind} '{name}'; available: {avail}")
+    return table[name]
