@@ -1,0 +1,101 @@
+"""Batches of uint8 images from the decode-once cache to the device.
+
+Sampling is a seeded permutation per epoch, so the batch at a given step is the same after a resume.
+Under DDP each rank takes its own share (``rank::world``) of every permutation. When the whole cache
+fits comfortably on the GPU it is copied there once and batches are gathered on the device; otherwise
+a background thread reads the memmap into pinned memory and copies it ahead (non_blocking).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import torch
+
+
+class CacheBatches:
+    """Infinite iterator of (B, 3, S, S) uint8 batches on ``device``.
+
+    images: (N, S, S, 3) uint8 array (usually a memmap). ``indices`` restricts sampling to those rows.
+    """
+
+    def __init__(self, images, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
+                 indices=None, resident_fraction: float = 0.3, prefetch: int = 3):
+        self.images = images
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+        if len(self.indices) < batch_size * world:
+            raise ValueError(f"train.batch_size={batch_size} x {world} rank(s) is larger than the {len(self.indices)} "
+                             "usable images; lower train.batch_size or add images")
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.seed, self.rank, self.world = seed, rank, world
+        self.per_epoch = len(self.indices) // (batch_size * world)
+        self.resident = None
+        if self.device.type == "cuda":
+            nbytes = len(self.indices) * int(np.prod(images.shape[1:]))
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if nbytes < resident_fraction * free:
+                # this rank's share only would need re-gathering each epoch; the whole set is simpler and fits
+                self.resident = torch.from_numpy(np.ascontiguousarray(images[np.sort(self.indices)])).to(self.device)
+                self._row_of = {int(r): i for i, r in enumerate(np.sort(self.indices))}
+        self.prefetch = prefetch
+        self._queue = None
+        self._thread = None
+        self._next_step = None
+
+    def indices_at(self, step: int) -> np.ndarray:
+        """Rows of the cache that form this rank's batch at ``step`` (deterministic)."""
+        epoch, pos = divmod(step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+        glob = perm[pos * self.batch_size * self.world:(pos + 1) * self.batch_size * self.world]
+        return glob[self.rank::self.world]
+
+    def _host_batch(self, step: int) -> torch.Tensor:
+        rows = np.sort(self.indices_at(step))  # sorted reads are sequential-ish on a memmap
+        x = torch.from_numpy(np.ascontiguousarray(self.images[rows])).permute(0, 3, 1, 2)
+        if self.device.type == "cuda":
+            x = x.contiguous().pin_memory()
+        return x
+
+    def get(self, step: int) -> torch.Tensor:
+        """The batch at ``step`` on the device, (B, 3, S, S) uint8."""
+        if self.resident is not None:
+            rows = torch.as_tensor([self._row_of[int(r)] for r in np.sort(self.indices_at(step))], device=self.device)
+            return self.resident.index_select(0, rows).permute(0, 3, 1, 2).contiguous()
+        if self.device.type != "cuda":
+            return self._host_batch(step).contiguous()
+        return self._prefetched(step)
+
+    def _prefetched(self, step: int) -> torch.Tensor:
+        if self._queue is None or step != self._next_step:
+            self._start(step)
+        self._next_step = step + 1
+        got_step, x = self._queue.get()
+        assert got_step == step, (got_step, step)
+        return x.to(self.device, non_blocking=True)
+
+    def _start(self, step: int) -> None:
+        self.close()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        self._stop = stop
+
+        def work(s=step):
+            while not stop.is_set():
+                self._queue.put((s, self._host_batch(s)))
+                s += 1
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread = None
+            self._queue = None

@@ -1,0 +1,61 @@
+"""Online kNN monitor for pretraining: weighted kNN accuracy of the current encoder on a labelled
+validation split, so a run shows whether its features are getting better while it trains.
+
+The monitor's reference side is the split's ``train`` ids and its query side the ``val`` ids of the
+foundation's split file, so no image is on both sides.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ssl_derm.augment import normalize
+from ssl_derm.evaluate.knn import weighted_knn_predict
+
+
+@torch.no_grad()
+def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 256) -> torch.Tensor:
+    """(len(rows), D) L2-normalised pooled features of cache rows (images: (N,S,S,3) uint8)."""
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        idx = np.sort(rows[i:i + batch_size])
+        order = np.argsort(np.argsort(rows[i:i + batch_size]))  # back to the caller's order
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2).to(device)
+        f = encoder(normalize(x, aug_cfg)).float()
+        out.append(torch.nn.functional.normalize(f, dim=1)[torch.as_tensor(order, device=f.device)])
+    encoder.train(was_training)
+    return torch.cat(out).cpu()
+
+
+class KNNMonitor:
+    """Call with the step; every ``every`` steps returns {"knn_top1": acc, "knn_balanced_acc": bacc}."""
+
+    def __init__(self, encoder, dataset, split: dict, cfg, aug_cfg, device):
+        self.encoder, self.dataset, self.cfg, self.aug_cfg, self.device = encoder, dataset, cfg, aug_cfg, device
+        row = {i: r for r, i in enumerate(dataset.ids)}
+        rng = np.random.default_rng(0)
+        ref = np.array([row[i] for i in split["train"]])
+        qry = np.array([row[i] for i in split["val"]])
+        self.ref = rng.permutation(ref)[: cfg.max_images]
+        self.qry = rng.permutation(qry)[: max(cfg.max_images // 4, 1)]
+        self.history = []
+
+    def __call__(self, step: int):
+        if step % self.cfg.every_steps != 0 and step != 0:
+            return None
+        return self.evaluate(step)
+
+    def evaluate(self, step: int) -> dict:
+        labels = torch.as_tensor(self.dataset.labels)
+        fr = extract_features(self.encoder, self.dataset.images, self.ref, self.aug_cfg, self.device)
+        fq = extract_features(self.encoder, self.dataset.images, self.qry, self.aug_cfg, self.device)
+        n_cls = len(self.dataset.classes)
+        pred = weighted_knn_predict(fr, labels[self.ref], fq, n_cls, k=self.cfg.k, temperature=self.cfg.temperature)
+        y = labels[self.qry]
+        acc = float((pred == y).float().mean())
+        recalls = [float((pred[y == c] == c).float().mean()) for c in range(n_cls) if (y == c).any()]
+        res = {"knn_top1": acc, "knn_balanced_acc": float(np.mean(recalls))}
+        self.history.append({"step": step, **res})
+        return res

@@ -1,0 +1,80 @@
+"""``ssl-derm pretrain``: config -> data cache -> encoder + method -> fit -> exported encoder.
+
+The run folder gets ``config.yaml``, ``version.json``, ``metrics.json``, ``checkpoints/last.pt``,
+``tb/`` (TensorBoard) and ``encoder.safetensors`` (+ ``encoder.json``), which plain timm loads with
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH), num_classes=0)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssl_derm.augment import build_preset, denormalize
+from ssl_derm.config import PretrainConfig
+from ssl_derm.data import load_dataset
+from ssl_derm.data.splits import load_or_make_split
+from ssl_derm.encoders import create_encoder, export_encoder
+from ssl_derm.engine import CacheBatches, Logger, fit
+from ssl_derm.engine import distributed as D
+from ssl_derm.methods import build_method
+from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
+
+
+def split_path(data_cfg, dataset) -> Path:
+    """Where the split file for this dataset lives unless ``data.split_file`` says otherwise."""
+    if data_cfg.split_file:
+        return Path(data_cfg.split_file)
+    return Path(dataset.cache_dir) / "splits" / f"{dataset.key}_seed0.json"
+
+
+def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
+    device = D.init_distributed(resolve_device(cfg.device))
+    main = D.is_main()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.seed + D.rank())
+    out = Path(out_dir)
+    if main:
+        prepare_out_dir(out, cfg)
+    dataset = load_dataset(cfg.data)
+    encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
+                             cfg.encoder.pretrained, cfg.encoder.drop_path_rate)
+    method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
+    preset = cfg.augment.preset or method.default_preset
+    augment = build_preset(preset, cfg.augment, cfg.data.image_size).to(device)
+    batches = CacheBatches(dataset.images, cfg.train.batch_size, device, seed=cfg.seed,
+                           rank=D.rank(), world=D.world_size())
+    logger = Logger(out, enabled=main)
+
+    monitor = None
+    if cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1:
+        from ssl_derm.monitor import KNNMonitor
+
+        split = load_or_make_split(split_path(cfg.data, dataset), dataset.ids, dataset.labels, dataset.lesion_ids,
+                                   test_frac=cfg.data.test_frac, val_frac=cfg.data.val_frac, seed=0)
+        knn = KNNMonitor(method.encoder, dataset, split, cfg.monitor, cfg.augment, device)
+        monitor = knn if main else None
+
+    try:
+        summary = fit(method, batches, augment, cfg.train, out, device, logger=logger, monitor=monitor,
+                      denormalize=lambda v: denormalize(v, cfg.augment))
+        metrics = {"method": cfg.method.name, "encoder": cfg.encoder.name, "image_size": cfg.data.image_size,
+                   "n_images": len(dataset.ids), "preset": preset, "world_size": D.world_size(), **summary}
+        if monitor is not None:
+            if not knn.history or knn.history[-1]["step"] != cfg.train.max_steps:
+                logger.scalars(knn.evaluate(cfg.train.max_steps), cfg.train.max_steps, prefix="monitor/")
+            metrics["knn_monitor"] = knn.history
+        if main:
+            path = export_encoder(method.encoder, out / "encoder.safetensors")
+            write_json(out / "encoder.json", {"timm_name": cfg.encoder.name, "img_size": cfg.data.image_size,
+                                              "file": path.name, "method": cfg.method.name})
+            metrics["encoder_file"] = str(path)
+            write_metrics(out, metrics)
+            print(f"pretrain: {cfg.method.name}/{cfg.encoder.name} {summary['steps']} steps, final loss "
+                  f"{summary['final_loss']:.4f}, {summary['img_per_s']:.1f} img/s; encoder -> {path}")
+        return metrics
+    finally:
+        batches.close()
+        logger.close()
+        D.barrier()
