@@ -81,6 +81,16 @@ class AugmentConfig:
     grayscale_p: float = 0.1
     blur_p: float = 0.3
     solarize_p: float = 0.0
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    padding_mode: str = "reflection"  # what rotated/cropped views see outside the image: reflection | zeros | border
+    masked_crop_scale_min: float = 0.5  # "masked" preset (MAE/SimMIM): light crops that keep most of the lesion
+    weak_crop_scale_min: float = 0.8  # "weak_strong" preset: the weak view is nearly the whole image
+    strong_magnitude: float = 2.0  # strong view: brightness/contrast/saturation jitter times this (hue stays mild)
+    strong_solarize_p: float = 0.2
+    posterize_p: float = 0.2
+    erase_p: float = 0.5
+    erase_scale_max: float = 0.15  # largest erased area fraction (smallest: 0.02)
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
