@@ -9,24 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssl_derm.augment import normalize
+from ssl_derm.evaluate.features import extract_features
 from ssl_derm.evaluate.knn import weighted_knn_predict
-
-
-@torch.no_grad()
-def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 256) -> torch.Tensor:
-    """(len(rows), D) L2-normalised pooled features of cache rows (images: (N,S,S,3) uint8)."""
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    for i in range(0, len(rows), batch_size):
-        idx = np.sort(rows[i:i + batch_size])
-        order = np.argsort(np.argsort(rows[i:i + batch_size]))  # back to the caller's order
-        x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2).to(device)
-        f = encoder(normalize(x, aug_cfg)).float()
-        out.append(torch.nn.functional.normalize(f, dim=1)[torch.as_tensor(order, device=f.device)])
-    encoder.train(was_training)
-    return torch.cat(out).cpu()
 
 
 class KNNMonitor:
