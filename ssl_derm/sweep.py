@@ -1,0 +1,221 @@
+"""``ssl-derm sweep``: a grid over config keys times seeds, resumable, with tables, plots and hparams.
+
+A sweep file (``configs/sweeps/*.yaml``)::
+
+    out: runs/sweeps/label_efficiency
+    seeds: [0, 1, 2]
+    pretrain_per_seed: false          # one pretraining per pretrain setting (seed 0), shared by all seeds
+    downstream: finetune              # or: segment
+    metrics: [balanced_accuracy, accuracy]
+    common: {data.image_size: 64}     # keys for both stages
+    pretrain: {config: configs/pretrain/simclr_resnet18.yaml, set: {train.max_steps: 500}}
+    finetune: {config: configs/finetune/linear.yaml, set: {}}
+    grid:
+      init: [pretrained, random]      # special: random = no pretraining, encoder.checkpoint=none
+      pretrain.method.name: [simclr, byol]
+      finetune.split.fraction: [0.01, 0.1, 1.0]
+      encoder.name: [resnet18]        # a bare key goes to both stages
+
+Every pretraining is run once (``pretrain/<hash>/``) and reused by every cell that needs it; every
+cell writes ``cells/<id>/metrics.json`` last, so a killed sweep skips what finished and resumes the
+rest (an unfinished pretraining resumes from its checkpoint).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ssl_derm.config import ConfigError, PretrainConfig, _set_nested, load_config, read_yaml
+from ssl_derm.runs import write_json
+
+_TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "downstream", "metrics", "common", "pretrain", "finetune",
+             "segment", "grid"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        _set_nested(out, k.split("."), v)
+    return out
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def load_sweep(path, overrides=()) -> dict:
+    spec = read_yaml(path)
+    for text in overrides:
+        key, _, raw = text.partition("=")
+        _set_nested(spec, key.split("."), yaml.safe_load(raw))
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"sweep file '{path}': unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    spec.setdefault("seeds", [0])
+    spec.setdefault("downstream", "finetune")
+    if spec["downstream"] not in ("finetune", "segment"):
+        raise ConfigError(f"sweep file '{path}': downstream must be finetune or segment, not {spec['downstream']!r}")
+    if not isinstance(spec.get("grid", {}), dict):
+        raise ConfigError(f"sweep file '{path}': grid must map config keys to lists of values")
+    for k, v in spec.get("grid", {}).items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"sweep file '{path}': grid key '{k}' needs a non-empty list of values, got {v!r}")
+    return spec
+
+
+def plan_cells(spec: dict) -> list:
+    """Every (grid point, seed) as a dict: id, values, seed, pretrain overrides (or None), downstream overrides."""
+    grid = spec.get("grid", {})
+    keys = list(grid)
+    down = spec["downstream"]
+    cells = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        pre = _flatten(spec.get("common", {}))
+        pre.update(_flatten(spec.get("pretrain", {}).get("set", {})))
+        dst = _flatten(spec.get("common", {}))
+        dst.update(_flatten(spec.get(down, {}).get("set", {})))
+        for k, v in values.items():
+            if k == "init":
+                continue
+            stage, _, rest = k.partition(".")
+            if stage == "pretrain":
+                pre[rest] = v
+            elif stage == down:
+                dst[rest] = v
+            else:
+                pre[k] = v
+                dst[k] = v
+        needs_pretrain = values.get("init", "pretrained") != "random" and "pretrain" in spec
+        for seed in spec["seeds"]:
+            p = dict(pre, seed=0 if not spec.get("pretrain_per_seed") else seed) if needs_pretrain else None
+            d = dict(dst, seed=seed)
+            cid = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in values.items()) + f"_seed-{seed}"
+            cells.append({"id": cid.replace("/", "-"), "values": values, "seed": seed, "pretrain": p, "downstream": d})
+    return cells
+
+
+def _run_pretrain(spec, flat: dict, root: Path) -> Path:
+    from ssl_derm.pretrain import run_pretrain
+
+    out = root / "pretrain" / _hash(flat)
+    enc = out / "encoder.safetensors"
+    if not (enc.is_file() and (out / "metrics.json").is_file()):
+        cfg = load_config(PretrainConfig, spec["pretrain"].get("config"), base=_nest(flat))
+        run_pretrain(cfg, out)
+    return enc
+
+
+def _run_downstream(spec, flat: dict, out: Path) -> dict:
+    down = spec["downstream"]
+    if down == "finetune":
+        from ssl_derm.evaluate.config import FinetuneConfig as Cfg
+        from ssl_derm.evaluate.run import run_finetune as run
+    else:
+        from ssl_derm.segment.config import SegmentConfig as Cfg
+        from ssl_derm.segment.run import run_segment as run
+    cfg = load_config(Cfg, spec.get(down, {}).get("config"), base=_nest(flat))
+    return run(cfg, out)
+
+
+def metric_value(metrics: dict, key: str):
+    """``a.b`` looks into nested dicts of metrics.json."""
+    cur = metrics
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur if isinstance(cur, (int, float)) else None
+
+
+def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
+    """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests)."""
+    spec = load_sweep(path, overrides)
+    root = Path(out or spec.get("out") or "runs/sweep")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "sweep.json", spec)
+    cells = plan_cells(spec)
+    ran = 0
+    from tqdm import tqdm
+
+    for cell in tqdm(cells, desc="sweep", dynamic_ncols=True):
+        cdir = root / "cells" / cell["id"]
+        if (cdir / "metrics.json").is_file():
+            continue
+        if stop_after is not None and ran >= stop_after:
+            break
+        flat = dict(cell["downstream"])
+        if cell["pretrain"] is not None:
+            flat["encoder.checkpoint"] = str(_run_pretrain(spec, cell["pretrain"], root))
+        elif "init" in cell["values"]:
+            flat["encoder.checkpoint"] = "none"
+        _run_downstream(spec, flat, cdir)
+        ran += 1
+    write_tables(root, spec, cells)
+    return root
+
+
+def write_tables(root: Path, spec: dict, cells: list) -> list:
+    """results.csv (one row per finished cell), results.md (mean +- std over seeds), plots, hparams."""
+    keys = list(spec.get("grid", {}))
+    metric_keys = spec.get("metrics") or ["balanced_accuracy"]
+    rows = []
+    for cell in cells:
+        mpath = root / "cells" / cell["id"] / "metrics.json"
+        if mpath.is_file():
+            m = json.loads(mpath.read_text())
+            rows.append({**cell["values"], "seed": cell["seed"], **{k: metric_value(m, k) for k in metric_keys}})
+    with open(root / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys + ["seed"] + metric_keys)
+        w.writeheader()
+        w.writerows(rows)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    lines = ["| " + " | ".join(keys + ["seeds"] + metric_keys) + " |", "|" + "---|" * (len(keys) + 1 + len(metric_keys))]
+    summary = []
+    for gk, rs in groups.items():
+        cols = []
+        stats = {}
+        for mk in metric_keys:
+            vals = np.array([r[mk] for r in rs if r[mk] is not None], dtype=float)
+            mean, std = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else (np.nan, np.nan)
+            stats[mk] = (mean, std)
+            cols.append(f"{mean:.3f} ± {std:.3f}")
+        summary.append((dict(zip(keys, gk)), len(rs), stats))
+        lines.append("| " + " | ".join([str(v) for v in gk] + [str(len(rs))] + cols) + " |")
+    (root / "results.md").write_text("\n".join(lines) + "\n")
+    from ssl_derm.plots import plot_sweep
+
+    plot_sweep(root, keys, metric_keys, summary)
+    _write_hparams(root, rows, keys, metric_keys)
+    return rows
+
+
+def _write_hparams(root: Path, rows: list, keys: list, metric_keys: list) -> None:
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(root / "tb", ignore_errors=True)  # rewritten whole, so a resumed sweep has no duplicates
+    writer = SummaryWriter(str(root / "tb"))
+    for i, r in enumerate(rows):
+        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.items() if k in keys or k == "seed"}
+        writer.add_hparams(hp, {f"hparam/{k}": float(r[k]) for k in metric_keys if r[k] is not None}, run_name=f"cell{i}")
+    writer.close()

@@ -1,0 +1,57 @@
+import csv
+
+import yaml
+
+from ssl_derm.sweep import plan_cells, run_sweep
+
+
+def _spec(tmp_path):
+    spec = {
+        "seeds": [0, 1],
+        "downstream": "finetune",
+        "metrics": ["balanced_accuracy", "accuracy"],
+        "common": {"data.images": ["synthetic"], "data.synthetic_n": 64, "data.image_size": 32,
+                   "data.cache_dir": str(tmp_path / "cache"), "encoder.name": "resnet18", "device": "cpu"},
+        "pretrain": {"set": {"method.name": "simclr", "train.max_steps": 2, "train.batch_size": 8,
+                             "method.proj_hidden_dim": 32, "method.proj_dim": 16}},
+        "finetune": {"set": {"protocol.name": "knn"}},
+        "grid": {"init": ["pretrained", "random"], "finetune.split.fraction": [0.5, 1.0]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _rows(root):
+    with open(root / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plan_routes_keys_and_shares_pretraining(tmp_path):
+    from ssl_derm.sweep import load_sweep
+
+    cells = plan_cells(load_sweep(_spec(tmp_path)))
+    assert len(cells) == 8
+    pre = {str(sorted(c["pretrain"].items())) for c in cells if c["pretrain"] is not None}
+    assert len(pre) == 1  # one pretraining serves every pretrained cell and seed
+    assert all(c["pretrain"] is None for c in cells if c["values"]["init"] == "random")
+    assert {c["downstream"]["split.fraction"] for c in cells} == {0.5, 1.0}
+    assert all("split.fraction" not in (c["pretrain"] or {}) for c in cells)
+
+
+def test_killed_sweep_resumes_to_the_same_table(tmp_path):
+    path = _spec(tmp_path)
+    full = run_sweep(path, out=tmp_path / "full")
+    rows_full = _rows(full)
+    assert len(rows_full) == 8
+    assert len(list((full / "pretrain").iterdir())) == 1
+
+    part = run_sweep(path, out=tmp_path / "part", stop_after=3)  # "killed" after three cells
+    assert len(_rows(part)) == 3
+    first = {p: p.stat().st_mtime_ns for p in (part / "cells").glob("*/metrics.json")}
+    run_sweep(path, out=tmp_path / "part")
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # finished cells were skipped
+    assert _rows(part) == rows_full
+    md = (part / "results.md").read_text()
+    assert "±" in md and "pretrained" in md and "random" in md
+    assert (part / "plots" / "balanced_accuracy.png").is_file()
