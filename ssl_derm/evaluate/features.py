@@ -1,0 +1,71 @@
+"""Frozen-feature extraction shared by kNN, the linear probe and the pretraining monitor.
+
+Features come from the uint8 cache in batches, in eval mode and without gradients, normalised with
+``ssl_derm.augment.normalize`` exactly as every training view is.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+def rows_to_batch(images, rows: np.ndarray, device) -> torch.Tensor:
+    """Cache rows -> (B, 3, S, S) uint8 on ``device``, in the order of ``rows``.
+
+    images: (N, S, S, 3) uint8 (a memmap); reading sorted rows keeps memmap access sequential.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    x = torch.from_numpy(np.ascontiguousarray(images[rows[order]]))
+    inv = torch.from_numpy(np.argsort(order, kind="stable"))
+    return x[inv].permute(0, 3, 1, 2).contiguous().to(device)
+
+
+@torch.no_grad()
+def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 256, l2: bool = True) -> torch.Tensor:
+    """(len(rows), D) float32 pooled features of cache rows, on the CPU.
+
+    ``l2=True`` L2-normalises each row (kNN uses cosine similarity); the linear probe takes raw
+    features and standardises them itself. The encoder's train/eval mode is restored afterwards.
+    """
+    from ssl_derm.augment import normalize
+
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    use_amp = device.type == "cuda"
+    try:
+        for i in range(0, len(rows), batch_size):
+            x = rows_to_batch(images, rows[i:i + batch_size], device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                f = encoder(normalize(x, aug_cfg)).float()
+            if l2:
+                f = torch.nn.functional.normalize(f, dim=1)
+            out.append(f.cpu())
+    finally:
+        encoder.train(was_training)
+    if not out:
+        return torch.zeros(0, encoder.num_features)
+    return torch.cat(out)
+
+
+class FeatureCache:
+    """Features per (encoder key, l2) for every cache row, computed once and reused across label
+    fractions and protocols (kNN and linear at 1/10/100% labels share one extraction)."""
+
+    def __init__(self):
+        self._store = {}
+
+    def get(self, key: Optional[str], encoder, images, rows, aug_cfg, device, batch_size: int, l2: bool) -> torch.Tensor:
+        """Features of ``rows``; with ``key=None`` nothing is cached."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if key is None:
+            return extract_features(encoder, images, rows, aug_cfg, device, batch_size, l2)
+        full = self._store.get((key, l2))
+        if full is None:
+            full = extract_features(encoder, images, np.arange(len(images)), aug_cfg, device, batch_size, l2)
+            self._store[(key, l2)] = full
+        return full[torch.from_numpy(rows)]

@@ -1,0 +1,11 @@
+"""Full finetuning: the whole encoder plus a linear head, AdamW + cosine schedule, optional
+layer-wise LR decay (``protocol.llrd``), weak augmentation, model selection on val."""
+from __future__ import annotations
+
+from ssl_derm.evaluate.train import ClassifierTrainer
+from ssl_derm.registry import register
+
+
+@register("protocol", "finetune")
+def run_finetune_protocol(ctx) -> dict:
+    return ClassifierTrainer(ctx).run()

@@ -1,0 +1,77 @@
+"""FixMatch (Sohn et al. 2020): the weak view of an unlabeled image gives a pseudo-label when the
+model is confident enough; the strong view of the same image is trained towards it.
+
+Each step takes B labelled and ``mu * B`` unlabeled images (the unlabeled rest of the training side
+and any images without a label); the three groups go through the model in one batch so BatchNorm
+sees them together, as in the paper.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
+from ssl_derm.registry import register
+
+
+def fixmatch_unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float):
+    """Masked pseudo-label cross-entropy.
+
+    logits_weak, logits_strong: (U, K) for the same U unlabeled images. Returns (loss, mask): mask (U,)
+    is 1.0 where max softmax(weak) >= threshold; the loss averages CE(strong, argmax weak) * mask over
+    all U images (the paper's normalisation, so few confident images give a small loss). No gradient
+    flows through the weak view.
+    """
+    probs = logits_weak.detach().float().softmax(1)
+    conf, pseudo = probs.max(1)
+    mask = (conf >= threshold).float()
+    ce = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
+    return (ce * mask).mean(), mask
+
+
+def unlabeled_rows(ctx) -> tuple:
+    """(rows, note): the unlabeled side, or the labelled images themselves when nothing is left
+    (100% of the labels and no extra unlabeled images); FixMatch then only adds consistency."""
+    rows = ctx.rows["unlabeled"]
+    if len(rows):
+        return rows, ""
+    return ctx.rows["labelled"], "no unlabeled images: the labelled images (labels hidden) serve as the unlabeled set"
+
+
+class FixMatchTrainer(ClassifierTrainer):
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        rows, self.note = unlabeled_rows(ctx)
+        self.unlabeled = IndexStream(rows, ctx.cfg.seed + 1)
+
+    def loss(self, step: int):
+        p = self.cfg.protocol
+        xl, y = self.labelled_batch()
+        urows = self.unlabeled.take(p.mu * len(y))
+        xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
+        weak_l = self.views(xl)[0]
+        weak_u, strong_u = self.views(xu)[:2]
+        logits = self.model(torch.cat([weak_l, weak_u, strong_u]))
+        lx, lw, ls = logits[:len(y)], logits[len(y):len(y) + len(urows)], logits[len(y) + len(urows):]
+        loss_x = self.supervised_loss(lx, y)
+        loss_u, mask = fixmatch_unlabeled_loss(lw, ls, p.threshold)
+        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean()}
+        true = torch.from_numpy(self.labels[urows]).to(self.device)
+        known = true >= 0
+        if mask.sum() > 0 and known.any():  # pseudo-label quality, for monitoring only (never trained on)
+            sel = (mask > 0) & known
+            if sel.any():
+                logs["pseudo_label_acc"] = (lw.argmax(1)[sel] == true[sel]).float().mean()
+        return loss_x + p.lambda_u * loss_u, logs
+
+
+@register("protocol", "fixmatch")
+def run_fixmatch(ctx) -> dict:
+    trainer = FixMatchTrainer(ctx)
+    out = trainer.run()
+    out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
+    if trainer.note:
+        out["info"]["note"] = trainer.note
+    return out

@@ -1,0 +1,136 @@
+"""``ssl-derm finetune``: data + split + encoder -> one protocol -> metrics.json, confusion matrix, TensorBoard.
+
+    ssl-derm finetune --config configs/finetune/linear.yaml --out runs/lin encoder.checkpoint=PATH|none \\
+        data.images=[../shared/data/ham10000/images] data.labels=../shared/data/ham10000/labels.csv \\
+        split.fraction=0.1 seed=0
+
+metrics.json holds the test side's scores at the top level (balanced_accuracy is the headline), the val
+side's under ``val``, and the run's facts (protocol, fraction, image counts per side, encoder) beside them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ssl_derm.encoders import create_encoder
+from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
+from ssl_derm.evaluate.context import Context, split_rows
+from ssl_derm.evaluate.features import FeatureCache
+from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png, summary_line
+from ssl_derm.registry import get
+from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
+
+SEG_PROTOCOLS = ("fewmask_seg",)
+
+
+def load_data_and_split(cfg: FinetuneConfig):
+    """(dataset, split dict) from ``cfg.data`` and the split file (made once, then reused)."""
+    from ssl_derm.data import load_dataset
+    from ssl_derm.data.splits import load_or_make_split, split_path
+
+    seg = cfg.protocol.name in SEG_PROTOCOLS
+    ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
+    split = load_or_make_split(split_path(cfg.data, ds, seed=cfg.split.seed), ds.ids, ds.labels,
+                               lesion_ids=ds.lesion_ids, test_frac=cfg.data.test_frac,
+                               val_frac=cfg.data.val_frac, seed=cfg.split.seed)
+    return ds, split
+
+
+def encoder_key(cfg: FinetuneConfig) -> str:
+    """Identifies the encoder's initial weights (for the feature cache): the checkpoint, or the seed."""
+    ck = cfg.encoder.checkpoint
+    src = f"ckpt:{Path(ck).resolve()}" if ck and str(ck).lower() != "none" else f"random:seed{cfg.seed}"
+    return f"{cfg.encoder.name}@{cfg.data.image_size}:{src}"
+
+
+def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dict] = None,
+                 feature_cache: Optional[FeatureCache] = None, quiet: bool = False) -> dict:
+    """Run ``cfg.protocol.name`` and write its results into ``out_dir``; returns the metrics dict.
+
+    ``dataset``/``split`` skip loading (the label-efficiency table loads them once for all cells);
+    ``feature_cache`` lets frozen-feature protocols share one extraction per encoder.
+    """
+    check_finetune_config(cfg)
+    protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
+    out = prepare_out_dir(out_dir, cfg)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.device)
+    t0 = time.time()
+    if dataset is None or split is None:
+        dataset, split = load_data_and_split(cfg)
+    if int(dataset.images.shape[1]) != cfg.data.image_size:
+        raise ValueError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
+    rows = split_rows(dataset.ids, dataset.labels, split, cfg.split.fraction)
+    seed_everything(cfg.seed)  # random-init weights depend on the seed only
+    encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
+                             drop_path_rate=cfg.encoder.drop_path_rate).to(device)
+    from ssl_derm.engine.logger import Logger
+
+    logger = Logger(out)
+    ctx = Context(cfg=cfg, encoder=encoder, device=device, dataset=dataset, rows=rows, out_dir=out,
+                  logger=logger, feature_cache=feature_cache, cache_key=encoder_key(cfg))
+    try:
+        result = protocol(ctx)
+        metrics = _metrics(ctx, result, logger)
+    finally:
+        logger.close()
+    metrics.update({
+        "protocol": cfg.protocol.name, "fraction": cfg.split.fraction, "seed": cfg.seed,
+        "n": {side: int(len(r)) for side, r in rows.items()},
+        "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
+                    "image_size": cfg.data.image_size},
+        "balance": cfg.protocol.balance, "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
+    })
+    write_metrics(out, metrics)
+    if not quiet:
+        head = f"[{cfg.protocol.name} {cfg.split.fraction:g} seed={cfg.seed} " \
+               f"{'pretrained' if cfg.encoder.checkpoint and str(cfg.encoder.checkpoint).lower() != 'none' else 'random'}] "
+        print(head + (summary_line(metrics, "test ") if "confusion_matrix" in metrics else
+                      f"test dice={metrics.get('dice', float('nan')):.4f} jaccard={metrics.get('jaccard', float('nan')):.4f}")
+              + f" -> {out / 'metrics.json'}", flush=True)
+    return metrics
+
+
+def _metrics(ctx: Context, result: dict, logger) -> dict:
+    if "seg" in result:
+        return _seg_metrics(ctx, result, logger)
+    classes = ctx.dataset.classes
+    probs = result["probs"]
+    if "test" not in probs:
+        raise ValueError("the split's test side is empty: nothing to score; raise data.test_frac")
+    test = classification_metrics(ctx.labels("test"), probs["test"], classes)
+    metrics = dict(test)
+    if "val" in probs:
+        metrics["val"] = classification_metrics(ctx.labels("val"), probs["val"], classes)
+    np.save(ctx.out_dir / "test_probs.npy", probs["test"].astype(np.float32))
+    write_json(ctx.out_dir / "test_ids.json", [ctx.dataset.ids[r] for r in ctx.rows["test"]])
+    title = f"{ctx.cfg.protocol.name}, {ctx.cfg.split.fraction:g} labels: balanced acc {test['balanced_accuracy']:.3f}"
+    save_confusion_png(np.array(test["confusion_matrix"]), classes, ctx.out_dir / "confusion_matrix.png", title, logger)
+    for k in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc"):
+        if test[k] is not None:
+            logger.scalar(f"test/{k}", test[k], 0)
+    return metrics
+
+
+def _seg_metrics(ctx: Context, result: dict, logger) -> dict:
+    seg = result["seg"]
+    metrics = {k: v for k, v in seg["mean"].items()}
+    metrics["per_image"] = seg.get("per_image")
+    for k, v in seg["mean"].items():
+        if isinstance(v, (int, float)):
+            logger.scalar(f"test/{k}", v, 0)
+    pred = result.get("pred_masks")
+    if pred is not None and len(pred):
+        n = min(16, len(pred))
+        rows = ctx.rows["test"][:n]
+        img = torch.from_numpy(np.ascontiguousarray(ctx.dataset.images[rows])).permute(0, 3, 1, 2)
+        overlay = img.clone()
+        edge = torch.from_numpy(pred[:n]).bool()
+        overlay[:, 1][edge] = 255  # predicted lesion tinted green
+        logger.image_grid("test/predicted_masks", torch.cat([img, overlay]), 0)
+    return metrics
