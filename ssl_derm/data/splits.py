@@ -1,0 +1,148 @@
+"""Seeded train/val/test splits and nested low-label subsets, written to JSON once and reused (as nnU-Net does).
+
+- ``test`` and ``val`` are held out stratified by label and grouped by lesion (no lesion on two sides),
+  with scikit-learn's ``StratifiedGroupKFold``; without lesion ids every image is its own group.
+- ``labelled["f"]`` for f in 0.01 ... 1.0: nested subsets of ``train`` (a smaller fraction is always inside
+  a larger one), per class ``max(1, round(f * n_class))`` images, so every class has at least one.
+- unlabelled images (label -1) go only to ``unlabeled``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ssl_derm.data.sources import DataError
+
+FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+SPLIT_VERSION = 1
+
+
+def _folds_for(frac: float):
+    """(n_splits, folds to take) so that taken/n_splits is closest to ``frac`` with the fewest folds."""
+    options = [(abs(frac - round(frac * k) / k), k, round(frac * k)) for k in range(2, 21) if 0 < round(frac * k) < k]
+    if not options:  # below 1/40: one fold of many
+        return max(2, round(1 / frac)), 1
+    best = min(options, key=lambda t: (round(t[0], 3), t[1]))
+    return best[1], best[2]
+
+
+def _holdout(y: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Boolean mask of about ``frac`` of the items, stratified by ``y``, whole groups only."""
+    held = np.zeros(len(y), bool)
+    if frac <= 0 or len(y) == 0:
+        return held
+    k, take = _folds_for(frac)
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise DataError(f"only {n_groups} labelled lesions/images: too few to hold out a fraction of {frac:.3g}; "
+                        "add labelled images or set data.test_frac / data.val_frac to 0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "least populated class has fewer members than n_splits": expected for rare classes
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups)
+        for j, (_, test_idx) in enumerate(folds):
+            if j == take:
+                break
+            held[test_idx] = True
+    return held
+
+
+def _fingerprint(ids, labels, lesion_ids) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([list(ids), [int(v) for v in labels], list(lesion_ids) if lesion_ids is not None else None]).encode())
+    return h.hexdigest()
+
+
+def make_split(ids: Sequence[str], labels, lesion_ids: Optional[Sequence[str]] = None, test_frac: float = 0.2,
+               val_frac: float = 0.1, seed: int = 0) -> dict:
+    """ids (N,), labels int (N,) with -1 = unlabelled, optional lesion ids (N,) -> split dict (see module doc)."""
+    ids = list(ids)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(ids) or (lesion_ids is not None and len(lesion_ids) != len(ids)):
+        raise DataError(f"split: {len(ids)} ids but {len(labels)} labels"
+                        + (f" and {len(lesion_ids)} lesion ids" if lesion_ids is not None else ""))
+    if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
+        raise DataError(f"split fractions data.test_frac={test_frac}, data.val_frac={val_frac}: each must be in "
+                        "[0, 1) and together below 1")
+    groups = np.array(lesion_ids if lesion_ids is not None else ids, dtype=object)
+    lab = np.flatnonzero(labels >= 0)
+    # Group ids must be comparable for sklearn: map them to integers.
+    _, gid = np.unique(groups[lab].astype(str), return_inverse=True)
+    y = labels[lab]
+    test = _holdout(y, gid, test_frac, seed)
+    rest = np.flatnonzero(~test)
+    val = np.zeros(len(lab), bool)
+    if val_frac > 0:
+        val[rest[_holdout(y[rest], gid[rest], val_frac / (1 - test_frac), seed + 1)]] = True
+    train = lab[~test & ~val]
+    rng = np.random.default_rng(seed)
+    # One seeded order per class; every fraction takes a prefix of it, which makes the subsets nested.
+    order = {c: rng.permutation(train[labels[train] == c]) for c in np.unique(labels[train])}
+    labelled = {}
+    for f in FRACTIONS:
+        chosen = np.concatenate([o[: max(1, int(round(f * len(o))))] for o in order.values()]) if order else []
+        labelled[str(f)] = [ids[i] for i in np.sort(chosen)]
+    return {
+        "version": SPLIT_VERSION,
+        "params": {"n": len(ids), "fingerprint": _fingerprint(ids, labels, lesion_ids), "test_frac": test_frac,
+                   "val_frac": val_frac, "seed": seed, "grouped_by_lesion": lesion_ids is not None},
+        "train": [ids[i] for i in train],
+        "val": [ids[i] for i in lab[val]],
+        "test": [ids[i] for i in lab[test]],
+        "labelled": labelled,
+        "unlabeled": [ids[i] for i in np.flatnonzero(labels < 0)],
+    }
+
+
+def load_or_make_split(path, ids: Sequence[str], labels, lesion_ids: Optional[Sequence[str]] = None,
+                       test_frac: float = 0.2, val_frac: float = 0.1, seed: int = 0) -> dict:
+    """Read the split at ``path`` if it was made for these ids/labels/params; else make and write it.
+
+    A file made for other data or params is an error, never silently replaced: results must stay comparable.
+    """
+    from ssl_derm.runs import write_json  # atomic write
+
+    path = Path(path).expanduser()
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    want = {"n": len(ids), "fingerprint": _fingerprint(ids, labels, lesion_ids), "test_frac": test_frac,
+            "val_frac": val_frac, "seed": seed, "grouped_by_lesion": lesion_ids is not None}
+    if path.exists():
+        try:
+            split = json.loads(path.read_text())
+            have = split["params"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"split file '{path}' is not a split this program wrote ({e}); delete it or set "
+                            "data.split_file to another path") from None
+        diff = [k for k in want if have.get(k) != want[k]]
+        if split.get("version") != SPLIT_VERSION:
+            diff.append("version")
+        if diff:
+            what = ", ".join("ids/labels/lesion ids" if k == "fingerprint" else
+                             f"{k} ({have.get(k)!r} there, {want[k]!r} now)" for k in diff)
+            raise DataError(f"split file '{path}' was made for other data or parameters (differs in: {what}); "
+                            "delete it to make a new split, or set data.split_file to another path")
+        return split
+    split = make_split(ids, labels, lesion_ids, test_frac, val_frac, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, split)
+    return split
+
+
+def split_for(dataset, data_cfg, seed: int = 0) -> dict:
+    """The split of a loaded ``Dataset``: ``data.split_file``, else ``<cache_dir>/splits/<data+params>.json``."""
+    from ssl_derm.data.cache import default_cache_dir
+
+    if dataset.labels is None:
+        raise DataError("a split needs labels: set data.labels to a CSV with columns image_id,label[,lesion_id]")
+    path = data_cfg.split_file
+    if not path:
+        fp = _fingerprint(dataset.ids, dataset.labels, dataset.lesion_ids)[:16]
+        path = default_cache_dir(data_cfg.cache_dir) / "splits" / (
+            f"{fp}-test{data_cfg.test_frac:g}-val{data_cfg.val_frac:g}-seed{seed}.json")
+    return load_or_make_split(path, dataset.ids, dataset.labels, dataset.lesion_ids, data_cfg.test_frac,
+                              data_cfg.val_frac, seed)
