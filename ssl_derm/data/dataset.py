@@ -47,8 +47,9 @@ class Dataset:
     masks: Optional[np.ndarray] = None
     has_mask: Optional[np.ndarray] = None
     given_split: Optional[List[str]] = None
-    cache_entry: Optional[Path] = None
-    key: str = ""
+    cache_dir: Optional[Path] = None  # the cache root (splits and other entries live here too)
+    cache_entry: Optional[Path] = None  # this dataset's image entry inside it
+    key: str = ""  # hash of the image files (see cache.py)
 
     def __post_init__(self):
         if self.classes is None:
@@ -135,7 +136,7 @@ def load_dataset(data_cfg, need_labels: bool = False, need_masks: bool = False, 
     cache = ImageCache(data_cfg.image_size, data_cfg.cache_dir, data_cfg.on_bad, progress=progress)
     cached = cache.images(found.ids, found.paths)
     ds = Dataset(ids=cached.ids, images=cached.images, paths=cached.paths, orig_sizes=cached.orig_sizes,
-                 cache_entry=cached.dir, key=cached.key)
+                 cache_dir=cache.root, cache_entry=cached.dir, key=cached.key)
 
     if table is not None:
         ds.classes = table.classes()

@@ -38,8 +38,10 @@ def _open(path: str) -> Tuple[Optional[Image.Image], Optional[str]]:
         return Image.open(path), None
     except UnidentifiedImageError:
         return None, NOT_IMAGE
-    except OSError as e:
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
         return None, f"{UNREADABLE}: {e}"
+    except (OSError, SyntaxError, ValueError) as e:  # PIL read the header and found it broken
+        return None, f"{TRUNCATED}: {e}"
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

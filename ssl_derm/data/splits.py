@@ -133,16 +133,24 @@ def load_or_make_split(path, ids: Sequence[str], labels, lesion_ids: Optional[Se
     return split
 
 
-def split_for(dataset, data_cfg, seed: int = 0) -> dict:
-    """The split of a loaded ``Dataset``: ``data.split_file``, else ``<cache_dir>/splits/<data+params>.json``."""
+def split_path(data_cfg, dataset, seed: int = 0) -> Path:
+    """``data.split_file`` if set, else ``<cache_dir>/splits/<ids+labels+lesions hash>-test..-val..-seed...json``.
+
+    The default name changes whenever the data or the fractions do, so it never clashes with an old split.
+    """
     from ssl_derm.data.cache import default_cache_dir
 
+    if data_cfg.split_file:
+        return Path(data_cfg.split_file).expanduser()
+    labels = dataset.labels if dataset.labels is not None else np.full(len(dataset.ids), -1)
+    fp = _fingerprint(dataset.ids, labels, dataset.lesion_ids)[:16]
+    return default_cache_dir(data_cfg.cache_dir) / "splits" / (
+        f"{fp}-test{data_cfg.test_frac:g}-val{data_cfg.val_frac:g}-seed{seed}.json")
+
+
+def split_for(dataset, data_cfg, seed: int = 0) -> dict:
+    """The split of a loaded ``Dataset`` at ``split_path(data_cfg, dataset, seed)``, made once then reused."""
     if dataset.labels is None:
         raise DataError("a split needs labels: set data.labels to a CSV with columns image_id,label[,lesion_id]")
-    path = data_cfg.split_file
-    if not path:
-        fp = _fingerprint(dataset.ids, dataset.labels, dataset.lesion_ids)[:16]
-        path = default_cache_dir(data_cfg.cache_dir) / "splits" / (
-            f"{fp}-test{data_cfg.test_frac:g}-val{data_cfg.val_frac:g}-seed{seed}.json")
-    return load_or_make_split(path, dataset.ids, dataset.labels, dataset.lesion_ids, data_cfg.test_frac,
-                              data_cfg.val_frac, seed)
+    return load_or_make_split(split_path(data_cfg, dataset, seed), dataset.ids, dataset.labels, dataset.lesion_ids,
+                              data_cfg.test_frac, data_cfg.val_frac, seed)
