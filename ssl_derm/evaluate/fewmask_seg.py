@@ -157,7 +157,7 @@ def run_fewmask_seg(ctx) -> dict:
         optimizer.step()
         scheduler.step_update(step + 1)
         if step % max(t.log_every, 1) == 0:
-            ctx.log("train/loss", float(loss), step)
+            ctx.log("train/loss", float(loss.detach()), step)
         if len(ctx.rows["val"]) and ((step + 1) % p.eval_every == 0 or step + 1 == t.max_steps):
             val = ctx.rows["val"]
             pred = predict_masks(model, ctx.dataset.images, val, cfg.augment, dev, p.feature_batch_size, p.seg_threshold)

@@ -94,16 +94,17 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
     return fig
 
 
-def save_confusion_png(cm: np.ndarray, classes: Sequence[str], path, title: str = "", writer=None,
+def save_confusion_png(cm: np.ndarray, classes: Sequence[str], path, title: str = "", logger=None,
                        tag: str = "test/confusion_matrix", step: int = 0) -> Path:
-    """Write the confusion matrix as a PNG and, when ``writer`` (a SummaryWriter) is given, to TensorBoard."""
+    """Write the confusion matrix as a PNG and, when ``logger`` (``ssl_derm.engine.logger.Logger``) is
+    given, to TensorBoard."""
     import matplotlib.pyplot as plt
 
     fig = confusion_figure(cm, classes, title)
     path = Path(path)
     fig.savefig(path, dpi=120)
-    if writer is not None:
-        writer.add_figure(tag, fig, global_step=step, close=False)
+    if logger is not None:
+        logger.figure(tag, fig, step)
     plt.close(fig)
     return path
 

@@ -106,7 +106,7 @@ class ClassifierTrainer:
             self.scheduler.step_update(step + 1)
             self.on_step_end(step)
             if step % max(t.log_every, 1) == 0 or step + 1 == t.max_steps:
-                self.ctx.log("train/loss", float(loss), step)
+                self.ctx.log("train/loss", float(loss.detach()), step)
                 self.ctx.log("train/lr", self.optimizer.param_groups[-1]["lr"], step)
                 for k, v in logs.items():
                     self.ctx.log(f"train/{k}", float(v), step)

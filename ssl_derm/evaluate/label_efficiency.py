@@ -1,0 +1,117 @@
+"""The label-efficiency table: the same recipe with a pretrained and a randomly initialised encoder,
+per protocol, label fraction and seed.
+
+    ssl-derm label-efficiency --config configs/finetune/knn.yaml --out runs/le \\
+        --checkpoint runs/pretrain/encoder.safetensors --fractions 0.01,0.1,1.0 \\
+        --protocols knn,linear,finetune,fixmatch --seeds 0,1,2 data.images=[...] data.labels=...
+
+Each cell is a full ``run_finetune`` run folder under ``<out>/cells/<init>_<protocol>_<fraction>_seed<seed>``;
+finished cells (with metrics.json) are skipped, so an interrupted table resumes. The data and the
+split are loaded once, and kNN / linear share one feature extraction per encoder.
+Writes ``label_efficiency.csv`` (one row per cell) and ``label_efficiency.md`` (mean +- std over seeds,
+pretrained against random, and their difference).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ssl_derm.evaluate.features import FeatureCache
+from ssl_derm.evaluate.run import load_data_and_split, run_finetune
+from ssl_derm.registry import names
+
+METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc")
+INITS = ("pretrained", "random")
+
+
+def cell_id(init: str, protocol: str, fraction: float, seed: int) -> str:
+    return f"{init}_{protocol}_{fraction:g}_seed{seed}"
+
+
+def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], protocols: Sequence[str],
+                         seeds: Sequence[int], out_dir, dataset=None, split=None, inits=INITS) -> list:
+    """Run every missing cell, then write the CSV and Markdown tables; returns the CSV rows.
+
+    ``checkpoint``: the exported encoder for the "pretrained" rows (``None`` only with inits=("random",)).
+    """
+    known = names("protocol")
+    bad = [p for p in protocols if p not in known]
+    if bad:
+        raise ValueError(f"unknown protocol(s) {', '.join(bad)}; available: {', '.join(known)}")
+    if "pretrained" in inits and (not checkpoint or not Path(checkpoint).exists()):
+        raise ValueError(f"--checkpoint '{checkpoint}' does not exist; give the encoder.safetensors of `ssl-derm pretrain`")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = FeatureCache()
+    for init in inits:
+        for protocol in protocols:
+            for fraction in fractions:
+                for seed in seeds:
+                    cdir = out / "cells" / cell_id(init, protocol, fraction, seed)
+                    if (cdir / "metrics.json").is_file():
+                        continue
+                    cfg = copy.deepcopy(base_cfg)
+                    cfg.protocol.name = protocol
+                    cfg.split.fraction = float(fraction)
+                    cfg.seed = int(seed)
+                    cfg.encoder.checkpoint = str(checkpoint) if init == "pretrained" else "none"
+                    if dataset is None or split is None:
+                        dataset, split = load_data_and_split(cfg)
+                    run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache)
+    rows = collect(out, inits, protocols, fractions, seeds)
+    write_tables(out, rows)
+    return rows
+
+
+def collect(out: Path, inits, protocols, fractions, seeds) -> list:
+    rows = []
+    for init in inits:
+        for protocol in protocols:
+            for fraction in fractions:
+                for seed in seeds:
+                    path = out / "cells" / cell_id(init, protocol, fraction, seed) / "metrics.json"
+                    if path.is_file():
+                        m = json.loads(path.read_text())
+                        rows.append({"init": init, "protocol": protocol, "fraction": float(fraction), "seed": int(seed),
+                                     **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n", {}).get("labelled"),
+                                     "seconds": m.get("seconds")})
+    return rows
+
+
+def _mean_std(vals) -> tuple:
+    vals = np.array([v for v in vals if v is not None], dtype=float)
+    if not len(vals):
+        return None, None
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _fmt(ms: tuple) -> str:
+    m, s = ms
+    return "-" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> None:
+    """label_efficiency.csv and label_efficiency.md (``metric`` in percent, mean ± std over seeds)."""
+    fields = ["init", "protocol", "fraction", "seed", *METRICS, "n_labelled", "seconds"]
+    with open(out / "label_efficiency.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"{metric} (%, test side, mean ± std over seeds)", "",
+             "| protocol | labels | n labelled | pretrained | random init | difference | seeds |", "|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(r)
+    for (protocol, fraction), by_init in groups.items():
+        pre = _mean_std([r[metric] for r in by_init.get("pretrained", [])])
+        rnd = _mean_std([r[metric] for r in by_init.get("random", [])])
+        diff = f"{100 * (pre[0] - rnd[0]):+.1f}" if pre[0] is not None and rnd[0] is not None else "-"
+        n_lab = next((r["n_labelled"] for rs in by_init.values() for r in rs), "-")
+        n_seeds = max(len(rs) for rs in by_init.values())
+        lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {n_seeds} |")
+    (out / "label_efficiency.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,185 @@
+"""Every protocol end to end on tiny synthetic data (resnet18 at 32 px, a few steps, CPU)."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_derm.config import ConfigError
+from ssl_derm.data.synth import SYNTH_CLASSES, synth_arrays
+from ssl_derm.encoders import create_encoder, export_encoder
+from ssl_derm.evaluate.config import load_finetune_config
+from ssl_derm.evaluate.context import Context, SplitError, split_rows
+from ssl_derm.evaluate.fixmatch import FixMatchTrainer
+from ssl_derm.evaluate.label_efficiency import run_label_efficiency
+from ssl_derm.evaluate.linear import EncoderChangedError, run_linear
+from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.evaluate.train import IndexStream
+from ssl_derm.registry import names
+
+SIZE = 32
+ENCODER = "test_resnet"  # timm's 0.4M-parameter ResNet for tests: same code paths as resnet18, 20x fewer weights
+FRACTIONS = ("0.1", "0.25", "1.0")
+
+
+class ArrayDataset(SimpleNamespace):
+    """The fields of ssl_derm.data's Dataset that the protocols read."""
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, masks, labels = synth_arrays(96, SIZE, seed=0)
+    ids = [f"s{i:03d}" for i in range(len(images))]
+    labels = labels.copy()
+    labels[-6:] = -1  # a few images without a label: unlabeled training data
+    ds = ArrayDataset(ids=ids, images=images, masks=masks, labels=labels, classes=list(SYNTH_CLASSES),
+                      lesion_ids=None)
+    rng = np.random.default_rng(0)
+    lab_rows = rng.permutation(np.flatnonzero(labels >= 0))
+    test, val, train = lab_rows[:20], lab_rows[20:30], lab_rows[30:]
+    labelled = {}
+    for frac in FRACTIONS:  # nested subsets with every class present
+        keep = []
+        for c in range(len(SYNTH_CLASSES)):
+            rows_c = train[labels[train] == c]
+            keep += list(rows_c[:max(1, int(round(float(frac) * len(rows_c))))])
+        labelled[frac] = [ids[r] for r in sorted(keep)]
+    split = {"train": [ids[r] for r in train], "val": [ids[r] for r in val], "test": [ids[r] for r in test],
+             "labelled": labelled}
+    return ds, split
+
+
+def _cfg(protocol, **extra):
+    over = [f"protocol.name={protocol}", f"data.image_size={SIZE}", "device=cpu", "train.max_steps=3",
+            f"encoder.name={ENCODER}", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1", "protocol.eval_every=2",
+            "protocol.mu=1", "protocol.feature_batch_size=64", "protocol.linear_C=[1.0]", "split.fraction=0.25",
+            "protocol.seg_decoder_channels=[32,16,16,8,8]"]
+    over += [f"{k}={v}" for k, v in extra.items()]
+    return load_finetune_config(None, over)
+
+
+def test_all_protocols_registered():
+    assert set(names("protocol")) >= {"knn", "linear", "finetune", "fixmatch", "meanteacher", "fewmask_seg"}
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune", "fixmatch", "meanteacher"])
+def test_classification_protocol_end_to_end(protocol, data, tmp_path):
+    ds, split = data
+    m = run_finetune(_cfg(protocol), tmp_path / protocol, dataset=ds, split=split, quiet=True)
+    saved = json.loads((tmp_path / protocol / "metrics.json").read_text())
+    for key in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc", "per_class_recall", "confusion_matrix"):
+        assert key in saved
+    assert 0.0 <= saved["balanced_accuracy"] <= 1.0
+    assert np.array(saved["confusion_matrix"]).sum() == saved["n"]["test"] == 20
+    assert saved["val"]["n"] == 10 and saved["protocol"] == protocol
+    assert (tmp_path / protocol / "confusion_matrix.png").is_file()
+    assert list((tmp_path / protocol / "tb").iterdir())
+    assert m["balanced_accuracy"] == saved["balanced_accuracy"]
+
+
+def test_finetune_vit_with_layer_decay(data, tmp_path):
+    ds, split = data
+    cfg = _cfg("finetune", **{"encoder.name": "test_vit", "protocol.llrd": 0.65, "train.max_steps": 2})
+    m = run_finetune(cfg, tmp_path / "vit", dataset=ds, split=split, quiet=True)
+    assert m["info"]["steps"] == 2 and m["encoder"]["name"] == "test_vit"
+
+
+def test_balance_options_run(data, tmp_path):
+    ds, split = data
+    for balance in ("weighted_loss", "balanced_sampler"):
+        m = run_finetune(_cfg("finetune", **{"protocol.balance": balance, "train.max_steps": 2}), tmp_path / balance,
+                         dataset=ds, split=split, quiet=True)
+        assert m["balance"] == balance
+    # the balanced sampler draws each class about equally often even when the labelled set is skewed
+    rows = np.arange(100)
+    y = np.array([0] * 90 + [1] * 10)
+    w = 1.0 / np.bincount(y)[y]
+    draws = IndexStream(rows, 0, w / w.sum()).take(4000)
+    assert abs((y[draws] == 1).mean() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("encoder", [ENCODER, "test_vit"])
+def test_fewmask_segmentation_end_to_end(encoder, data, tmp_path):
+    ds, split = data
+    cfg = _cfg("fewmask_seg", **{"split.fraction": 0.1, "encoder.name": encoder})
+    m = run_finetune(cfg, tmp_path / "seg", dataset=ds, split=split, quiet=True)
+    assert 0.0 <= m["dice"] <= 1.0 and 0.0 <= m["jaccard"] <= 1.0
+    assert len(m["per_image"]) == 20
+    assert m["info"]["n_masks_used"] == len(split["labelled"]["0.1"])
+
+
+def _ctx(data, protocol, tmp_path, **extra):
+    ds, split = data
+    cfg = _cfg(protocol, **extra)
+    torch.manual_seed(0)
+    enc = create_encoder(ENCODER, SIZE)
+    return Context(cfg=cfg, encoder=enc, device=torch.device("cpu"), dataset=ds,
+                   rows=split_rows(ds.ids, ds.labels, split, cfg.split.fraction), out_dir=tmp_path)
+
+
+def test_fixmatch_uses_unlabeled_images(data, tmp_path):
+    ctx = _ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 0.0})
+    ds, _ = data
+    unl = ctx.rows["unlabeled"]
+    assert set(np.flatnonzero(ds.labels < 0)) <= set(unl)  # unlabelled images are used
+    trainer = FixMatchTrainer(ctx)
+    loss, logs = trainer.loss(0)
+    assert logs["loss_u"] > 0 and logs["mask_rate"] == 1.0  # threshold 0: every pseudo-label counts
+    ctx = _ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 1.0})
+    loss, logs = FixMatchTrainer(ctx).loss(0)
+    assert logs["mask_rate"] == 0.0 and logs["loss_u"] == 0.0  # nobody is that sure: all masked
+
+
+def test_linear_probe_detects_a_changed_encoder(data, tmp_path, monkeypatch):
+    ctx = _ctx(data, "linear", tmp_path)
+    orig = Context.features
+
+    def features_that_touch_weights(self, side, l2=True):
+        with torch.no_grad():
+            next(self.encoder.parameters()).add_(1.0)
+        return orig(self, side, l2)
+
+    monkeypatch.setattr(Context, "features", features_that_touch_weights)
+    with pytest.raises(EncoderChangedError, match="changed"):
+        run_linear(ctx)
+
+
+def test_split_rows_keep_test_untouched(data):
+    ds, split = data
+    rows = split_rows(ds.ids, ds.labels, split, 0.1)
+    train = set(split["train"])
+    assert {ds.ids[r] for r in rows["labelled"]} <= train
+    assert not set(rows["test"]) & (set(rows["labelled"]) | set(rows["unlabeled"]) | set(rows["val"]))
+    assert set(rows["labelled"]).isdisjoint(rows["unlabeled"])
+    with pytest.raises(SplitError, match="available fractions"):
+        split_rows(ds.ids, ds.labels, split, 0.05)
+    bad = dict(split, test=split["test"] + split["train"][:1])
+    with pytest.raises(SplitError, match="overlap"):
+        split_rows(ds.ids, ds.labels, bad, 0.1)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="protocol.balence"):
+        load_finetune_config(None, ["protocol.balence=none"])
+    with pytest.raises(ConfigError, match="protocol.balance"):
+        load_finetune_config(None, ["protocol.balance=oversample"])
+    with pytest.raises(ConfigError, match="split.fraction"):
+        load_finetune_config(None, ["split.fraction=0"])
+
+
+def test_label_efficiency_table(data, tmp_path):
+    ds, split = data
+    torch.manual_seed(1)
+    ck = export_encoder(create_encoder(ENCODER, SIZE), tmp_path / "enc" / "encoder.safetensors")
+    base = _cfg("knn")
+    rows = run_label_efficiency(base, ck, [0.25, 1.0], ["knn", "linear"], [0], tmp_path / "le", dataset=ds, split=split)
+    assert len(rows) == 2 * 2 * 2
+    md = (tmp_path / "le" / "label_efficiency.md").read_text()
+    assert "| knn | 25% |" in md and "| linear | 100% |" in md
+    csv_lines = (tmp_path / "le" / "label_efficiency.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + 8
+    # finished cells are skipped on a second call (resumable)
+    mtime = (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime
+    run_label_efficiency(base, ck, [0.25], ["knn"], [0], tmp_path / "le", dataset=ds, split=split)
+    assert (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime == mtime
