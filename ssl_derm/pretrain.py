@@ -13,19 +13,12 @@ import torch
 from ssl_derm.augment import build_preset, denormalize
 from ssl_derm.config import PretrainConfig
 from ssl_derm.data import load_dataset
-from ssl_derm.data.splits import load_or_make_split
+from ssl_derm.data.splits import split_for
 from ssl_derm.encoders import create_encoder, export_encoder
 from ssl_derm.engine import CacheBatches, Logger, fit
 from ssl_derm.engine import distributed as D
 from ssl_derm.methods import build_method
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
-
-
-def split_path(data_cfg, dataset) -> Path:
-    """Where the split file for this dataset lives unless ``data.split_file`` says otherwise."""
-    if data_cfg.split_file:
-        return Path(data_cfg.split_file)
-    return Path(dataset.cache_dir) / "splits" / f"{dataset.key}_seed0.json"
 
 
 def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
@@ -51,8 +44,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     if cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1:
         from ssl_derm.monitor import KNNMonitor
 
-        split = load_or_make_split(split_path(cfg.data, dataset), dataset.ids, dataset.labels, dataset.lesion_ids,
-                                   test_frac=cfg.data.test_frac, val_frac=cfg.data.val_frac, seed=0)
+        split = split_for(dataset, cfg.data, seed=0)  # the same split file the finetune protocols use
         knn = KNNMonitor(method.encoder, dataset, split, cfg.monitor, cfg.augment, device)
         monitor = knn if main else None
 

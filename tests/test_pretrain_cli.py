@@ -1,0 +1,101 @@
+"""`ssl-derm pretrain` end to end: outputs, every method's config, timm loading of the export, kill + resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ssl_derm.cli import main
+from ssl_derm.encoders import create_encoder
+from ssl_derm.registry import names
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
+
+
+def _tiny(tmp_path, **extra):
+    keys = {"device": "cpu", "data.synthetic_n": 48, "data.image_size": 32, "data.cache_dir": str(tmp_path / "cache"),
+            "train.max_steps": 2, "train.batch_size": 8, "method.proj_hidden_dim": 32, "method.proj_dim": 16,
+            "method.pred_hidden_dim": 32, "method.dino_out_dim": 64, "method.decoder_dim": 32,
+            "method.decoder_depth": 1, "augment.n_local_crops": 2, "train.log_every": 1, "train.image_log_every": 1,
+            "monitor.every_steps": 1, "monitor.max_images": 40}
+    keys.update(extra)
+    return [f"{k}={v}" for k, v in keys.items()]
+
+
+def _config_for(method: str) -> Path:
+    """The lightest shipped config of ``method`` (a resnet18 or vit_tiny one when there is one)."""
+    mine = [c for c in CONFIGS if c.stem.startswith(method + "_")]
+    assert mine, f"no configs/pretrain/{method}_*.yaml"
+    for pref in ("resnet18", "vit_tiny"):
+        for c in mine:
+            if pref in c.stem:
+                return c
+    return mine[0]
+
+
+@pytest.mark.parametrize("method", names("method"))
+def test_every_method_config_writes_the_run_folder(tmp_path, method):
+    out = tmp_path / "run"
+    overrides = _tiny(tmp_path)
+    cfg = _config_for(method)
+    if "vit" in cfg.stem or "swin" in cfg.stem:
+        overrides.append("encoder.name=vit_tiny_patch16_224")
+    assert main(["pretrain", "--config", str(cfg), "--out", str(out), *overrides]) == 0
+    for f in ("config.yaml", "version.json", "metrics.json", "encoder.safetensors", "encoder.json", "checkpoints/last.pt"):
+        assert (out / f).is_file(), f
+    assert list((out / "tb").glob("events.*"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == method and m["steps"] == 2 and m["knn_monitor"]
+    assert json.loads((out / "version.json").read_text())["ssl_derm"]
+
+
+def test_exported_encoder_loads_in_plain_timm(tmp_path):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path), "method.name=simclr", "encoder.name=resnet18"]) == 0
+    path = out / "encoder.safetensors"
+    plain = timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0)
+    ours = create_encoder("resnet18", 32, checkpoint=str(path))
+    plain.eval(), ours.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(plain(x), ours(x), atol=1e-5)
+    fresh = create_encoder("resnet18", 32)
+    assert not torch.allclose(fresh.eval()(x), ours(x), atol=1e-3)  # the weights really came from the file
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ssl_derm.cli", "pretrain", "--out", str(out),
+           *_tiny(tmp_path, **{"train.max_steps": 500, "train.ckpt_every": 1, "monitor.every_steps": 0})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not ckpt.is_file():
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file(), "no checkpoint was written before the kill"
+    done = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < done < 500
+    # same run, shorter budget: it must continue from the checkpoint, not start again
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path, **{"train.max_steps": done + 2,
+                                                                   "monitor.every_steps": 0})]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == done and m["steps"] == done + 2
+
+
+def test_bad_config_is_one_clear_line(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "train.max_stesp=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_stesp" in err and "Traceback" not in err
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "method.name=simclear", "device=cpu",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic_n=48", "data.image_size=32"]) == 1
+    assert "simclear" in capsys.readouterr().err
