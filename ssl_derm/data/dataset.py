@@ -62,29 +62,22 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
-    def _rows(self, array: np.ndarray, idx) -> np.ndarray:
-        # Reading rows in file order keeps memory-map reads sequential; put them back in the asked order.
-        idx = _as_index(idx, len(self))
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx),) + array.shape[1:], np.uint8)
-        out[order] = array[idx[order]]
-        return out
-
     def batch(self, idx, device=None) -> torch.Tensor:
-        """Images ``idx`` (ints, array, tensor or slice) -> uint8 (B, 3, S, S) on ``device``."""
-        t = torch.from_numpy(self._rows(self.images, idx))
-        if device is not None:
-            t = t.to(device, non_blocking=True)  # move uint8 NHWC (4x smaller than float), permute there
-        return t.permute(0, 3, 1, 2).contiguous()
+        """Images ``idx`` (ints, array, tensor or slice) -> uint8 (B, 3, S, S), contiguous, on ``device``."""
+        rows = self.images[_as_index(idx, len(self))]  # (B, S, S, 3): one copy out of the memory map
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cpu":
+            # numpy's uint8 transpose-copy measured 2x faster than torch's permute().contiguous() here.
+            return torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 3, 1, 2)))
+        # Accelerators: move the NHWC bytes as they are and transpose there, where it costs nothing.
+        return torch.from_numpy(rows).to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
 
     def mask_batch(self, idx, device=None) -> torch.Tensor:
         """Masks ``idx`` -> uint8 (B, 1, S, S) in {0, 1}."""
         if self.masks is None:
             raise DataError("this dataset has no masks: set data.masks to a folder of <id>.png masks")
-        t = torch.from_numpy(self._rows(self.masks, idx))
-        if device is not None:
-            t = t.to(device, non_blocking=True)
-        return t.unsqueeze(1)
+        t = torch.from_numpy(self.masks[_as_index(idx, len(self))]).unsqueeze(1)
+        return t if device is None else t.to(device, non_blocking=True)
 
     def index_of(self, ids) -> np.ndarray:
         """Row numbers of ``ids`` (e.g. a split's list), int64 (K,); unknown ids are an error."""
