@@ -71,7 +71,7 @@ def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     for key in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc", "per_class_recall", "confusion_matrix"):
         assert key in saved
     assert 0.0 <= saved["balanced_accuracy"] <= 1.0
-    assert np.array(saved["confusion_matrix"]).sum() == saved["n"]["test"] == 20
+    assert np.array(saved["confusion_matrix"]).sum() == saved["n"] == saved["n_per_side"]["test"] == 20
     assert saved["val"]["n"] == 10 and saved["protocol"] == protocol
     assert (tmp_path / protocol / "confusion_matrix.png").is_file()
     assert list((tmp_path / protocol / "tb").iterdir())
@@ -183,3 +183,12 @@ def test_label_efficiency_table(data, tmp_path):
     mtime = (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime
     run_label_efficiency(base, ck, [0.25], ["knn"], [0], tmp_path / "le", dataset=ds, split=split)
     assert (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_every_protocol_has_a_config_file():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "finetune"
+    for name in ("knn", "linear", "finetune", "fixmatch", "meanteacher", "fewmask_seg"):
+        cfg = load_finetune_config(folder / f"{name}.yaml")
+        assert cfg.protocol.name == name

@@ -13,14 +13,15 @@ pretrained against random, and their difference).
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ssl_derm.config import load_config, to_dict
+from ssl_derm.evaluate.config import FinetuneConfig
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.run import load_data_and_split, run_finetune
 from ssl_derm.registry import names
@@ -34,10 +35,13 @@ def cell_id(init: str, protocol: str, fraction: float, seed: int) -> str:
 
 
 def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], protocols: Sequence[str],
-                         seeds: Sequence[int], out_dir, dataset=None, split=None, inits=INITS) -> list:
+                         seeds: Sequence[int], out_dir, dataset=None, split=None, inits=INITS,
+                         protocol_overrides: Optional[Dict[str, Sequence[str]]] = None) -> list:
     """Run every missing cell, then write the CSV and Markdown tables; returns the CSV rows.
 
     ``checkpoint``: the exported encoder for the "pretrained" rows (``None`` only with inits=("random",)).
+    ``protocol_overrides``: ``{"fixmatch": ["train.max_steps=200", ...]}``, applied on top of ``base_cfg``
+    for that protocol only (budgets differ per protocol; pretrained and random always share them).
     """
     known = names("protocol")
     bad = [p for p in protocols if p not in known]
@@ -55,7 +59,8 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     cdir = out / "cells" / cell_id(init, protocol, fraction, seed)
                     if (cdir / "metrics.json").is_file():
                         continue
-                    cfg = copy.deepcopy(base_cfg)
+                    cfg = load_config(FinetuneConfig, base=to_dict(base_cfg),
+                                      overrides=list((protocol_overrides or {}).get(protocol, ())))
                     cfg.protocol.name = protocol
                     cfg.split.fraction = float(fraction)
                     cfg.seed = int(seed)
@@ -78,7 +83,7 @@ def collect(out: Path, inits, protocols, fractions, seeds) -> list:
                     if path.is_file():
                         m = json.loads(path.read_text())
                         rows.append({"init": init, "protocol": protocol, "fraction": float(fraction), "seed": int(seed),
-                                     **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n", {}).get("labelled"),
+                                     **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n_per_side", {}).get("labelled"),
                                      "seconds": m.get("seconds")})
     return rows
 

@@ -29,14 +29,15 @@ SEG_PROTOCOLS = ("fewmask_seg",)
 
 def load_data_and_split(cfg: FinetuneConfig):
     """(dataset, split dict) from ``cfg.data`` and the split file (made once, then reused)."""
-    from ssl_derm.data import load_dataset
-    from ssl_derm.data.splits import load_or_make_split, split_path
+    from ssl_derm.data import load_dataset, load_or_make_split, split_for, split_path
 
     seg = cfg.protocol.name in SEG_PROTOCOLS
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
-    split = load_or_make_split(split_path(cfg.data, ds, seed=cfg.split.seed), ds.ids, ds.labels,
-                               lesion_ids=ds.lesion_ids, test_frac=cfg.data.test_frac,
-                               val_frac=cfg.data.val_frac, seed=cfg.split.seed)
+    if ds.labels is None:  # masks without class labels: one pseudo-class, so the split is lesion-grouped only
+        split = load_or_make_split(split_path(cfg.data, ds, seed=cfg.split.seed), ds.ids, np.zeros(len(ds.ids)),
+                                   ds.lesion_ids, cfg.data.test_frac, cfg.data.val_frac, cfg.split.seed)
+    else:
+        split = split_for(ds, cfg.data, seed=cfg.split.seed)
     return ds, split
 
 
@@ -81,7 +82,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
         logger.close()
     metrics.update({
         "protocol": cfg.protocol.name, "fraction": cfg.split.fraction, "seed": cfg.seed,
-        "n": {side: int(len(r)) for side, r in rows.items()},
+        "n_per_side": {side: int(len(r)) for side, r in rows.items()},
         "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
                     "image_size": cfg.data.image_size},
         "balance": cfg.protocol.balance, "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
