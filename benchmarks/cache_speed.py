@@ -5,6 +5,12 @@
 
 Each run builds into a fresh folder under --cache-dir (deleted first), so build times are always cold
 decodes; reads are from the page cache (the file was just written), which is the steady state of training.
+
+Recorded (2 CPU cores shared with other jobs, load average 4-11, so ranges; 4 shared sets, 128 px):
+    11,115 distinct ids (2,127 duplicate files skipped), listing 0.15-0.2 s
+    build 7.0-16.8 s (660-1,600 img/s) with 2 threads; 1 thread 822 img/s vs 2 threads 847 img/s at load 4-5
+    disk 522 MiB (the raw array; sources 56 MiB of JPEG); reuse (stat + hash, no decode) 0.23-0.6 s
+    Dataset.batch(256 random) 12k-22k img/s (the NHWC->NCHW copy dominates); raw memmap rows 93k-290k img/s
 """
 from __future__ import annotations
 
