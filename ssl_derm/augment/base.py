@@ -1,0 +1,135 @@
+"""The preset base class, the preset factory, config checks and (de)normalisation helpers.
+
+A preset is an ``nn.Module``: ``forward(x)`` takes uint8 images (B, 3, H, W) on any device and returns
+a list of float32 views (B, 3, h, w) normalised with ``augment.mean``/``augment.std``. The conversion
+to float happens once, on the input's device; on CUDA the work runs in float16 (half the memory
+traffic of float32; [0, 1] pixels need no bf16 range) and only the final normalised views are float32.
+"""
+from __future__ import annotations
+
+import abc
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_derm.augment import ops
+from ssl_derm.augment.ops import AugmentError
+from ssl_derm.config import AugmentConfig
+from ssl_derm.registry import get
+
+_PROBS = ("hflip", "vflip", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "strong_solarize_p", "posterize_p", "erase_p")
+_FRACTIONS = ("crop_scale_min", "crop_scale_max", "local_crop_scale_min", "local_crop_scale_max",
+              "masked_crop_scale_min", "weak_crop_scale_min")
+PADDING_MODES = ("reflection", "zeros", "border")
+
+
+def check_config(cfg: AugmentConfig, image_size: int) -> None:
+    """Raise AugmentError naming the ``augment.*`` key for any value out of range."""
+    def bad(key, value, what):
+        raise AugmentError(f"config key 'augment.{key}': {value!r} {what}")
+
+    if image_size <= 0:
+        bad("image_size", image_size, "must be a positive number of pixels")
+    for key in _PROBS:
+        v = getattr(cfg, key)
+        if not 0.0 <= v <= 1.0:
+            bad(key, v, "is a probability: give a value in [0, 1]")
+    for key in _FRACTIONS:
+        if not 0.0 < getattr(cfg, key) <= 1.0:
+            bad(key, getattr(cfg, key), "is an area fraction: give a value in (0, 1]")
+    for lo, hi in (("crop_scale_min", "crop_scale_max"), ("local_crop_scale_min", "local_crop_scale_max")):
+        if getattr(cfg, lo) > getattr(cfg, hi):
+            bad(lo, getattr(cfg, lo), f"must be <= augment.{hi} ({getattr(cfg, hi)!r})")
+    for key in ("brightness", "contrast", "saturation", "rotation", "strong_magnitude"):
+        if getattr(cfg, key) < 0:
+            bad(key, getattr(cfg, key), "must be >= 0")
+    if not 0.0 <= cfg.hue <= 0.5:
+        bad("hue", cfg.hue, "is a fraction of a hue turn: give a value in [0, 0.5] (dermoscopy: <= 0.05)")
+    if not 0.0 < cfg.blur_sigma_min <= cfg.blur_sigma_max:
+        bad("blur_sigma_min", cfg.blur_sigma_min, f"must satisfy 0 < blur_sigma_min <= blur_sigma_max ({cfg.blur_sigma_max})")
+    if cfg.padding_mode not in PADDING_MODES:
+        bad("padding_mode", cfg.padding_mode, f"is not one of {', '.join(PADDING_MODES)}")
+    if not 0.02 < cfg.erase_scale_max <= 1.0:
+        bad("erase_scale_max", cfg.erase_scale_max, "must be in (0.02, 1]")
+    if cfg.n_local_crops < 0 or cfg.local_crop_size < 0:
+        bad("n_local_crops" if cfg.n_local_crops < 0 else "local_crop_size",
+            min(cfg.n_local_crops, cfg.local_crop_size), "must be >= 0")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+        bad("mean/std", (cfg.mean, cfg.std), "must be three values each, std > 0")
+
+
+class Preset(nn.Module, abc.ABC):
+    """Base of every preset. Subclasses implement ``views``."""
+
+    def __init__(self, cfg: AugmentConfig, image_size: int, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        check_config(cfg, image_size)
+        self.cfg = cfg
+        self.image_size = int(image_size)
+        self.dtype = dtype  # None: float16 on CUDA, float32 elsewhere
+
+    def compute_dtype(self, x: Tensor) -> torch.dtype:
+        return self.dtype or (torch.float16 if x.is_cuda else torch.float32)
+
+    # -- building blocks ------------------------------------------------------------------------
+    def crops(self, x: Tensor, n: int, size: int, scale, rotation=None) -> Tensor:
+        """n random crop/rotate/flip views of each image: x (B,3,H,W) [0,1] -> (n*B, 3, size, size)."""
+        c = self.cfg
+        theta = ops.affine_views(n, x.shape[0], tuple(x.shape[-2:]), scale,
+                                 c.rotation if rotation is None else rotation, c.hflip, c.vflip, x.device)
+        return ops.warp(x, theta, size, c.padding_mode)
+
+    def colour(self, v: Tensor, magnitude: float = 1.0, jitter_p=None, solarize_p=None) -> Tensor:
+        """Colour jitter, grayscale, blur, solarize: (N,3,h,w) [0,1] -> same."""
+        c = self.cfg
+        v = ops.colour_jitter(v, c.brightness * magnitude, c.contrast * magnitude, c.saturation * magnitude,
+                              c.hue, c.jitter_p if jitter_p is None else jitter_p, c.grayscale_p)
+        v = ops.gaussian_blur(v, c.blur_p, (c.blur_sigma_min, c.blur_sigma_max))
+        return ops.solarize(v, c.solarize_p if solarize_p is None else solarize_p)
+
+    def finish(self, v: Tensor, n: int) -> List[Tensor]:
+        """Normalise (to float32) and split a view-major stack into n views (B,3,h,w)."""
+        return ops.split_views(ops.normalize_unit(v, self.cfg.mean, self.cfg.std), n)
+
+    @abc.abstractmethod
+    def views(self, x: Tensor) -> List[Tensor]:
+        """x: (B,3,H,W) in [0,1] at the compute dtype -> list of normalised float32 views."""
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> List[Tensor]:
+        # autocast off: affine grids and colour matrices need more precision than bf16 gives
+        with torch.autocast(x.device.type, enabled=False):
+            return self.views(ops.to_unit_float(x, self.compute_dtype(x)))
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}"
+
+
+def build_preset(name: str, aug_cfg: AugmentConfig, image_size: int, dtype: Optional[torch.dtype] = None) -> Preset:
+    """The registered preset ``name`` ("two_view", "multi_crop", "masked", "weak_strong", "eval")."""
+    try:
+        cls = get("preset", name)
+    except KeyError as e:
+        raise AugmentError(f"config key 'augment.preset': {e.args[0]}") from None
+    return cls(aug_cfg, image_size, dtype=dtype)
+
+
+def normalize(x: Tensor, aug_cfg: AugmentConfig) -> Tensor:
+    """uint8 (B,3,H,W) (or float in [0,1]) -> float32 normalised with ``aug_cfg.mean``/``std``."""
+    return ops.normalize_unit(ops.to_unit_float(x, torch.float32), aug_cfg.mean, aug_cfg.std)
+
+
+def denormalize(x: Tensor, aug_cfg: AugmentConfig) -> Tensor:
+    """Normalised float (B,3,H,W) -> float in [0,1] (clamped), for image logging."""
+    m, s = ops.norm_stats(aug_cfg.mean, aug_cfg.std, x.device)
+    return (x.float() * s + m).clamp(0, 1)
+
+
+def resize(x: Tensor, size: int) -> Tensor:
+    """Square resize with antialiasing, only when needed: (B,3,H,W) -> (B,3,size,size)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -1,0 +1,68 @@
+"""DINO: self-distillation from a momentum teacher over multi-crop views (lightly's head and loss).
+
+The teacher sees the two global views, the student all views. lightly's DINOLoss centres the teacher
+output and all-reduces the batch centre across ranks (``lightly.models.modules.center.center_mean``).
+The teacher temperature warms up linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
+``warmup_teacher_temp_steps``; the teacher momentum follows the cosine schedule of the base class.
+"""
+from __future__ import annotations
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+from ssl_derm.methods.base import Method, allow_any_input_size, fp32, make_teacher
+from ssl_derm.registry import register
+
+
+@register("method", "dino")
+class DINO(Method):
+    """views: [global0, global1, local0, ...]; globals (B,3,H,W), locals (B,3,h,w) of any one size."""
+
+    default_preset = "multi_crop"
+    sync_batchnorm_needed = False  # the head has no BN and the teacher's targets are centred
+
+    def __init__(self, encoder, cfg, max_steps):
+        allow_any_input_size(encoder)  # ViT local crops are smaller than the global ones
+        super().__init__(encoder, cfg, max_steps)
+        # proj_dim is the bottleneck before the weight-normalised output layer of dino_out_dim
+        self.head = self.make_head()
+        self.teacher_encoder = make_teacher(encoder)
+        # weight-normed layers cannot be deep-copied: build a second head and copy the weights over
+        self.teacher_head = self.make_head()
+        self.teacher_head.load_state_dict(self.head.state_dict())
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(output_dim=cfg.dino_out_dim, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                                  teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp,
+                                  center_momentum=cfg.center_momentum)
+
+    def make_head(self) -> DINOProjectionHead:
+        c = self.cfg
+        return DINOProjectionHead(self.encoder.num_features, c.proj_hidden_dim, c.proj_dim, c.dino_out_dim,
+                                  batch_norm=False, norm_last_layer=True)
+
+    def teacher_temp(self, step: int) -> float:
+        c = self.cfg
+        if step >= c.warmup_teacher_temp_steps:
+            return c.teacher_temp
+        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * step / c.warmup_teacher_temp_steps
+
+    def training_step(self, views, step):
+        self.expect_views(views, 2, at_least=True)
+        glob = torch.cat(views[:2])
+        with torch.no_grad():
+            teacher = list(self.teacher_head(self.teacher_encoder(glob)).float().chunk(2))
+        student = list(self.head(self.encoder(glob)).float().chunk(2))
+        if len(views) > 2:
+            student += list(self.head(self.encoder(torch.cat(views[2:]))).float().chunk(len(views) - 2))
+        temp = self.teacher_temp(step)
+        with fp32(glob.device):
+            loss = self.criterion(teacher, student, teacher_temp=temp)
+        return loss, {"teacher_temp": temp, "momentum": self.momentum(step)}
+
+    @torch.no_grad()
+    def on_step_end(self, step):
+        m = self.momentum(step)
+        update_momentum(self.encoder, self.teacher_encoder, m)
+        update_momentum(self.head, self.teacher_head, m)

@@ -1,0 +1,31 @@
+"""SimCLR: two views, a projection MLP and the NT-Xent loss with negatives from every rank."""
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from ssl_derm.methods.base import Method, fp32
+from ssl_derm.registry import register
+
+
+@register("method", "simclr")
+class SimCLR(Method):
+    """views: [x0, x1], each (B,3,H,W). Both views go through the encoder as one batch of 2B."""
+
+    default_preset = "two_view"
+    sync_batchnorm_needed = True
+
+    def __init__(self, encoder, cfg, max_steps):
+        super().__init__(encoder, cfg, max_steps)
+        self.projection = SimCLRProjectionHead(encoder.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        # gather_distributed: negatives from all ranks when torch.distributed is initialised
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
+
+    def training_step(self, views, step):
+        self.expect_views(views, 2)
+        z = self.projection(self.encoder(torch.cat(views)))
+        z0, z1 = z.float().chunk(2)
+        with fp32(z.device):
+            loss = self.criterion(z0, z1)
+        return loss, {}
