@@ -207,7 +207,7 @@ def parse_override(text: str) -> tuple:
     return key.split("."), value
 
 
-def _set_nested(d: dict, path: list, value) -> None:
+def set_nested(d: dict, path: list, value) -> None:
     for p in path[:-1]:
         if not isinstance(d.get(p, {}), dict):
             raise ConfigError(f"config key '{'.'.join(path)}': '{p}' is not a section")
@@ -237,7 +237,7 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None):
         data = _merge(data, read_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
-        _set_nested(data, keys, value)
+        set_nested(data, keys, value)
     cfg = _from_dict(cls, data)
     validate(cfg)
     return cfg

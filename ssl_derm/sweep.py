@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ssl_derm.config import ConfigError, PretrainConfig, _set_nested, load_config, read_yaml
+from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
 from ssl_derm.runs import write_json
 
 _TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "downstream", "metrics", "common", "pretrain", "finetune",
@@ -48,11 +48,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for k, v in flat.items():
-        _set_nested(out, k.split("."), v)
-    return out
+def _overrides(flat: dict) -> list:
+    """Sweep values as command-line overrides, so they win over the stage's YAML file."""
+    return [f"{k}={json.dumps(v)}" for k, v in flat.items()]
 
 
 def _hash(obj) -> str:
@@ -63,7 +61,7 @@ def load_sweep(path, overrides=()) -> dict:
     spec = read_yaml(path)
     for text in overrides:
         key, _, raw = text.partition("=")
-        _set_nested(spec, key.split("."), yaml.safe_load(raw))
+        set_nested(spec, key.split("."), yaml.safe_load(raw))
     unknown = set(spec) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"sweep file '{path}': unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
@@ -117,7 +115,7 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
     out = root / "pretrain" / _hash(flat)
     enc = out / "encoder.safetensors"
     if not (enc.is_file() and (out / "metrics.json").is_file()):
-        cfg = load_config(PretrainConfig, spec["pretrain"].get("config"), base=_nest(flat))
+        cfg = load_config(PretrainConfig, spec["pretrain"].get("config"), _overrides(flat))
         run_pretrain(cfg, out)
     return enc
 
@@ -130,7 +128,7 @@ def _run_downstream(spec, flat: dict, out: Path) -> dict:
     else:
         from ssl_derm.segment.config import SegmentConfig as Cfg
         from ssl_derm.segment.run import run_segment as run
-    cfg = load_config(Cfg, spec.get(down, {}).get("config"), base=_nest(flat))
+    cfg = load_config(Cfg, spec.get(down, {}).get("config"), _overrides(flat))
     return run(cfg, out)
 
 
