@@ -30,6 +30,7 @@ class DataConfig:
     on_bad: str = "skip"  # skip | error
     synthetic_n: int = 600  # images in the built-in synthetic set
     split_file: Optional[str] = None  # default: <cache_dir>/splits/<key>.json
+    exclude_split: Optional[str] = None  # pretraining: leave out the "test" ids of this split file
     test_frac: float = 0.2
     val_frac: float = 0.1
 

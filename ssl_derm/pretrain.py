@@ -6,8 +6,10 @@ The run folder gets ``config.yaml``, ``version.json``, ``metrics.json``, ``check
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ssl_derm.augment import build_preset, denormalize
@@ -19,6 +21,24 @@ from ssl_derm.engine import CacheBatches, Logger, fit
 from ssl_derm.engine import distributed as D
 from ssl_derm.methods import build_method
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
+
+
+def train_rows(dataset, exclude_split) -> np.ndarray:
+    """Cache rows to pretrain on: all, less the test side of ``data.exclude_split`` (so an image that a
+    downstream protocol scores is never seen in pretraining, not even without its label)."""
+    rows = np.arange(len(dataset.ids))
+    if not exclude_split:
+        return rows
+    path = Path(exclude_split)
+    if not path.is_file():
+        raise ValueError(f"data.exclude_split '{path}' does not exist; give the split JSON that `ssl-derm finetune` "
+                         "wrote (its path is in that run's metrics.json) or leave the key unset")
+    test = set(json.loads(path.read_text()).get("test", []))
+    if not test:
+        raise ValueError(f"data.exclude_split '{path}' has no 'test' ids; is it a ssl-derm split file?")
+    keep = np.array([i not in test for i in dataset.ids])
+    print(f"pretrain: leaving out {int((~keep).sum())} test image(s) of {path.name}")
+    return rows[keep]
 
 
 def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
@@ -36,8 +56,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
     preset = cfg.augment.preset or method.default_preset
     augment = build_preset(preset, cfg.augment, cfg.data.image_size).to(device)
+    rows = train_rows(dataset, cfg.data.exclude_split)
     batches = CacheBatches(dataset.images, cfg.train.batch_size, device, seed=cfg.seed,
-                           rank=D.rank(), world=D.world_size())
+                           rank=D.rank(), world=D.world_size(), indices=rows)
     logger = Logger(out, enabled=main)
 
     monitor = None
@@ -52,7 +73,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         summary = fit(method, batches, augment, cfg.train, out, device, logger=logger, monitor=monitor,
                       denormalize=lambda v: denormalize(v, cfg.augment))
         metrics = {"method": cfg.method.name, "encoder": cfg.encoder.name, "image_size": cfg.data.image_size,
-                   "n_images": len(dataset.ids), "preset": preset, "world_size": D.world_size(), **summary}
+                   "n_images": len(rows), "n_excluded": len(dataset.ids) - len(rows), "preset": preset, "world_size": D.world_size(), **summary}
         if monitor is not None:
             if not knn.history or knn.history[-1]["step"] != cfg.train.max_steps:
                 logger.scalars(knn.evaluate(cfg.train.max_steps), cfg.train.max_steps, prefix="monitor/")

@@ -99,3 +99,31 @@ def test_bad_config_is_one_clear_line(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "x"), "method.name=simclear", "device=cpu",
                  f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic_n=48", "data.image_size=32"]) == 1
     assert "simclear" in capsys.readouterr().err
+
+
+def test_exclude_split_keeps_test_images_out_of_pretraining(tmp_path, monkeypatch):
+    from ssl_derm import pretrain as P
+
+    from ssl_derm.config import DataConfig
+    from ssl_derm.data import load_dataset
+
+    ds = load_dataset(DataConfig(synthetic_n=48, image_size=32, cache_dir=str(tmp_path / "cache")), progress=False)
+    test_ids = ds.ids[:10]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"test": test_ids, "train": ds.ids[10:]}))
+    seen = set()
+    real = P.CacheBatches.indices_at
+
+    def spy(self, step):
+        rows = real(self, step)
+        seen.update(ds.ids[r] for r in rows)
+        return rows
+
+    monkeypatch.setattr(P.CacheBatches, "indices_at", spy)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path, **{"train.max_steps": 4, "monitor.every_steps": 0}),
+                 f"data.exclude_split={split}"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_excluded"] == 10 and m["n_images"] == 38
+    assert seen and not seen & set(test_ids)
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path), f"data.exclude_split={tmp_path / 'nope.json'}"]) == 1
