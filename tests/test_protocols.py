@@ -192,3 +192,20 @@ def test_every_protocol_has_a_config_file():
     for name in ("knn", "linear", "finetune", "fixmatch", "meanteacher", "fewmask_seg"):
         cfg = load_finetune_config(folder / f"{name}.yaml")
         assert cfg.protocol.name == name
+
+
+def test_cli_finetune_on_builtin_synthetic_set(tmp_path):
+    from ssl_derm.cli import main
+
+    out = tmp_path / "run"
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "finetune" / "knn.yaml"
+    rc = main(["finetune", "--config", str(config), "--out", str(out), f"data.cache_dir={tmp_path / 'cache'}",
+               "data.synthetic_n=120", f"data.image_size={SIZE}", f"encoder.name={ENCODER}", "encoder.checkpoint=none",
+               "split.fraction=0.25", "seed=0", "device=cpu"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"] == "knn" and m["n_per_side"]["test"] > 0 and m["n"] == m["n_per_side"]["test"]
+    split_files = list((tmp_path / "cache" / "splits").glob("*.json"))
+    assert len(split_files) == 1  # written once, reused by every later run on the same data

@@ -172,6 +172,7 @@ def run_fewmask_seg(ctx) -> dict:
     test = ctx.rows["test"]
     pred = predict_masks(model, ctx.dataset.images, test, cfg.augment, dev, p.feature_batch_size, p.seg_threshold)
     scores = score_masks(pred, np.asarray(masks[test]), ids[test])
+    # scored on the cache's masks (data.image_size square), not at each image's original size
     info = {"n_masks_used": int(len(lab)), "best_step": best_step, "val_history": history,
-            "best_val_dice": None if best_state is None else best}
+            "best_val_dice": None if best_state is None else best, "scored_at_px": ctx.image_size}
     return {"seg": scores, "info": info, "pred_masks": pred}
