@@ -109,3 +109,18 @@ def test_mean_teacher_pieces():
     assert consistency_loss(t, t).item() == 0.0
     assert sigmoid_rampup(0, 0) == 1.0 and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5))
+
+
+def test_seg_pieces_keep_image_and_mask_aligned():
+    from ssl_derm.evaluate.fewmask_seg import dice_bce_loss, flip_rotate
+
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 1:4, 2:6] = 1
+    x = m.repeat(1, 3, 1, 1) * 200  # the image is the mask, so any misalignment shows
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        xa, ma = flip_rotate(x, m, gen)
+        assert torch.equal(xa[:, :1] / 200, ma)
+    good = dice_bce_loss((m * 2 - 1) * 20, m)
+    bad = dice_bce_loss((1 - 2 * m) * 20, m)
+    assert good.item() < 0.01 and bad.item() > 1.0

@@ -51,9 +51,8 @@ class FixMatchTrainer(ClassifierTrainer):
         xl, y = self.labelled_batch()
         urows = self.unlabeled.take(p.mu * len(y))
         xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
-        weak_l = self.views(xl)[0]
-        weak_u, strong_u = self.views(xu)[:2]
-        logits = self.model(torch.cat([weak_l, weak_u, strong_u]))
+        weak, strong = self.views(torch.cat([xl, xu]))[:2]  # one augmentation call for both groups
+        logits = self.model(torch.cat([weak, strong[len(y):]]))  # [labelled weak | unlabeled weak | unlabeled strong]
         lx, lw, ls = logits[:len(y)], logits[len(y):len(y) + len(urows)], logits[len(y) + len(urows):]
         loss_x = self.supervised_loss(lx, y)
         loss_u, mask = fixmatch_unlabeled_loss(lw, ls, p.threshold)

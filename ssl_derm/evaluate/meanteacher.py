@@ -44,9 +44,9 @@ class MeanTeacherTrainer(ClassifierTrainer):
         xl, y = self.labelled_batch()
         urows = self.unlabeled.take(p.mu * len(y))
         xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
-        weak_l = self.views(xl)[0]
-        weak_u, strong_u = self.views(xu)[:2]
-        logits = self.model(torch.cat([weak_l, strong_u]))
+        weak, strong = self.views(torch.cat([xl, xu]))[:2]
+        weak_u, strong_u = weak[len(y):], strong[len(y):]
+        logits = self.model(torch.cat([weak[:len(y)], strong_u]))
         with torch.no_grad():
             teacher_u = self.teacher.module(weak_u)
         loss_x = self.supervised_loss(logits[:len(y)], y)
