@@ -9,6 +9,7 @@ teacher, :meth:`eval_model` and :meth:`on_step_end`): one level of base class.
 from __future__ import annotations
 
 import math
+import time
 from typing import Optional
 
 import numpy as np
@@ -92,6 +93,7 @@ class ClassifierTrainer:
     def fit(self) -> dict:
         t, p = self.cfg.train, self.cfg.protocol
         best_score, best_state, best_step = -math.inf, None, 0
+        t0 = time.time()
         for step in range(t.max_steps):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, logs = self.loss(step)
@@ -114,6 +116,8 @@ class ClassifierTrainer:
                 score = self.val_score()
                 self.ctx.log("val/balanced_accuracy", score, step + 1)
                 self.history.append({"step": step + 1, "val_balanced_accuracy": score})
+                print(f"  [{p.name}] step {step + 1}/{t.max_steps} loss {float(loss.detach()):.4f} "
+                      f"val balanced_acc {score:.4f} ({time.time() - t0:.0f}s)", flush=True)
                 if score > best_score:
                     best_score, best_step = score, step + 1
                     # a copy: on the CPU .cpu() would alias the live weights
