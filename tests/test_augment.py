@@ -178,3 +178,27 @@ def test_yaml_augment_section_loads(tmp_path):
     assert cfg.augment.padding_mode == "zeros" and math.isclose(cfg.augment.weak_crop_scale_min, 0.8)
     with pytest.raises(ConfigError, match="augment.paddng_mode"):
         load_config(PretrainConfig, overrides=["augment.paddng_mode=zeros"])
+
+
+def test_random_erase_box_area():
+    torch.manual_seed(0)
+    x = torch.ones(64, 3, 20, 20)
+    y = ops.random_erase(x, 1.0, (0.1, 0.1), ratio=(1.0, 1.0))
+    erased = (y == 0).float().mean((1, 2, 3))
+    assert ((erased > 0.05) & (erased < 0.16)).all()  # ~10% of the pixels, up to rounding of the box edges
+    assert torch.equal(ops.random_erase(x, 0.0, (0.1, 0.1)), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_never_sync_on_cuda(name):
+    """The augmentation must not make the host wait for the device (it would stall the training step)."""
+    p = build_preset(name, AugmentConfig(blur_p=0.5, solarize_p=0.2), 64)
+    x = images(8, 64).cuda()
+    p(x)  # first call makes the cached constants
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        views = p(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(v.is_cuda and v.dtype == torch.float32 for v in views)

@@ -18,7 +18,7 @@ output reproducible.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import kornia
 import torch
@@ -31,6 +31,17 @@ class AugmentError(ValueError):
 
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+_CROSS = ((0.0, -1.0, 1.0), (1.0, 0.0, -1.0), (-1.0, 1.0, 0.0))  # [u]x for u = (1,1,1), before 1/sqrt(3)
+_CONSTS: Dict[tuple, Tensor] = {}
+
+
+def const(values: tuple, device) -> Tensor:
+    """A small float32 constant on ``device``, made once: ``torch.tensor(..., device=cuda)`` copies from
+    pageable host memory and waits for every queued kernel, which would stall the pipeline each batch."""
+    key = (values, str(device))
+    if key not in _CONSTS:
+        _CONSTS[key] = torch.tensor(values, dtype=torch.float32, device=device)
+    return _CONSTS[key]
 
 
 def _uniform(shape, lo: float, hi: float, device) -> Tensor:
@@ -143,9 +154,9 @@ def colour_transform(x: Tensor, b: Tensor, c: Tensor, s: Tensor, hue: Tensor, gr
     cos, sin = torch.cos(ang).view(n, 1, 1), torch.sin(ang).view(n, 1, 1)
     eye = torch.eye(3, device=dev)
     third = torch.full((3, 3), 1 / 3, device=dev)
-    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=dev) / math.sqrt(3)
+    cross = const(_CROSS, dev) / math.sqrt(3)
     rot = cos * eye + (1 - cos) * third + sin * cross  # Rodrigues: rotation about (1, 1, 1)
-    luma = torch.tensor(GRAY, device=dev)
+    luma = const(GRAY, dev)
     to_luma = luma.expand(3, 3)  # every channel := luma
     sv = s.view(n, 1, 1)
     sat = sv * eye + (1 - sv) * to_luma
@@ -166,15 +177,17 @@ def gaussian_blur(x: Tensor, p: float, sigma: Tuple[float, float]) -> Tensor:
         return x
     n, side = x.shape[0], x.shape[-1]
     k = max(3, int(0.1 * side) // 2 * 2 + 1)
-    on = _bernoulli(n, p, x.device)
-    sig = on * _uniform(n, sigma[0], sigma[1], x.device) + (1 - on) * 1e-3  # 1e-3: an exact delta kernel
+    # drawn on the host: kornia checks sigma > 0 there and moves it non-blocking (a device sigma would sync)
+    on = (torch.rand(n) < p).float()
+    sig = on * _uniform(n, sigma[0], sigma[1], "cpu") + (1 - on) * 1e-3  # 1e-3: an exact delta kernel
     if x.is_cuda:  # blur everything: a boolean index would make the host wait for the device
-        return kornia.filters.gaussian_blur2d(x, (k, k), sig.view(n, 1).expand(n, 2), border_type="reflect")
+        return kornia.filters.gaussian_blur2d(x, (k, k), sig.view(n, 1).expand(n, 2).contiguous(), border_type="reflect")
     # on the CPU there is nothing to overlap with: blur only the chosen images (same result)
     idx = on.nonzero().flatten()
     out = x.clone()
     if idx.numel():
-        out[idx] = kornia.filters.gaussian_blur2d(x[idx], (k, k), sig[idx].view(-1, 1).expand(-1, 2), border_type="reflect")
+        out[idx] = kornia.filters.gaussian_blur2d(x[idx], (k, k), sig[idx].view(-1, 1).expand(-1, 2).contiguous(),
+                                                  border_type="reflect")
     return out
 
 
@@ -196,10 +209,34 @@ def posterize(x: Tensor, p: float) -> Tensor:
     return kornia.enhance.posterize(x, bits)
 
 
+def random_erase(x: Tensor, p: float, scale: Tuple[float, float], ratio: Tuple[float, float] = (0.3, 3.3),
+                 value: float = 0.0) -> Tensor:
+    """Random erasing (Zhong et al.) of one rectangle per image with probability p, filled with ``value``.
+
+    x (N,C,H,W) -> same. Area ~ U(scale) of the image, log-uniform aspect in ``ratio``, clamped to the
+    image. A broadcast comparison instead of kornia's RandomErasing, whose per-image parameters are
+    drawn on the host and applied by boolean indexing (a device sync per batch).
+    """
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    area = _uniform(n, scale[0], scale[1], dev) * (h * w)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), dev))
+    eh = torch.sqrt(area * aspect).clamp(max=h)
+    ew = torch.sqrt(area / aspect).clamp(max=w)
+    top = torch.rand(n, device=dev) * (h - eh)
+    left = torch.rand(n, device=dev) * (w - ew)
+    on = torch.rand(n, device=dev) < p
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    v = lambda t: t.view(n, 1, 1)  # noqa: E731
+    box = (ys >= v(top)) & (ys < v(top + eh)) & (xs >= v(left)) & (xs < v(left + ew)) & v(on)
+    return x.masked_fill(box.unsqueeze(1), value)
+
+
 def norm_stats(mean: Sequence[float], std: Sequence[float], device) -> Tuple[Tensor, Tensor]:
-    m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return m, s
+    return const(tuple(mean), device).view(1, 3, 1, 1), const(tuple(std), device).view(1, 3, 1, 1)
 
 
 def normalize_unit(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
