@@ -32,7 +32,7 @@ def check_config(cfg: AugmentConfig, image_size: int) -> None:
         raise AugmentError(f"config key 'augment.{key}': {value!r} {what}")
 
     if image_size <= 0:
-        bad("image_size", image_size, "must be a positive number of pixels")
+        raise AugmentError(f"config key 'data.image_size': {image_size!r} must be a positive number of pixels")
     for key in _PROBS:
         v = getattr(cfg, key)
         if not 0.0 <= v <= 1.0:
