@@ -63,16 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smallest budget (for tests)")
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    p = bench.add_parser("throughput", help="training-step ceiling vs ssl-derm path vs lightly's standard path")
-    p.add_argument("--method", default="simclr")
-    p.add_argument("--encoder", default="resnet50")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data", help="image folder for lightly's path (default: synthetic JPEGs)")
-    p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (CI)")
-    p.add_argument("--out", help="write the figures as JSON here")
+    from ssl_derm.bench import add_arguments
+
+    add_arguments(bench.add_parser("throughput", help="training-step ceiling vs ssl-derm's cache->GPU->kornia path "
+                                   "vs lightly's standard JPEG path"))
     return ap
 
 
@@ -125,9 +119,10 @@ def _run(args) -> int:
         run_demo(args.out, data=args.data, quick=args.quick)
         return 0
     if args.command == "bench":
-        from ssl_derm.bench import main_throughput
+        from ssl_derm.bench import run_from_args
 
-        return main_throughput(args)
+        run_from_args(args)
+        return 0
     raise AssertionError(args.command)
 
 
