@@ -1,0 +1,95 @@
+"""``gharawi``: the Gharawi-style self-supervised segmenter (network and losses in gharawi_net.py).
+
+For each image (``segment.per_image: true``, a fresh network per image, as Kim et al.) or each batch
+(one network per batch), the network is optimised for ``segment.iters`` SGD steps on
+similarity + ``spatial_weight`` * spatial-consistency, stopping early once at most ``min_clusters``
+clusters remain. The argmax clusters are then split into lesion and skin without labels
+(:func:`ssl_derm.segment.prior.choose_lesion_clusters`) and cleaned up like every method's. The score
+is the softmax mass of the lesion clusters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_derm.registry import register
+from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.gharawi_net import GharawiNet, clustering_losses
+from ssl_derm.segment.prior import choose_lesion_clusters
+
+MOMENTUM = 0.9
+
+
+@torch.no_grad()
+def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
+    """uint8 (N,S,S,3) -> the frozen encoder's maps [(N, C_l, h_l, w_l)]: a CNN's stages of stride 4, 8
+    and 16 (the early, local ones), or a ViT's patch-token grid."""
+    from ssl_derm.augment import normalize
+
+    x = normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device), aug_cfg)
+    model = encoder.model
+    was = model.training
+    model.eval()
+    try:
+        if encoder.is_vit or not hasattr(model, "forward_intermediates"):
+            return [encoder.forward_dense(x).float()]
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        size = x.shape[-1]
+        keep = [m.float() for m in maps if 4 <= size // m.shape[-1] <= 16]
+        return keep or [maps[-1].float()]
+    finally:
+        model.train(was)
+
+
+@register("segmenter", "gharawi")
+class Gharawi(Segmenter):
+    needs_encoder = True
+
+    def _optimise(self, lab: torch.Tensor, levels: list) -> torch.Tensor:
+        """Fit a fresh network to these images; -> softmax responses (B, K, S, S)."""
+        s = self.s
+        net = GharawiNet([lv.shape[1] for lv in levels], s.feat_dim, s.max_clusters, s.transformer_layers,
+                         s.heads, s.position_weight).to(lab.device)
+        opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=MOMENTUM)
+        net.train()
+        for _ in range(s.iters):
+            resp = net(lab, levels)
+            sim, spatial, target = clustering_losses(resp)
+            loss = sim + s.spatial_weight * spatial
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if max(len(torch.unique(t)) for t in target) <= s.min_clusters:
+                break
+        with torch.no_grad():
+            return net(lab, levels).softmax(1)
+
+    def segment(self, images: np.ndarray, prep: Prepared):
+        dev = next(self.encoder.parameters()).device
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(self.cfg.seed)  # the same images give the same masks, whatever ran before
+        levels = encoder_levels(self.encoder, images, self.cfg.augment, dev)
+        size = images.shape[1]
+        lab_t = torch.from_numpy(prep.lab).to(dev)
+        work = min(self.s.work_size, size)
+        if work != size:  # per-pixel optimisation costs grow with the pixel count: cluster smaller
+            lab_t = F.interpolate(lab_t, size=(work, work), mode="bilinear", align_corners=False, antialias=True)
+        groups = [[i] for i in range(len(images))] if self.s.per_image else [list(range(len(images)))]
+        probs = []
+        for g in groups:
+            with torch.enable_grad():
+                p = self._optimise(lab_t[g], [lv[g] for lv in levels])
+            probs.append(F.interpolate(p, size=(size, size), mode="bilinear", align_corners=False).cpu())
+        torch.random.set_rng_state(gen_state)
+        probs = torch.cat(probs).numpy()  # (N, K, S, S)
+        labels = probs.argmax(1)
+        lab = smooth_lab(prep.lab, self.s.smooth_sigma)
+        n = len(images)
+        scores, masks = np.zeros((n, size, size), np.float32), np.zeros((n, size, size), bool)
+        for i in range(n):
+            lb = np.where(prep.valid[i], labels[i], -1)
+            masks[i] = choose_lesion_clusters(lb, lab[i], prep.valid[i], prep.ring[i])
+            lesion_ids = np.unique(labels[i][masks[i]])
+            scores[i] = probs[i][lesion_ids].sum(0) if len(lesion_ids) else 0.0
+        return scores, masks

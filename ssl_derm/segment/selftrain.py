@@ -1,0 +1,120 @@
+"""Self-training: a U-Net-style network on a (pretrained) encoder learns the pseudo-masks of the whole
+unlabeled archive, then predicts new masks; ``selftrain.rounds`` rounds, each on the last round's masks.
+
+Why it can beat its teacher: the per-image methods see one image at a time, the network sees all of
+them and averages their mistakes away. Two things keep it from copying the mistakes:
+
+- low-confidence pixels are left out of the loss: where the pseudo score is within
+  ``ignore_band`` of 0.5, where the cleaned mask disagrees with the score (a removed blob, a filled
+  hole) and a ``boundary_px`` band around the pseudo outline, where the methods are least sure;
+- kornia augmentation, applied jointly to image, mask and loss weights (flips, rotation, scale; colour
+  jitter on the image only), so it must recognise lesions, not memorise pixels.
+
+The network is :class:`ssl_derm.evaluate.fewmask_seg.SegModel` (timm encoder + U-Net decoder).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import kornia.augmentation as K
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from ssl_derm.augment import normalize
+from ssl_derm.encoders import create_encoder
+from ssl_derm.engine.optim import build_optimizer, build_scheduler
+from ssl_derm.evaluate.fewmask_seg import SegModel
+from ssl_derm.segment.cleanup import clean_masks
+from ssl_derm.segment.colour import scaled_px
+
+
+def loss_weights(scores: np.ndarray, masks: np.ndarray, band: float, boundary_px: float) -> np.ndarray:
+    """Which pixels teach: float32 (N, S, S) in {0, 1} from scores float (N,S,S) in [0,1], masks bool (N,S,S)."""
+    confident = np.where(masks, scores >= 0.5 + band, scores <= 0.5 - band)
+    r = int(round(scaled_px(boundary_px, masks.shape[-1])))
+    if r > 0:
+        st = ndi.generate_binary_structure(2, 1)
+        for i, m in enumerate(masks):
+            edge = ndi.binary_dilation(m, st, iterations=r) & ~ndi.binary_erosion(m, st, iterations=r)
+            confident[i] &= ~edge
+    return confident.astype(np.float32)
+
+
+def joint_augmentation(aug_cfg) -> K.AugmentationSequential:
+    """Geometry on image, mask and weights together; colour on the image only (kornia skips masks)."""
+    return K.AugmentationSequential(
+        K.RandomHorizontalFlip(p=aug_cfg.hflip), K.RandomVerticalFlip(p=aug_cfg.vflip),
+        K.RandomAffine(degrees=aug_cfg.rotation, scale=(0.8, 1.2), p=1.0),
+        K.ColorJitter(aug_cfg.brightness, aug_cfg.contrast, aug_cfg.saturation, aug_cfg.hue, p=aug_cfg.jitter_p),
+        data_keys=["input", "mask", "mask"])
+
+
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if x.shape[-1] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def weighted_bce_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE over the weighted pixels + soft Dice on them; all (B, 1, H, W)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum().clamp_min(1)
+    p = logits.sigmoid() * weight
+    t = target * weight
+    dice = (2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
+    return bce + (1 - dice).mean()
+
+
+def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, masks: np.ndarray, device,
+                logger=None, round_idx: int = 1) -> SegModel:
+    """Fit a fresh SegModel on images[rows] (uint8 (N,S,S,3)) with pseudo scores/masks (n,S,S)."""
+    st, t = cfg.selftrain, cfg.train
+    weights = loss_weights(scores, masks, st.ignore_band, st.boundary_px)
+    gen = np.random.default_rng(cfg.seed + round_idx)
+    train_pos = np.arange(len(rows))
+    if st.max_images and st.max_images < len(rows):
+        train_pos = np.sort(gen.choice(len(rows), st.max_images, replace=False))
+    enc = create_encoder(cfg.encoder.name, st.image_size, cfg.encoder.checkpoint)
+    model = SegModel(enc, st.decoder_widths, st.image_size).to(device).train()
+    opt = build_optimizer(model, t)
+    sched = build_scheduler(opt, t)
+    aug = joint_augmentation(cfg.augment).to(device)
+    bar = tqdm(range(t.max_steps), desc=f"self-training round {round_idx}", dynamic_ncols=True, leave=False)
+    for step in bar:
+        pos = np.sort(gen.choice(train_pos, min(t.batch_size, len(train_pos)), replace=False))
+        x = torch.from_numpy(np.asarray(images[rows[pos]])).permute(0, 3, 1, 2).to(device).float().div_(255)
+        y = torch.from_numpy(masks[pos]).float()[:, None].to(device)
+        w = torch.from_numpy(weights[pos])[:, None].to(device)
+        x, y, w = _resize(x, st.image_size, "bilinear"), _resize(y, st.image_size, "nearest"), _resize(w, st.image_size, "nearest")
+        x, y, w = aug(x, y, w)
+        loss = weighted_bce_dice(model(normalize(x.clamp(0, 1), cfg.augment)), y, w)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"self-training loss is {loss.item()} at step {step}; lower train.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+        opt.step()
+        sched.step_update(step + 1)
+        if logger is not None and step % max(t.log_every, 1) == 0:
+            logger.scalar(f"selftrain/round{round_idx}/loss", loss.item(), step)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_round(model: SegModel, cfg, images: np.ndarray, rows: np.ndarray, device) -> Tuple[np.ndarray, np.ndarray]:
+    """-> (scores float32 (n, S, S), cleaned masks bool (n, S, S)) at the cache size S."""
+    size, st = images.shape[1], cfg.selftrain
+    scores = np.zeros((len(rows), size, size), np.float32)
+    bs = max(cfg.segment.batch_size, 1)
+    for i in range(0, len(rows), bs):
+        x = torch.from_numpy(np.asarray(images[rows[i:i + bs]])).permute(0, 3, 1, 2).to(device).float().div_(255)
+        p = model(normalize(_resize(x, st.image_size, "bilinear"), cfg.augment)).float().sigmoid()
+        scores[i:i + bs] = F.interpolate(p, size=(size, size), mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+    masks = clean_masks(scores > 0.5, cfg.segment.component, cfg.segment.fill_holes)
+    return scores, masks

@@ -1,0 +1,67 @@
+"""The dermoscope's field of view: a bright disc; outside it the dark vignette of the lens tube.
+
+The vignette is found without labels as the dark region that reaches the image corners, and its
+inner edge is replaced by a robust circle fit: a dark lesion that touches the vignette breaks the
+dark region's outline but not the circle, so it is not cut away with the border.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+DARK_FRACTION = 0.5  # darker than half the bright (90th percentile) lightness of the image
+MIN_AREA = 0.005  # a dark corner region smaller than this share of the image is ignored
+
+
+def _corner_dark(L: np.ndarray) -> np.ndarray:
+    """(S, S) lightness -> bool (S, S): dark components that touch a corner patch."""
+    s = L.shape[0]
+    Ls = ndi.uniform_filter(L, 3)
+    dark = Ls < DARK_FRACTION * np.percentile(Ls, 90)
+    lab, n = ndi.label(dark)
+    if n == 0:
+        return dark
+    k = max(2, s // 25)
+    corners = np.concatenate([lab[:k, :k].ravel(), lab[:k, -k:].ravel(), lab[-k:, :k].ravel(), lab[-k:, -k:].ravel()])
+    ids = np.unique(corners[corners > 0])
+    return np.isin(lab, ids)
+
+
+def fit_circle(y: np.ndarray, x: np.ndarray):
+    """Least-squares (Kasa) circle through points -> (cy, cx, r)."""
+    a = np.stack([2 * x, 2 * y, np.ones_like(x)], 1)
+    sol, *_ = np.linalg.lstsq(a, x * x + y * y, rcond=None)
+    cx, cy, c = sol
+    return cy, cx, float(np.sqrt(max(c + cx * cx + cy * cy, 1e-6)))
+
+
+def vignette_mask(L: np.ndarray, margin: float = 2.0) -> np.ndarray:
+    """(S, S) lightness (Lab L, 0-100) -> bool (S, S), True outside the field of view."""
+    s = L.shape[0]
+    dark = _corner_dark(L)
+    if dark.mean() < MIN_AREA:
+        return np.zeros_like(dark)
+    edge = dark & ndi.binary_dilation(~dark)
+    edge[0] = edge[-1] = False
+    edge[:, 0] = edge[:, -1] = False
+    y, x = np.nonzero(edge)
+    if len(y) < 10:
+        return dark
+    y, x = y.astype(float), x.astype(float)
+    keep = np.ones(len(y), bool)
+    for _ in range(3):  # trim the 30% worst-fitting edge points (lesion or hair on the rim) and refit
+        cy, cx, r = fit_circle(y[keep], x[keep])
+        res = np.abs(np.hypot(y - cy, x - cx) - r)
+        keep = res <= np.percentile(res, 70)
+    if not (r > 0.3 * s and abs(cy - s / 2) < 0.5 * s and abs(cx - s / 2) < 0.5 * s):
+        return dark  # not a plausible lens circle: keep the dark corner regions themselves
+    yy, xx = np.mgrid[:s, :s]
+    return np.hypot(yy - cy, xx - cx) > r - margin * s / 128
+
+
+def field_of_view(L: np.ndarray, enabled: bool = True) -> np.ndarray:
+    """(S, S) lightness -> bool (S, S) valid pixels (inside the field of view). Never (almost) empty."""
+    if not enabled:
+        return np.ones(L.shape, bool)
+    valid = ~vignette_mask(L)
+    return valid if valid.mean() > 0.1 else np.ones(L.shape, bool)
