@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from ssl_derm.registry import register
 from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
@@ -24,8 +25,9 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """x: (P, C) points -> (P,) cluster ids."""
     rng = np.random.default_rng(seed)
     fit = x if len(x) <= MAX_FIT_POINTS else x[rng.choice(len(x), MAX_FIT_POINTS, replace=False)]
-    km = KMeans(n_clusters=min(k, len(np.unique(fit, axis=0))), n_init=3, random_state=seed).fit(fit)
-    return km.predict(x)
+    with threadpool_limits(1):  # one small problem per image: threads only add start-up cost
+        km = KMeans(n_clusters=min(k, len(np.unique(fit, axis=0))), n_init=3, random_state=seed).fit(fit)
+        return km.predict(x)
 
 
 def lesion_from_labels(labels: np.ndarray, prep: Prepared, i: int, lab: np.ndarray):

@@ -1,0 +1,141 @@
+"""Every registered segmenter on synthetic lesions with exact masks; the shared prior and clean-up."""
+import numpy as np
+import pytest
+import torch
+
+from ssl_derm.config import ConfigError, load_config
+from ssl_derm.data.synth import synth_arrays
+from ssl_derm.encoders import create_encoder
+from ssl_derm.evaluate.seg_metrics import score_dataset
+from ssl_derm.registry import names
+from ssl_derm.segment.base import build_segmenter, segmenter_class
+from ssl_derm.segment.cleanup import clean_mask, select_component
+from ssl_derm.segment.config import DEFAULT_METHOD, SegmentConfig, check_segment_config
+from ssl_derm.segment.prior import choose_lesion_clusters, otsu_threshold, skin_ring
+from ssl_derm.segment.vignette import field_of_view
+
+SIZE = 48
+ENCODER = {"kmeans_features": "resnet18", "gharawi": "resnet18", "vit_attention": "vit_tiny_patch16_224"}
+# Jaccard each method must reach on these synthetic lesions (the no-checkpoint ones; the rest only run)
+MIN_JACCARD = {"contrast_em": 0.8, "kmeans_color": 0.75, "otsu_blue": 0.5, "otsu_gray": 0.5, "gharawi": 0.6}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # per-image work on tiny tensors: extra threads only spin on a shared CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    images, masks, _ = synth_arrays(12, SIZE, 3)
+    return images, masks.astype(bool)
+
+
+def _cfg(method, *extra):
+    return check_segment_config(load_config(SegmentConfig, None, [f"segment.method={method}", "segment.iters=4",
+                                                                  "segment.work_size=32", *extra]))
+
+
+def test_registry_has_every_method():
+    assert {"contrast_em", "gharawi", "otsu_gray", "otsu_blue", "kmeans_color", "kmeans_features",
+            "vit_attention"} <= set(names("segmenter"))
+    assert segmenter_class("default") is segmenter_class(DEFAULT_METHOD)
+    assert not segmenter_class("default").needs_encoder  # the default runs on any folder, no checkpoint
+
+
+@pytest.mark.parametrize("method", ["contrast_em", "gharawi", "otsu_gray", "otsu_blue", "kmeans_color",
+                                    "kmeans_features", "vit_attention"])
+def test_every_segmenter_runs_and_scores(method, synth):
+    images, true = synth
+    if method in ENCODER:  # the slow ones: fewer images
+        images, true = images[:6], true[:6]
+    torch.manual_seed(0)
+    enc = create_encoder(ENCODER[method], SIZE) if method in ENCODER else None
+    scores, masks = build_segmenter(_cfg(method), enc).predict(images)
+    assert scores.shape == masks.shape == true.shape
+    assert scores.dtype == np.float32 and masks.dtype == bool
+    assert np.isfinite(scores).all() and scores.min() >= 0 and scores.max() <= 1
+    j = score_dataset(masks, true, [str(i) for i in range(len(true))])["mean"]["jaccard"]
+    assert j >= MIN_JACCARD.get(method, 0.0), f"{method}: mean Jaccard {j:.3f}"
+
+
+def test_gharawi_per_batch_and_refine(synth):
+    images, true = synth
+    enc = create_encoder("resnet18", SIZE)
+    _, masks = build_segmenter(_cfg("gharawi", "segment.per_image=false", "segment.refine_em=true"), enc).predict(images[:3])
+    assert masks.shape == (3, SIZE, SIZE) and masks.any()
+
+
+def test_prediction_is_deterministic_and_empty_batch(synth):
+    images, _ = synth
+    seg = build_segmenter(_cfg("contrast_em"))
+    a, b = seg.predict(images[:3])[1], seg.predict(images[:3])[1]
+    assert np.array_equal(a, b)
+    s, m = seg.predict(images[:0])
+    assert s.shape == (0, SIZE, SIZE) and m.shape == (0, SIZE, SIZE)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="available: default"):
+        build_segmenter(_cfg("no_such_method"))
+    with pytest.raises(ValueError, match="is not a ViT"):
+        build_segmenter(_cfg("vit_attention"), create_encoder("resnet18", 32))
+    with pytest.raises(ValueError, match="needs an encoder"):
+        build_segmenter(_cfg("gharawi"))
+    with pytest.raises(ConfigError, match="segment.component"):
+        _cfg("contrast_em", "segment.component=biggest")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(SegmentConfig, None, ["segment.methd=otsu_blue"])
+    with pytest.raises(ValueError, match="uint8"):
+        build_segmenter(_cfg("contrast_em")).predict(np.zeros((2, 8, 8, 3), np.float32))  # uint8 only
+
+
+def test_otsu_threshold_splits_two_modes():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(50, 5, 1000), rng.normal(150, 5, 1000)])
+    t = otsu_threshold(v)
+    assert (v[:1000] < t).mean() > 0.99 and (v[1000:] > t).all()
+
+
+def _vignetted_image(size=64):
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    L = np.full((size, size), 70.0)
+    L[r > 0.55 * size] = 5.0  # dark corners outside the lens circle
+    L[r < 0.12 * size] = 30.0  # a dark central lesion
+    return L, r
+
+
+def test_field_of_view_excludes_dark_corners_not_the_lesion():
+    L, r = _vignetted_image()
+    valid = field_of_view(L)
+    assert not valid[0, 0] and not valid[-1, -1]
+    assert valid[32, 32] and valid[r < 0.5 * 64].mean() > 0.97
+    assert field_of_view(np.full((64, 64), 60.0)).all()  # no vignette: everything valid
+    assert field_of_view(L, enabled=False).all()
+
+
+def test_choose_lesion_clusters_and_ring():
+    L, r = _vignetted_image()
+    valid = r <= 0.55 * 64
+    ring = skin_ring(valid, 2, 8)
+    assert ring.any() and not (ring & (r < 0.3 * 64)).any()
+    feats = np.stack([L, np.zeros_like(L), np.zeros_like(L)])
+    labels = (r < 0.12 * 64).astype(int) + 2 * ((r > 0.3 * 64) & valid)  # lesion 1, skin 0 and 2
+    lesion = choose_lesion_clusters(labels, feats, valid, ring)
+    assert np.array_equal(lesion, (r < 0.12 * 64))
+
+
+def test_clean_up_picks_central_component_and_fills_holes():
+    m = np.zeros((40, 40), bool)
+    m[15:26, 15:26] = True
+    m[19:22, 19:22] = False  # a hole
+    m[0:14, 0:14] = True  # a bigger blob in the corner
+    central = clean_mask(m, "central")
+    assert central[20, 20] and not central[0, 0]
+    assert select_component(m, "largest")[0, 0]
+    assert clean_mask(m, "all")[0, 0] and clean_mask(m, "all")[20, 20]

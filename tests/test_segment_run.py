@@ -1,0 +1,149 @@
+"""``run_segment`` end to end on image folders with exact masks: outputs, original sizes, metrics,
+overlays, self-training; and the proof that no mask file is touched before scoring starts."""
+import builtins
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_derm.config import load_config
+from ssl_derm.data.synth import synth_arrays
+from ssl_derm.segment import run as run_mod
+from ssl_derm.segment.config import SegmentConfig
+from ssl_derm.segment.run import run_segment
+from ssl_derm.segment.selftrain import joint_augmentation, loss_weights
+
+W, H = 60, 45  # original image size (not square, not the cache size)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lesions")
+    images, masks, _ = synth_arrays(8, 64, 5)
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i, (x, m) in enumerate(zip(images, masks)):
+        Image.fromarray(x).resize((W, H), Image.Resampling.BILINEAR).save(root / "images" / f"img{i}.png")
+        Image.fromarray(m * 255).resize((W, H), Image.Resampling.NEAREST).save(root / "masks" / f"img{i}.png")
+    return root
+
+
+def _cfg(folder, tmp_path, *extra, masks=True):
+    over = [f"data.images=[{folder / 'images'}]", "data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",
+            "segment.overlay_n=4", *extra]
+    if masks:
+        over.append(f"data.masks={folder / 'masks'}")
+    return load_config(SegmentConfig, None, over)
+
+
+def test_default_run_writes_masks_metrics_overlays(folder, tmp_path):
+    out = tmp_path / "run"
+    metrics = run_segment(_cfg(folder, tmp_path), out)
+    pngs = sorted((out / "masks").glob("*.png"))
+    assert [p.stem for p in pngs] == [f"img{i}" for i in range(8)]
+    m = np.asarray(Image.open(pngs[0]).convert("L"))
+    assert m.shape == (H, W) and set(np.unique(m)) <= {0, 255}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["method"] == "contrast_em" and saved["mean"]["n"] == 8
+    assert set(saved["per_image"]) == {f"img{i}" for i in range(8)}
+    assert saved["mean"]["jaccard"] == pytest.approx(np.mean([v["jaccard"] for v in saved["per_image"].values()]))
+    assert saved["mean"]["jaccard"] > 0.6 and metrics["mean"] == saved["mean"]
+    assert (out / "overlays_contrast_em.png").is_file() and any((out / "tb").iterdir())
+    # the scores are those of the written PNGs against the mask files
+    from ssl_derm.evaluate.seg_metrics import image_metrics
+
+    gt = np.asarray(Image.open(folder / "masks" / "img0.png").convert("L")) > 0
+    assert image_metrics(m > 0, gt)["jaccard"] == pytest.approx(saved["per_image"]["img0"]["jaccard"])
+
+
+def test_masks_are_never_read_before_scoring(folder, tmp_path, monkeypatch):
+    """Every way to reach a file (open, PIL, numpy, directory listing) is watched for the masks folder;
+    touching it before run_segment starts scoring fails the test."""
+    masks_dir = str(folder / "masks")
+    state = {"scoring": False, "early": [], "late": 0}
+
+    def watch(path):
+        p = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else ""
+        if p.startswith(masks_dir):
+            if state["scoring"]:
+                state["late"] += 1
+            else:
+                state["early"].append(p)
+
+    def spy(fn):
+        def wrapped(path, *a, **k):
+            watch(path)
+            return fn(path, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(builtins, "open", spy(builtins.open))
+    monkeypatch.setattr(Image, "open", spy(Image.open))
+    monkeypatch.setattr(np, "load", spy(np.load))
+    monkeypatch.setattr(os, "walk", spy(os.walk))
+    monkeypatch.setattr(os, "scandir", spy(os.scandir))
+    monkeypatch.setattr(os, "listdir", spy(os.listdir))
+    real_score = run_mod.score_predictions
+
+    def scoring(*a, **k):
+        state["scoring"] = True
+        return real_score(*a, **k)
+
+    monkeypatch.setattr(run_mod, "score_predictions", scoring)
+    metrics = run_segment(_cfg(folder, tmp_path, "segment.method=kmeans_color"), tmp_path / "watched")
+    assert state["early"] == [], f"mask files touched before scoring: {state['early'][:3]}"
+    assert state["late"] > 0 and metrics["mean"]["n"] == 8  # and they were read to score
+
+
+def test_predictions_do_not_depend_on_masks(folder, tmp_path):
+    run_segment(_cfg(folder, tmp_path), tmp_path / "with")
+    metrics = run_segment(_cfg(folder, tmp_path, masks=False), tmp_path / "without")
+    assert metrics["mean"] is None
+    for p in sorted((tmp_path / "with" / "masks").glob("*.png")):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "without" / "masks" / p.name)))
+
+
+def test_self_training_round_and_subset(folder, tmp_path):
+    cfg = _cfg(folder, tmp_path, "selftrain.rounds=1", "selftrain.image_size=32", "train.max_steps=2",
+               "train.batch_size=4", "segment.max_images=6", "selftrain.decoder_widths=[16,16,8,8,8]")
+    metrics = run_segment(cfg, tmp_path / "st")
+    assert list(metrics["stages"]) == ["contrast_em", "selftrain_1"]
+    assert metrics["mean"]["n"] == 6 and len(list((tmp_path / "st" / "masks").glob("*.png"))) == 6
+    assert (tmp_path / "st" / "overlays_selftrain_1.png").is_file()
+
+
+def test_loss_weights_leave_out_unsure_pixels_and_the_outline():
+    scores = np.full((1, 16, 16), 0.95, np.float32)
+    masks = np.zeros((1, 16, 16), bool)
+    masks[0, 4:12, 4:12] = True
+    scores[0][~masks[0]] = 0.05
+    scores[0, 0, 0] = 0.55  # unsure
+    w = loss_weights(scores, masks, band=0.2, boundary_px=0)
+    assert w[0, 0, 0] == 0 and w[0, 8, 8] == 1 and w[0, 15, 15] == 1
+    scores[0, 8, 8] = 0.1  # mask says lesion, score says skin (a filled hole): left out
+    assert loss_weights(scores, masks, 0.2, 0)[0, 8, 8] == 0
+    w = loss_weights(scores, masks, 0.2, boundary_px=16)  # 2 px at this size
+    assert w[0, 4, 8] == 0 and w[0, 2, 8] == 0 and w[0, 6, 6] == 1 and w[0, 0, 8] == 1
+
+
+def test_joint_augmentation_keeps_image_and_mask_aligned():
+    from ssl_derm.config import AugmentConfig
+
+    torch.manual_seed(0)
+    m = torch.zeros(4, 1, 32, 32)
+    m[:, :, 8:20, 10:26] = 1
+    aug = joint_augmentation(AugmentConfig(jitter_p=0.0))
+    x, y, w = aug(m.repeat(1, 3, 1, 1), m, torch.ones_like(m))
+    agree = ((x[:, :1] > 0.5) == (y > 0.5)).float().mean()
+    assert agree > 0.97 and not torch.equal(y, m)  # moved, and moved together
+    assert set(torch.unique(w).tolist()) <= {0.0, 1.0}
