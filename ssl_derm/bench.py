@@ -185,6 +185,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder of JPEGs (default: synthetic lesions in a temp dir)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for lightly's path")
     p.add_argument("--n-images", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's; 1 with --quick, as shared CI cores thrash with more)")
     p.add_argument("--quick", action="store_true", help="CPU/CI: resnet18 at 64 px, batch 16, 4 steps")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     return p
@@ -204,6 +206,9 @@ def run_from_args(args) -> dict:
         defaults = add_arguments(argparse.ArgumentParser()).parse_args([])
         tiny = dict(encoder="resnet18", image_size=64, batch_size=16, steps=4)
         kw.update({k: v for k, v in tiny.items() if kw[k] == getattr(defaults, k)})
+    threads = args.threads if args.threads is not None else (1 if args.quick else 0)
+    if threads:
+        torch.set_num_threads(threads)
     r = run_throughput(device=resolve_device(args.device), data_root=args.data_root, quick=args.quick,
                        workers=args.workers if args.workers is not None else (2 if args.quick else None),
                        n_images=args.n_images, **kw)
