@@ -110,7 +110,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError) as e:
         _train(tmp_path, _cfg(max_steps=10), method=TinyMethod(nan_at=4))
     msg = str(e.value)
-    assert "nan" in msg and "step 4" in msg and "last.pt" in msg and "train.lr" in msg
+    assert "not finite" in msg and "step 4" in msg and "last.pt" in msg and "step 3" in msg and "train.lr" in msg
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -61,7 +61,9 @@ class CacheBatches:
     def get(self, step: int) -> torch.Tensor:
         """The batch at ``step`` on the device, (B, 3, S, S) uint8."""
         if self.resident is not None:
-            rows = torch.as_tensor([self._row_of[int(r)] for r in np.sort(self.indices_at(step))], device=self.device)
+            rows = torch.as_tensor([self._row_of[int(r)] for r in np.sort(self.indices_at(step))]).pin_memory()
+            # a pinned, non-blocking copy: the host does not wait for the GPU to finish the last step
+            rows = rows.to(self.device, non_blocking=True)
             return self.resident.index_select(0, rows).permute(0, 3, 1, 2).contiguous()
         if self.device.type != "cuda":
             return self._host_batch(step).contiguous()

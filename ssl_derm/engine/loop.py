@@ -80,6 +80,20 @@ def fit(method: nn.Module, batches, augment: Callable, cfg: TrainConfig, out_dir
 
     history, seen, t0 = [], 0, time.time()
     loss_val = float("nan")
+    # Reading the loss on the host makes the CPU wait for the GPU, so finiteness is accumulated on the
+    # device and read only where it matters: before a checkpoint is written and at log steps.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    good_step = start
+
+    def check(step: int) -> None:
+        if bool(nonfinite):
+            bad = int(first_bad)
+            raise TrainingError(
+                f"loss is not finite at step {bad}; stopped at step {step}. The last good checkpoint is kept at "
+                f"{last} (step {good_step if last.is_file() else 'none yet'}). Lower train.lr, raise "
+                "train.warmup_steps or set train.clip_grad, then run the same command again to resume from it.")
+
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="pretrain",
                disable=not main, dynamic_ncols=True)
     method.train()
@@ -89,12 +103,11 @@ def fit(method: nn.Module, batches, augment: Callable, cfg: TrainConfig, out_dir
             views = augment(x)
         with _autocast(device, cfg.amp):
             loss, logs = compiled(views, step)
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            raise TrainingError(
-                f"loss is {loss_val} at step {step}; stopped. The last good checkpoint is kept at {last} "
-                f"(step {_ckpt_step(last)}). Lower train.lr, raise train.warmup_steps or set train.clip_grad, then "
-                "run the same command again to resume from it.")
+        bad = ~torch.isfinite(loss.detach())
+        first_bad = torch.where(bad & ~nonfinite, torch.full_like(first_bad, step), first_bad)
+        nonfinite = nonfinite | bad
+        if device.type != "cuda":  # free on the CPU: stop before a non-finite update is applied
+            check(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else None
@@ -103,6 +116,8 @@ def fit(method: nn.Module, batches, augment: Callable, cfg: TrainConfig, out_dir
         method.on_step_end(step)
         seen += x.shape[0] * D.world_size()
         if main and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
+            check(step)
+            loss_val = float(loss.detach())
             lr = optimizer.param_groups[0]["lr"]
             rate = seen / max(time.time() - t0, 1e-9)
             if logger:
@@ -119,16 +134,12 @@ def fit(method: nn.Module, batches, augment: Callable, cfg: TrainConfig, out_dir
             if res and main and logger:
                 logger.scalars(res, step, prefix="monitor/")
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+            check(step)
             checkpoint(step + 1)
+            good_step = step + 1
+    check(cfg.max_steps - 1)
     checkpoint(cfg.max_steps)
     bar.close()
     elapsed = time.time() - t0
     return {"steps": cfg.max_steps, "resumed_from": start, "final_loss": loss_val, "loss_history": history,
             "train_seconds": elapsed, "img_per_s": seen / max(elapsed, 1e-9)}
-
-
-def _ckpt_step(path: Path):
-    try:
-        return int(load_checkpoint(path)["step"])
-    except Exception:
-        return "none yet"
