@@ -116,6 +116,7 @@ class MethodConfig:
     mask_patch_size: int = 32  # SimMIM mask unit in pixels
     decoder_dim: int = 256
     decoder_depth: int = 2
+    export: str = "student"  # student | teacher (the momentum teacher of BYOL/MoCo v3/DINO; DINO evaluates it)
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-_CHOICES = {"on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda")}
+_CHOICES = {"on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda"), "export": ("student", "teacher")}
 
 
 def validate(cfg, prefix: str = "") -> None:

@@ -41,6 +41,16 @@ def train_rows(dataset, exclude_split) -> np.ndarray:
     return rows[keep]
 
 
+def export_target(method, which: str):
+    """The encoder that is monitored and exported: the online one, or the momentum teacher."""
+    if which == "teacher":
+        if not hasattr(method, "teacher_encoder"):
+            raise ValueError(f"method.export=teacher: method '{method.cfg.name}' has no momentum teacher; "
+                             "use method.export=student")
+        return method.teacher_encoder
+    return method.encoder
+
+
 def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     device = D.init_distributed(resolve_device(cfg.device))
     main = D.is_main()
@@ -54,6 +64,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              cfg.encoder.pretrained, cfg.encoder.drop_path_rate)
     method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
+    exported = export_target(method, cfg.method.export)
     preset = cfg.augment.preset or method.default_preset
     augment = build_preset(preset, cfg.augment, cfg.data.image_size).to(device)
     rows = train_rows(dataset, cfg.data.exclude_split)
@@ -66,7 +77,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         from ssl_derm.monitor import KNNMonitor
 
         split = split_for(dataset, cfg.data, seed=0)  # the same split file the finetune protocols use
-        knn = KNNMonitor(method.encoder, dataset, split, cfg.monitor, cfg.augment, device)
+        knn = KNNMonitor(exported, dataset, split, cfg.monitor, cfg.augment, device)
         monitor = knn if main else None
 
     try:
@@ -79,9 +90,10 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
                 logger.scalars(knn.evaluate(cfg.train.max_steps), cfg.train.max_steps, prefix="monitor/")
             metrics["knn_monitor"] = knn.history
         if main:
-            path = export_encoder(method.encoder, out / "encoder.safetensors")
+            path = export_encoder(exported, out / "encoder.safetensors")
             write_json(out / "encoder.json", {"timm_name": cfg.encoder.name, "img_size": cfg.data.image_size,
-                                              "file": path.name, "method": cfg.method.name})
+                                              "file": path.name, "method": cfg.method.name,
+                                              "exported": cfg.method.export})
             metrics["encoder_file"] = str(path)
             write_metrics(out, metrics)
             print(f"pretrain: {cfg.method.name}/{cfg.encoder.name} {summary['steps']} steps, final loss "

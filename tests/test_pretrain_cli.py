@@ -127,3 +127,19 @@ def test_exclude_split_keeps_test_images_out_of_pretraining(tmp_path, monkeypatc
     assert m["n_excluded"] == 10 and m["n_images"] == 38
     assert seen and not seen & set(test_ids)
     assert main(["pretrain", "--out", str(out), *_tiny(tmp_path), f"data.exclude_split={tmp_path / 'nope.json'}"]) == 1
+
+
+def test_dino_exports_its_teacher_when_asked(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(ROOT / "configs/pretrain/dino_resnet18.yaml"), "--out", str(out),
+                 *_tiny(tmp_path, **{"monitor.every_steps": 0, "train.max_steps": 3})]) == 0
+    exported = load_file(str(out / "encoder.safetensors"))
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    teacher = {k[len("teacher_encoder.model."):]: v for k, v in state.items() if k.startswith("teacher_encoder.model.")}
+    student = {k[len("encoder.model."):]: v for k, v in state.items() if k.startswith("encoder.model.")}
+    assert teacher and all(torch.equal(exported[k], teacher[k]) for k in exported)
+    assert any(not torch.equal(exported[k], student[k]) for k in exported if exported[k].is_floating_point())
+    assert main(["pretrain", "--out", str(tmp_path / "s"), *_tiny(tmp_path), "method.name=simclr",
+                 "method.export=teacher"]) == 1
