@@ -131,6 +131,13 @@ def test_fixmatch_uses_unlabeled_images(data, tmp_path):
     assert logs["mask_rate"] == 0.0 and logs["loss_u"] == 0.0  # nobody is that sure: all masked
 
 
+def test_fixmatch_reports_mask_rate(data, tmp_path):
+    ds, split = data
+    m = run_finetune(_cfg("fixmatch", **{"protocol.threshold": 0.0, "train.max_steps": 2}), tmp_path / "fm", dataset=ds,
+                     split=split, quiet=True)
+    assert m["info"]["mean_mask_rate"] == 1.0 and m["info"]["n_unlabeled"] > 0
+
+
 def test_linear_probe_detects_a_changed_encoder(data, tmp_path, monkeypatch):
     ctx = _ctx(data, "linear", tmp_path)
     orig = Context.features

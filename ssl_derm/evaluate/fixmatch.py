@@ -45,6 +45,7 @@ class FixMatchTrainer(ClassifierTrainer):
         super().__init__(ctx)
         rows, self.note = unlabeled_rows(ctx)
         self.unlabeled = IndexStream(rows, ctx.cfg.seed + 1)
+        self.mask_rates = []  # share of unlabeled images above the threshold, per step
 
     def loss(self, step: int):
         p = self.cfg.protocol
@@ -57,6 +58,7 @@ class FixMatchTrainer(ClassifierTrainer):
         loss_x = self.supervised_loss(lx, y)
         loss_u, mask = fixmatch_unlabeled_loss(lw, ls, p.threshold)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean()}
+        self.mask_rates.append(float(mask.mean()))
         true = torch.from_numpy(self.labels[urows]).to(self.device)
         known = true >= 0
         if mask.sum() > 0 and known.any():  # pseudo-label quality, for monitoring only (never trained on)
@@ -71,6 +73,9 @@ def run_fixmatch(ctx) -> dict:
     trainer = FixMatchTrainer(ctx)
     out = trainer.run()
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
+    # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
+    out["info"]["mean_mask_rate"] = float(np.mean(trainer.mask_rates)) if trainer.mask_rates else 0.0
+    out["info"]["last_mask_rate"] = trainer.mask_rates[-1] if trainer.mask_rates else 0.0
     if trainer.note:
         out["info"]["note"] = trainer.note
     return out
