@@ -147,3 +147,19 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
     agree = ((x[:, :1] > 0.5) == (y > 0.5)).float().mean()
     assert agree > 0.97 and not torch.equal(y, m)  # moved, and moved together
     assert set(torch.unique(w).tolist()) <= {0.0, 1.0}
+
+
+def test_pretrained_encoder_checkpoint_feeds_the_feature_methods(folder, tmp_path):
+    """encoder.checkpoint=PATH (an exported encoder) loads into gharawi and kmeans_features end to end;
+    a missing checkpoint is a clear error."""
+    from ssl_derm.encoders import create_encoder, export_encoder
+
+    torch.manual_seed(1)
+    ckpt = export_encoder(create_encoder("resnet18", 32), tmp_path / "enc" / "encoder.safetensors")
+    for method, extra in (("gharawi", ["segment.iters=2", "segment.work_size=16"]), ("kmeans_features", [])):
+        cfg = _cfg(folder, tmp_path, f"segment.method={method}", f"encoder.checkpoint={ckpt}", *extra)
+        metrics = run_segment(cfg, tmp_path / method)
+        assert metrics["encoder_checkpoint"] == str(ckpt) and metrics["mean"]["n"] == 8
+    with pytest.raises(ValueError, match="does not exist"):
+        run_segment(_cfg(folder, tmp_path, "segment.method=gharawi", f"encoder.checkpoint={tmp_path / 'nope.safetensors'}"),
+                    tmp_path / "bad")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.registry import register
+from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter
 
 
@@ -30,7 +31,7 @@ def cls_attention(encoder, images: np.ndarray, aug_cfg) -> torch.Tensor:
     attn_mod.fused_attn = False  # the fused kernel never materialises the attention matrix
     model.eval()
     try:
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(dev), aug_cfg)
+        x = normalize(uint8_batch(images).to(dev), aug_cfg)
         model.forward_features(x)
     finally:
         handle.remove()

@@ -6,11 +6,16 @@ import numpy as np
 import torch
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) in [0, 1]."""
+def uint8_batch(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) array (read-only memory maps too) -> uint8 tensor (N, 3, S, S)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"segmenters take uint8 images of shape (N, S, S, 3), got {images.dtype} {images.shape}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) in [0, 1]."""
+    return uint8_batch(images).float().div_(255.0)
 
 
 def to_lab(images: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ class SegmentSection:
     # attention maps (ViT): keep the patches holding this share of the CLS attention (DINO)
     attention_mass: float = 0.6
     # gharawi: hybrid CNN/Transformer features + contextual attention + differentiable clustering
-    max_clusters: int = 16  # width of the cluster head (argmax labels may use fewer)
+    max_clusters: int = 8  # width of the cluster head (argmax labels may use fewer)
     min_clusters: int = 3  # stop early once this few clusters remain
     feat_dim: int = 32
     transformer_layers: int = 1

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.registry import register
+from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
 from ssl_derm.segment.gharawi_net import GharawiNet, clustering_losses
 from ssl_derm.segment.prior import choose_lesion_clusters
@@ -27,7 +28,7 @@ def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
     and 16 (the early, local ones), or a ViT's patch-token grid."""
     from ssl_derm.augment import normalize
 
-    x = normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device), aug_cfg)
+    x = normalize(uint8_batch(images).to(device), aug_cfg)
     model = encoder.model
     was = model.training
     model.eval()

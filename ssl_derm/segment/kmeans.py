@@ -15,6 +15,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from ssl_derm.registry import register
+from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
 from ssl_derm.segment.prior import choose_lesion_clusters
 
@@ -58,7 +59,7 @@ def dense_features(encoder, images: np.ndarray, aug_cfg, grid: int, device) -> t
     patch tokens (ViT), each L2-normalised over channels and resized to ``grid``, concatenated."""
     from ssl_derm.augment import normalize
 
-    x = normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device), aug_cfg)
+    x = normalize(uint8_batch(images).to(device), aug_cfg)
     model = encoder.model
     was = model.training
     model.eval()

@@ -120,6 +120,9 @@ def run_segment(cfg: SegmentConfig, out_dir) -> dict:
         if masks_dir is not None:
             res, small = score_predictions(ids, m, sizes, masks_dir, cfg.segment.upsample, overlay_rows)
             stages[stage].update(res)
+            if res["mean"]["n"] == 0 and k == 0:
+                print(f"[ssl-derm] no mask in '{masks_dir}' matched an image id (e.g. {ids[:2]}; "
+                      f"{res['missing_examples'][:2]}): nothing scored")
             if small and len(small) == len(overlay_rows):
                 true_small = np.stack([small[i] for i in overlay_rows])
             for key, v in res["mean"].items():

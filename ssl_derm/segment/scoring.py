@@ -39,9 +39,10 @@ def score_predictions(ids: Sequence[str], masks: np.ndarray, sizes: Sequence[Tup
                       mode: str = "bilinear", keep_small: Optional[Sequence[int]] = None) -> Tuple[dict, Dict[int, np.ndarray]]:
     """Score predicted masks bool (N, S, S) against ``masks_dir`` at each image's original size.
 
-    Images without a mask file are left out (``mean.n`` says how many were scored; ``missing_masks``
-    lists the rest). ``keep_small``: rows whose true mask to return at (S, S) (for overlays).
-    Returns (scores dict as :func:`ssl_derm.evaluate.seg_metrics.score_dataset` plus ``missing_masks``,
+    Images without a usable mask are left out (``mean.n`` says how many were scored, ``missing_masks``
+    how many were not, ``missing_examples`` names a few with the reason). ``keep_small``: rows whose
+    true mask to return at (S, S) (for overlays).
+    Returns (scores dict as :func:`ssl_derm.evaluate.seg_metrics.score_dataset` plus the missing counts,
     {row: bool (S, S) true mask}).
     """
     files = find_masks(masks_dir)
@@ -64,5 +65,6 @@ def score_predictions(ids: Sequence[str], masks: np.ndarray, sizes: Sequence[Tup
         if row in keep:
             small[row] = np.asarray(Image.fromarray(gt).resize((size, size), Image.Resampling.NEAREST)) > 0
     result = score_dataset(preds, gts, scored)
-    result["missing_masks"] = missing
+    result["missing_masks"] = len(missing)
+    result["missing_examples"] = missing[:5]
     return result, small

@@ -1,0 +1,99 @@
+"""Annotation-free segmentation on HAM10000: every method and baseline, one table.
+
+Each entry runs ``run_segment`` with a config from configs/segment/ (masks are read only to score,
+at each image's original size) and prints mean Jaccard, Dice, thresholded Jaccard and seconds per
+image (prediction only, on this machine's CPU with ``train.num_threads`` threads):
+
+    .venv/bin/python benchmarks/segment_ham10000.py --out runs/seg_ham10000             # everything
+    .venv/bin/python benchmarks/segment_ham10000.py --only default,otsu_blue --max-images 500
+    .venv/bin/python benchmarks/segment_ham10000.py --only kmeans_features,gharawi \\
+        --checkpoint runs/pretrain_pooled/encoder.safetensors --size 64
+
+Expensive entries (per-image network optimisation, self-training) run on a seeded subset unless
+--max-images says otherwise (``n`` in the table). Finished entries (a metrics.json) are reused, so
+the script resumes; writes <out>/segment_ham10000.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "segment"
+
+# name -> (config file, extra overrides, default subset size (0 = all images), needs the checkpoint)
+ENTRIES = {
+    "default": ("default.yaml", [], 0, False),
+    "otsu_gray": ("otsu_gray.yaml", [], 0, False),
+    "otsu_blue": ("otsu_blue.yaml", [], 0, False),
+    "kmeans_color": ("kmeans_color.yaml", [], 0, False),
+    "kmeans_features_random": ("kmeans_features.yaml", ["encoder.checkpoint=none"], 1000, False),
+    "kmeans_features": ("kmeans_features.yaml", [], 1000, True),
+    "gharawi_random": ("gharawi.yaml", ["encoder.checkpoint=none"], 200, False),
+    "gharawi": ("gharawi.yaml", [], 200, True),
+    "gharawi_refine_em": ("gharawi.yaml", ["segment.refine_em=true"], 200, True),
+    "selftrain_random": ("selftrain.yaml", ["encoder.checkpoint=none"], 0, False),
+    "selftrain": ("selftrain.yaml", [], 0, True),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ham10000"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "seg_ham10000"))
+    ap.add_argument("--only", default="", help="comma-separated entries (default: all; " + ", ".join(ENTRIES) + ")")
+    ap.add_argument("--checkpoint", default="", help="encoder.safetensors from `ssl-derm pretrain` (entries that "
+                    "need it are skipped without one)")
+    ap.add_argument("--encoder", default="resnet18", help="encoder.name matching --checkpoint")
+    ap.add_argument("--size", type=int, default=128, help="cache size data.image_size")
+    ap.add_argument("--max-images", type=int, default=-1, help="subset size for every entry (-1: per-entry default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every entry")
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from ssl_derm.config import load_config
+    from ssl_derm.segment.config import SegmentConfig
+    from ssl_derm.segment.run import run_segment
+
+    names = [n for n in (args.only.split(",") if args.only else ENTRIES) if n]
+    unknown = [n for n in names if n not in ENTRIES]
+    if unknown:
+        ap.error(f"unknown entries {unknown}; choose from {', '.join(ENTRIES)}")
+    out = Path(args.out)
+    rows = []
+    for name in names:
+        cfg_file, extra, subset, needs_ckpt = ENTRIES[name]
+        if needs_ckpt and not args.checkpoint:
+            print(f"[skip] {name}: needs --checkpoint")
+            continue
+        n = subset if args.max_images < 0 else args.max_images
+        over = [f"data.images=[{args.data}/images]", f"data.masks={args.data}/masks", f"data.image_size={args.size}",
+                f"segment.max_images={n}", f"train.num_threads={args.threads}"]
+        if args.checkpoint and needs_ckpt:
+            over += [f"encoder.checkpoint={args.checkpoint}", f"encoder.name={args.encoder}"]
+        run_dir = out / name
+        if not (run_dir / "metrics.json").is_file():
+            print(f"== {name} ({cfg_file}, {n or 'all'} images)")
+            run_segment(load_config(SegmentConfig, CONFIGS / cfg_file, over + extra + args.set), run_dir)
+        m = json.loads((run_dir / "metrics.json").read_text())
+        for stage, st in m["stages"].items():
+            if st.get("mean"):
+                label = name if len(m["stages"]) == 1 else f"{name} [{stage}]"
+                rows.append((label, st["mean"], st["seconds_per_image"], m.get("encoder_checkpoint")))
+    lines = ["| method | images | mean Jaccard | mean Dice | thresholded Jaccard | s/image (CPU) | checkpoint |",
+             "|---|---|---|---|---|---|---|"]
+    for name, mean, sec, ckpt in rows:
+        lines.append(f"| {name} | {mean['n']} | {mean['jaccard']:.4f} | {mean['dice']:.4f} | "
+                     f"{mean['thresholded_jaccard']:.4f} | {sec:.3f} | {'yes' if ckpt and ckpt != 'none' else 'no'} |")
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segment_ham10000.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
