@@ -89,15 +89,18 @@ def collect(out: Path, inits, protocols, fractions, seeds) -> list:
 
 
 def _mean_std(vals) -> tuple:
+    """(mean, sample std or None for a single seed); (None, None) when there is no value."""
     vals = np.array([v for v in vals if v is not None], dtype=float)
     if not len(vals):
         return None, None
-    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
 
 
 def _fmt(ms: tuple) -> str:
     m, s = ms
-    return "-" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"
+    if m is None:
+        return "-"
+    return f"{100 * m:.1f}" if s is None else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
 def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> None:
@@ -107,7 +110,7 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    lines = [f"{metric} (%, test side, mean ± std over seeds)", "",
+    lines = [f"{metric} (%, test side; mean ± sample std over seeds where there are several)", "",
              "| protocol | labels | n labelled | pretrained | random init | difference | seeds |", "|---|---|---|---|---|---|---|"]
     groups = {}
     for r in rows:
