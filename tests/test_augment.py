@@ -14,14 +14,6 @@ from ssl_derm.registry import names
 PRESETS = ["two_view", "multi_crop", "masked", "weak_strong", "eval"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 cores shared with other jobs, OpenMP spinning makes 2 threads far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def images(b=4, size=48, seed=0):
     g = torch.Generator().manual_seed(seed)

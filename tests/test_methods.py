@@ -16,14 +16,6 @@ CASES = [(m, e) for m in ("simclr", "mocov3", "byol", "dino") for e in (RESNET, 
     ("mae", VIT), ("simmim", VIT), ("simmim", RESNET), ("simmim", SWIN)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 cores shared with other jobs, OpenMP spinning makes 2 threads ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_cfg(name, **kw):
     base = dict(name=name, proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, dino_out_dim=64, decoder_dim=32,

@@ -1,18 +1,9 @@
 """The throughput benchmark runs end to end on the CPU and reports all three paths and both ratios."""
 import json
 
-import pytest
-import torch
 
 from ssl_derm.bench import main, run_throughput
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_run_throughput_tiny(tmp_path, capsys):

@@ -19,13 +19,6 @@ SHRINK = ["data.image_size=32", "method.proj_hidden_dim=32", "method.proj_dim=16
           "augment.local_crop_size=16", "augment.n_local_crops=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_there_are_configs_for_every_method():
     methods = {p.name.split("_")[0] for p in CONFIGS}

@@ -12,13 +12,6 @@ ENCODERS = ["resnet50", "densenet121", "mobilenetv3_large_100", "efficientnet_b0
             "vit_base_patch16_224", "swin_tiny_patch4_window7_224", "vit_small_r26_s32_224"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("enc", ENCODERS)
 def test_dino_and_simmim_step(enc):

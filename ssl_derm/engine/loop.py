@@ -2,7 +2,6 @@
 schedule with warm-up, atomic checkpoints with resume, a NaN guard, TensorBoard and tqdm."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
