@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "segment"
 
 # name -> (config file, extra overrides, default subset size (0 = all images), needs the checkpoint)
+CPU_SELFTRAIN = ["selftrain.image_size=64", "train.max_steps=600"]  # ~8 min per round on 1-2 CPU cores
 ENTRIES = {
     "default": ("default.yaml", [], 0, False),
     "otsu_gray": ("otsu_gray.yaml", [], 0, False),
@@ -32,10 +33,15 @@ ENTRIES = {
     "kmeans_features_random": ("kmeans_features.yaml", ["encoder.checkpoint=none"], 1000, False),
     "kmeans_features": ("kmeans_features.yaml", [], 1000, True),
     "gharawi_random": ("gharawi.yaml", ["encoder.checkpoint=none"], 200, False),
+    "gharawi_random_batch": ("gharawi.yaml", ["encoder.checkpoint=none", "segment.per_image=false",
+                                              "segment.iters=60", "segment.batch_size=50"], 200, False),
+    "gharawi_random_refine_em": ("gharawi.yaml", ["encoder.checkpoint=none", "segment.refine_em=true"], 200, False),
     "gharawi": ("gharawi.yaml", [], 200, True),
     "gharawi_refine_em": ("gharawi.yaml", ["segment.refine_em=true"], 200, True),
-    "selftrain_random": ("selftrain.yaml", ["encoder.checkpoint=none"], 0, False),
-    "selftrain": ("selftrain.yaml", [], 0, True),
+    "selftrain_random": ("selftrain.yaml", ["encoder.checkpoint=none", *CPU_SELFTRAIN], 0, False),
+    "selftrain_random_2rounds": ("selftrain.yaml", ["encoder.checkpoint=none", "selftrain.rounds=2", *CPU_SELFTRAIN],
+                                 0, False),
+    "selftrain": ("selftrain.yaml", CPU_SELFTRAIN, 0, True),
 }
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.registry import register
-from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter
+from ssl_derm.segment.colour import uint8_batch
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.registry import register
-from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.gharawi_net import GharawiNet, clustering_losses
 from ssl_derm.segment.prior import choose_lesion_clusters
 

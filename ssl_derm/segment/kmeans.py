@@ -15,8 +15,8 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from ssl_derm.registry import register
-from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.prior import choose_lesion_clusters
 
 MAX_FIT_POINTS = 4096  # k-means is fitted on a random subset of pixels, then labels every pixel

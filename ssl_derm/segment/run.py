@@ -5,7 +5,8 @@
 Masks (``data.masks``, or the synthetic set's own) are read only by :mod:`ssl_derm.segment.scoring`,
 after every prediction is made. metrics.json holds the means (``mean``), per-image values
 (``per_image``), seconds per image, and one entry per stage (``stages``: the method's masks, then each
-self-training round). Overlay grids go to ``overlays_<stage>.png`` and TensorBoard (``tb/``).
+self-training round; a round's seconds per image include its training). Overlay grids go to
+``overlays_<stage>.png`` and TensorBoard (``tb/``).
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def run_segment(cfg: SegmentConfig, out_dir) -> dict:
 
     scores, masks, seconds = predict_all(segmenter, ds.images, rows, cfg.segment.batch_size)
     stages = {name: {"n_images": len(rows), "seconds_per_image": seconds / max(len(rows), 1)}}
-    results = {name: (scores, masks)}
+    results = {name: masks}  # masks of every stage are scored; scores are only needed by the next round
     for r in range(1, cfg.selftrain.rounds + 1):
         from ssl_derm.segment.selftrain import predict_round, train_round
 
@@ -105,17 +106,17 @@ def run_segment(cfg: SegmentConfig, out_dir) -> dict:
         scores, masks = predict_round(model, cfg, ds.images, rows, device)
         stage = f"selftrain_{r}"
         stages[stage] = {"n_images": len(rows), "seconds_per_image": (time.perf_counter() - t0) / max(len(rows), 1)}
-        results[stage] = (scores, masks)
+        results[stage] = masks
     final = list(stages)[-1]
     if cfg.segment.write_masks:
-        write_masks(out / "masks", ids, results[final][1], sizes, cfg.segment.upsample)
+        write_masks(out / "masks", ids, results[final], sizes, cfg.segment.upsample)
 
     # --- scoring: the first time any mask file is read
     metrics = {"method": name, "image_size": ds.image_size, "n_images": len(rows),
                "encoder": cfg.encoder.name if encoder is not None or cfg.selftrain.rounds else None,
                "encoder_checkpoint": cfg.encoder.checkpoint, "device": str(device)}
     small_images = np.asarray(ds.images[rows[overlay_rows]]) if overlay_rows else None
-    for k, (stage, (_, m)) in enumerate(results.items()):
+    for k, (stage, m) in enumerate(results.items()):
         true_small = None
         if masks_dir is not None:
             res, small = score_predictions(ids, m, sizes, masks_dir, cfg.segment.upsample, overlay_rows)
