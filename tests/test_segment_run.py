@@ -163,3 +163,12 @@ def test_pretrained_encoder_checkpoint_feeds_the_feature_methods(folder, tmp_pat
     with pytest.raises(ValueError, match="does not exist"):
         run_segment(_cfg(folder, tmp_path, "segment.method=gharawi", f"encoder.checkpoint={tmp_path / 'nope.safetensors'}"),
                     tmp_path / "bad")
+
+
+def test_thread_setting_is_for_the_run_only(folder, tmp_path):
+    torch.set_num_threads(2)
+    try:
+        run_segment(_cfg(folder, tmp_path, "segment.method=otsu_blue", "train.num_threads=1"), tmp_path / "threads")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

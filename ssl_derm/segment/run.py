@@ -76,11 +76,22 @@ def _summary(stages: dict) -> str:
 
 
 def run_segment(cfg: SegmentConfig, out_dir) -> dict:
+    """Segment ``cfg.data.images``, write masks and overlays into ``out_dir``, score them when masks are
+    known; returns the metrics dict (also in ``out_dir/metrics.json``)."""
     check_segment_config(cfg)
+    segmenter_class(cfg.segment.method)  # an unknown method fails before any image is decoded
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads > 0:  # for this run only: the caller's setting comes back afterwards
+        torch.set_num_threads(cfg.train.num_threads)
+    try:
+        return _run(cfg, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: SegmentConfig, out_dir) -> dict:
     out = prepare_out_dir(out_dir, cfg)
     seed_everything(cfg.seed)
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.device)
     data_cfg, masks_dir = resolve_data(cfg)
     ds = load_dataset(data_cfg)
