@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 # Sized so that the whole demo stays within 5 minutes on 2 CPU cores.
 BUDGETS = {
-    "full": {"n": 800, "size": 48, "pretrain_steps": 300, "batch": 64, "seeds": [0, 1], "seg_n": 200},
+    "full": {"n": 800, "size": 48, "pretrain_steps": 200, "batch": 64, "seeds": [0, 1], "seg_n": 200},
     "quick": {"n": 160, "size": 32, "pretrain_steps": 4, "batch": 16, "seeds": [0], "seg_n": 24},
 }
 
@@ -59,7 +59,7 @@ def run_demo(out="runs/demo", data: str | None = None, quick: bool = False) -> P
     seg = {}
     for name in ("default", "otsu_blue"):
         cfg_path = CONFIGS / "segment" / f"{name}.yaml"
-        scfg = load_config(SegmentConfig, cfg_path, _as_overrides(data_keys))
+        scfg = load_config(SegmentConfig, cfg_path, _as_overrides(data_keys) + [f"segment.max_images={b['seg_n']}"])
         seg[name] = run_segment(scfg, out / "segment" / name)
 
     print("[2/2] pretraining (SimCLR, resnet18), then few-label classification: pretrained vs random init")
