@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=-1, help="subset size for every entry (-1: per-entry default)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every entry")
+    ap.add_argument("--table-only", action="store_true", help="run nothing; tabulate the finished entries in --out")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -69,8 +70,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown entries {unknown}; choose from {', '.join(ENTRIES)}")
     out = Path(args.out)
-    rows = []
-    for name in names:
+    for name in [] if args.table_only else names:
         cfg_file, extra, subset, needs_ckpt = ENTRIES[name]
         if needs_ckpt and not args.checkpoint:
             print(f"[skip] {name}: needs --checkpoint")
@@ -84,7 +84,11 @@ def main(argv=None) -> int:
         if not (run_dir / "metrics.json").is_file():
             print(f"== {name} ({cfg_file}, {n or 'all'} images)")
             run_segment(load_config(SegmentConfig, CONFIGS / cfg_file, over + extra + args.set), run_dir)
-        m = json.loads((run_dir / "metrics.json").read_text())
+    rows = []  # every finished entry in --out, in ENTRIES order
+    for name in ENTRIES:
+        if not (out / name / "metrics.json").is_file():
+            continue
+        m = json.loads((out / name / "metrics.json").read_text())
         for stage, st in m["stages"].items():
             if st.get("mean"):
                 label = name if len(m["stages"]) == 1 else f"{name} [{stage}]"
