@@ -48,14 +48,23 @@ def main(argv=None) -> int:
     ap.add_argument("--mu", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: rebuild the tables from the finished cells of the given grid")
     ap.add_argument("overrides", nargs="*", help="extra key.sub=value overrides for every cell")
     args = ap.parse_args(argv)
 
     from ssl_derm.evaluate.config import load_finetune_config
-    from ssl_derm.evaluate.label_efficiency import run_label_efficiency
+    from ssl_derm.evaluate.label_efficiency import collect, run_label_efficiency, write_tables
 
     data = Path(args.data)
     inits = tuple(args.inits.split(","))
+    fractions, protocols = [float(f) for f in args.fractions.split(",")], args.protocols.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.table_only:
+        rows = collect(Path(args.out), inits, protocols, fractions, seeds)
+        write_tables(Path(args.out), rows)
+        print((Path(args.out) / "label_efficiency.md").read_text())
+        return 0
     if "pretrained" in inits and not Path(args.checkpoint).is_file():
         print(f"no checkpoint at {args.checkpoint}: running the random-init rows only", file=sys.stderr)
         inits = tuple(i for i in inits if i != "pretrained")
@@ -63,10 +72,8 @@ def main(argv=None) -> int:
         f"data.images=[{data / 'images'}]", f"data.labels={data / 'labels.csv'}", f"data.image_size={args.size}",
         f"encoder.name={args.encoder}", f"device={args.device}", f"train.num_threads={args.threads}",
         "protocol.balance=weighted_loss", "protocol.linear_C=[0.01,0.1,1.0]", *args.overrides])
-    rows = run_label_efficiency(base, args.checkpoint if "pretrained" in inits else None,
-                                [float(f) for f in args.fractions.split(",")], args.protocols.split(","),
-                                [int(s) for s in args.seeds.split(",")], args.out, inits=inits,
-                                protocol_overrides=budgets(args))
+    rows = run_label_efficiency(base, args.checkpoint if "pretrained" in inits else None, fractions, protocols,
+                                seeds, args.out, inits=inits, protocol_overrides=budgets(args))
     print((Path(args.out) / "label_efficiency.md").read_text())
     print(f"{len(rows)} cells in {Path(args.out) / 'label_efficiency.csv'}")
     return 0
