@@ -12,6 +12,31 @@ image (prediction only, on this machine's CPU with ``train.num_threads`` threads
 Expensive entries (per-image network optimisation, self-training) run on a seeded subset unless
 --max-images says otherwise (``n`` in the table). Finished entries (a metrics.json) are reused, so
 the script resumes; writes <out>/segment_ham10000.md.
+
+Recorded 2026-11-26, CPU only (2 shared cores, 1 torch thread, load average 4-9, so s/image varies about
+3x between runs), cache 128 px, scored at each image's original 200x150 size. "checkpoint": SimCLR
+resnet18 from `ssl-derm pretrain` on the pooled archive (64 px, 800 steps: runs/pretrain_pooled).
+Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 images the default gets
+0.7416 (otsu_blue 0.6099, kmeans_color 0.6295), on the same 1000 images 0.7774.
+
+| method | images | mean Jaccard | mean Dice | thresholded Jaccard | s/image (CPU) | checkpoint |
+|---|---|---|---|---|---|---|
+| default (contrast_em) | 8019 | 0.7690 | 0.8502 | 0.6857 | 0.012-0.053 | no |
+| otsu_gray | 8019 | 0.5838 | 0.6862 | 0.4449 | 0.009 | no |
+| otsu_blue | 8019 | 0.6411 | 0.7322 | 0.5421 | 0.007 | no |
+| kmeans_color | 8019 | 0.6681 | 0.7649 | 0.5651 | 0.020 | no |
+| kmeans_features_random | 1000 | 0.4704 | 0.6016 | 0.1794 | 0.084 | no |
+| kmeans_features | 1000 | 0.5007 | 0.6093 | 0.3504 | 0.081 | yes |
+| gharawi_random (per image, 20 steps) | 200 | 0.6491 | 0.7529 | 0.4748 | 0.64 | no |
+| gharawi_random_batch (per batch of 50, 60 steps) | 200 | 0.5319 | 0.6501 | 0.3095 | 2.14 | no |
+| gharawi_random_refine_em | 200 | 0.7335 | 0.8164 | 0.6390 | 0.64 | no |
+| gharawi | 200 | 0.6568 | 0.7607 | 0.4861 | 0.74 | yes |
+| gharawi_refine_em | 200 | 0.7344 | 0.8172 | 0.6350 | 0.79 | yes |
+| selftrain_random, round 1 (on default's masks) | 8019 | 0.7947 | 0.8717 | 0.7262 | 0.065 | no |
+| selftrain_random_2rounds, round 2 | 8019 | 0.7985 | 0.8718 | 0.7399 | 0.062 | no |
+| selftrain, round 1 | 8019 | 0.7912 | 0.8671 | 0.7251 | 0.062 | yes |
+
+Self-training s/image = (training 600 steps of batch 32 at 64 px + predicting all images) / 8019.
 """
 from __future__ import annotations
 
