@@ -120,16 +120,30 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
     return enc
 
 
-def _run_downstream(spec, flat: dict, out: Path) -> dict:
+def _run_downstream(spec, flat: dict, out: Path, shared: dict | None = None) -> dict:
+    """One downstream run. ``shared`` (finetune only) keeps, per data setting, the loaded dataset, its
+    split and a feature cache, so cells that differ only in protocol, fraction or seed load the data
+    once and extract the frozen features of each encoder once."""
     down = spec["downstream"]
-    if down == "finetune":
-        from ssl_derm.evaluate.config import FinetuneConfig as Cfg
-        from ssl_derm.evaluate.run import run_finetune as run
-    else:
-        from ssl_derm.segment.config import SegmentConfig as Cfg
-        from ssl_derm.segment.run import run_segment as run
-    cfg = load_config(Cfg, spec.get(down, {}).get("config"), _overrides(flat))
-    return run(cfg, out)
+    if down == "segment":
+        from ssl_derm.segment.config import SegmentConfig
+        from ssl_derm.segment.run import run_segment
+
+        return run_segment(load_config(SegmentConfig, spec.get(down, {}).get("config"), _overrides(flat)), out)
+    from ssl_derm.config import to_dict
+    from ssl_derm.evaluate.config import load_finetune_config
+    from ssl_derm.evaluate.features import FeatureCache
+    from ssl_derm.evaluate.run import SEG_PROTOCOLS, load_data_and_split, run_finetune
+
+    cfg = load_finetune_config(spec.get(down, {}).get("config"), _overrides(flat))
+    if shared is None:
+        return run_finetune(cfg, out)
+    key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.name in SEG_PROTOCOLS, cfg.augment.mean, cfg.augment.std])
+    if key not in shared:
+        dataset, split = load_data_and_split(cfg)
+        shared[key] = (dataset, split, FeatureCache())
+    dataset, split, cache = shared[key]
+    return run_finetune(cfg, out, dataset=dataset, split=split, feature_cache=cache)
 
 
 def metric_value(metrics: dict, key: str):
@@ -150,6 +164,7 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
     write_json(root / "sweep.json", spec)
     cells = plan_cells(spec)
     ran = 0
+    shared: dict = {}  # data, split and frozen features reused across cells
     from tqdm import tqdm
 
     for cell in tqdm(cells, desc="sweep", dynamic_ncols=True):
@@ -163,7 +178,7 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
             flat["encoder.checkpoint"] = str(_run_pretrain(spec, cell["pretrain"], root))
         elif "init" in cell["values"]:
             flat["encoder.checkpoint"] = "none"
-        _run_downstream(spec, flat, cdir)
+        _run_downstream(spec, flat, cdir, shared)
         ran += 1
     write_tables(root, spec, cells)
     return root

@@ -60,10 +60,10 @@ def _cfg(protocol, **extra):
 
 
 def test_all_protocols_registered():
-    assert set(names("protocol")) >= {"knn", "linear", "finetune", "fixmatch", "meanteacher", "fewmask_seg"}
+    assert set(names("protocol")) >= {"knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "fewmask_seg"}
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune", "fixmatch", "meanteacher"])
+@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher"])
 def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     ds, split = data
     m = run_finetune(_cfg(protocol), tmp_path / protocol, dataset=ds, split=split, quiet=True)
@@ -131,6 +131,37 @@ def test_fixmatch_uses_unlabeled_images(data, tmp_path):
     assert logs["mask_rate"] == 0.0 and logs["loss_u"] == 0.0  # nobody is that sure: all masked
 
 
+def test_labelprop_pseudo_labels_the_unlabeled_images(data, tmp_path):
+    ds, split = data
+    m = run_finetune(_cfg("labelprop", **{"protocol.labelprop_threshold": 0.0}), tmp_path / "lp", dataset=ds,
+                     split=split, quiet=True)
+    info = m["info"]
+    n_unl = len(split["train"]) - len(split["labelled"]["0.25"]) + int((ds.labels < 0).sum())
+    assert info["n_unlabeled"] == n_unl and info["n_pseudo_labelled"] == n_unl
+    assert sum(info["pseudo_label_counts"]) == n_unl
+    m = run_finetune(_cfg("labelprop", **{"protocol.labelprop_threshold": 1.0}), tmp_path / "lp1", dataset=ds,
+                     split=split, quiet=True)
+    assert m["info"]["n_pseudo_labelled"] < n_unl  # only certain pseudo-labels are kept
+
+
+def test_spread_labels_follow_clusters_and_balance():
+    from ssl_derm.evaluate.labelprop import spread_labels
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 4
+    # a skewed unlabeled pool: 300 of class 0, 30 each of classes 1 and 2; one labelled image per class
+    y_unl = np.array([0] * 300 + [1] * 30 + [2] * 30)
+    x_unl = centres[y_unl] + rng.normal(0, 0.5, (len(y_unl), 8))
+    x_lab = centres + rng.normal(0, 0.5, (3, 8))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    pseudo, conf = spread_labels(unit(x_lab), np.arange(3), unit(x_unl), 4, k=10, alpha=0.2, balanced=True)
+    assert (pseudo == y_unl).mean() > 0.97
+    assert conf.shape == (len(y_unl),) and ((conf > 0) & (conf <= 1)).all()
+    assert not (pseudo == 3).any()  # a class without a labelled image is never predicted
+    empty, _ = spread_labels(unit(x_lab), np.arange(3), np.zeros((0, 8)), 4, k=10, alpha=0.2, balanced=False)
+    assert empty.shape == (0,)
+
+
 def test_fixmatch_reports_mask_rate(data, tmp_path):
     ds, split = data
     m = run_finetune(_cfg("fixmatch", **{"protocol.threshold": 0.0, "train.max_steps": 2}), tmp_path / "fm", dataset=ds,
@@ -196,7 +227,7 @@ def test_every_protocol_has_a_config_file():
     from pathlib import Path
 
     folder = Path(__file__).resolve().parent.parent / "configs" / "finetune"
-    for name in ("knn", "linear", "finetune", "fixmatch", "meanteacher", "fewmask_seg"):
+    for name in names("protocol"):
         cfg = load_finetune_config(folder / f"{name}.yaml")
         assert cfg.protocol.name == name
 

@@ -28,7 +28,7 @@ class SplitSection:
 
 @dataclass
 class ProtocolSection:
-    name: str = "knn"  # knn | linear | finetune | fixmatch | meanteacher | fewmask_seg
+    name: str = "knn"  # knn | linear | labelprop | finetune | fixmatch | meanteacher | fewmask_seg
     balance: str = "none"  # none | weighted_loss | balanced_sampler
     feature_batch_size: int = 256  # frozen-feature extraction batch
     eval_every: int = 100  # steps between validation passes (model selection only)
@@ -38,6 +38,10 @@ class ProtocolSection:
     # linear probe: logistic regression on standardised frozen features; C picked on the val side
     linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     linear_max_iter: int = 2000
+    # label spreading on frozen features, then the linear probe on labelled + pseudo-labelled images
+    labelprop_k: int = 10  # neighbours of the kNN graph
+    labelprop_alpha: float = 0.2  # how far spread labels may move off the given ones (sklearn LabelSpreading)
+    labelprop_threshold: float = 0.0  # pseudo-labels with a lower confidence are dropped (each is weighted by it)
     # finetuning
     llrd: float = 1.0  # layer-wise learning-rate decay (timm layer_decay); 1 turns it off
     label_smoothing: float = 0.0
@@ -87,6 +91,9 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"config keys 'protocol.knn_k'/'protocol.knn_temperature' must be positive, got {p.knn_k}/{p.knn_temperature}")
     if not p.linear_C or any(c <= 0 for c in p.linear_C):
         raise ConfigError(f"config key 'protocol.linear_C': give one or more positive values, got {p.linear_C}")
+    if p.labelprop_k < 1 or not 0.0 < p.labelprop_alpha < 1.0 or not 0.0 <= p.labelprop_threshold <= 1.0:
+        raise ConfigError("config keys 'protocol.labelprop_k'/'labelprop_alpha'/'labelprop_threshold' need k >= 1, "
+                          f"0 < alpha < 1 and 0 <= threshold <= 1, got {p.labelprop_k}/{p.labelprop_alpha}/{p.labelprop_threshold}")
     if p.eval_every < 1:
         raise ConfigError(f"config key 'protocol.eval_every': must be >= 1, got {p.eval_every}")
     if not p.seg_decoder_channels or any(c < 1 for c in p.seg_decoder_channels):

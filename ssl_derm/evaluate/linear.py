@@ -7,6 +7,7 @@ encoder's weights did not change: a frozen-feature protocol that moved them woul
 from __future__ import annotations
 
 import warnings
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -36,14 +37,30 @@ def assert_unchanged(before: dict, module: torch.nn.Module) -> None:
                                   f"first: {changed[:3]}); frozen features must come from eval mode without updates")
 
 
-def fit_linear(x_train: np.ndarray, y_train: np.ndarray, C: float, balanced: bool, max_iter: int, seed: int):
-    """Standardise (fit on the labelled features only) and fit a multinomial logistic regression."""
+def fit_linear(x_train: np.ndarray, y_train: np.ndarray, C: float, balanced: bool, max_iter: int, seed: int,
+               sample_weight: Optional[np.ndarray] = None):
+    """Standardise (fit on the training features only) and fit a multinomial logistic regression."""
     scaler = StandardScaler().fit(x_train)
     clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced" if balanced else None, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a capped lbfgs is still a valid probe
-        clf.fit(scaler.transform(x_train), y_train)
+        clf.fit(scaler.transform(x_train), y_train, sample_weight=sample_weight)
     return scaler, clf
+
+
+def select_by_val(Cs, fit: Callable, x_val: Optional[np.ndarray], y_val, n_classes: int, classes) -> tuple:
+    """(C, {C: val balanced accuracy}, fitted model) of the C in ``Cs`` with the best val balanced
+    accuracy; ``fit(C)`` returns (scaler, clf). Without val images the first C is kept."""
+    search, best = {}, None
+    for C in Cs:
+        model = fit(C)
+        if x_val is None or len(x_val) == 0:
+            return C, search, model
+        score = classification_metrics(y_val, predict_probs(*model, x_val, n_classes), classes)["balanced_accuracy"]
+        search[str(C)] = score
+        if best is None or score > search[str(best[0])]:
+            best = (C, model)
+    return best[0], search, best[1]
 
 
 def predict_probs(scaler, clf, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -65,19 +82,9 @@ def run_linear(ctx) -> dict:
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
     balanced = p.balance != "none"
     k = ctx.n_classes
-    search = {}
-    best = None
-    for C in p.linear_C:
-        scaler, clf = fit_linear(feats["labelled"], y_lab, C, balanced, p.linear_max_iter, ctx.cfg.seed)
-        if len(feats["val"]) == 0:  # nothing to select on: keep the first C
-            best = (C, scaler, clf)
-            break
-        score = classification_metrics(ctx.labels("val"), predict_probs(scaler, clf, feats["val"], k),
-                                       ctx.dataset.classes)["balanced_accuracy"]
-        search[str(C)] = score
-        if best is None or score > search[str(best[0])]:
-            best = (C, scaler, clf)
-    C, scaler, clf = best
+    C, search, (scaler, clf) = select_by_val(
+        p.linear_C, lambda C: fit_linear(feats["labelled"], y_lab, C, balanced, p.linear_max_iter, ctx.cfg.seed),
+        feats["val"], ctx.labels("val"), k, ctx.dataset.classes)
     probs = {side: predict_probs(scaler, clf, feats[side], k) for side in ("val", "test") if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
     return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search, "balanced_class_weight": balanced}}
