@@ -1,4 +1,4 @@
-"""Label efficiency on HAM10000: kNN, linear, finetune and FixMatch at 1, 10 and 100% of the labels,
+"""Label efficiency on HAM10000: kNN, linear, label spreading, finetune and FixMatch at 1, 10 and 100% of the labels,
 pretrained encoder against random initialisation, on the data layer's lesion-grouped split
 (test 20% of lesions, val 10%, labelled subsets nested inside train).
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--fractions", default="0.01,0.1,1.0")
-    ap.add_argument("--protocols", default="knn,linear,finetune,fixmatch")
+    ap.add_argument("--protocols", default="knn,linear,labelprop,finetune,fixmatch")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--finetune-steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=32)

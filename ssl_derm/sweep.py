@@ -5,6 +5,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
     out: runs/sweeps/label_efficiency
     seeds: [0, 1, 2]
     pretrain_per_seed: false          # one pretraining per pretrain setting (seed 0), shared by all seeds
+    exclude_test: true                # pretraining leaves out the test side that the finetune cells score
     downstream: finetune              # or: segment
     metrics: [balanced_accuracy, accuracy]
     common: {data.image_size: 64}     # keys for both stages
@@ -34,8 +35,8 @@ import yaml
 from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
 from ssl_derm.runs import write_json
 
-_TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "downstream", "metrics", "common", "pretrain", "finetune",
-             "segment", "grid"}
+_TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
+             "finetune", "segment", "grid"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -120,29 +121,45 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
     return enc
 
 
-def _run_downstream(spec, flat: dict, out: Path, shared: dict | None = None) -> dict:
-    """One downstream run. ``shared`` (finetune only) keeps, per data setting, the loaded dataset, its
-    split and a feature cache, so cells that differ only in protocol, fraction or seed load the data
-    once and extract the frozen features of each encoder once."""
-    down = spec["downstream"]
-    if down == "segment":
-        from ssl_derm.segment.config import SegmentConfig
-        from ssl_derm.segment.run import run_segment
-
-        return run_segment(load_config(SegmentConfig, spec.get(down, {}).get("config"), _overrides(flat)), out)
-    from ssl_derm.config import to_dict
+def _finetune_cfg(spec, flat: dict):
     from ssl_derm.evaluate.config import load_finetune_config
-    from ssl_derm.evaluate.features import FeatureCache
-    from ssl_derm.evaluate.run import SEG_PROTOCOLS, load_data_and_split, run_finetune
 
-    cfg = load_finetune_config(spec.get(down, {}).get("config"), _overrides(flat))
-    if shared is None:
-        return run_finetune(cfg, out)
+    return load_finetune_config(spec.get("finetune", {}).get("config"), _overrides(flat))
+
+
+def _shared_data(cfg, shared: dict) -> tuple:
+    """(dataset, split, feature cache) of a finetune config, loaded once per data setting and reused
+    by every cell that differs only in protocol, fraction or seed."""
+    from ssl_derm.config import to_dict
+    from ssl_derm.evaluate.features import FeatureCache
+    from ssl_derm.evaluate.run import SEG_PROTOCOLS, load_data_and_split
+
     key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.name in SEG_PROTOCOLS, cfg.augment.mean, cfg.augment.std])
     if key not in shared:
         dataset, split = load_data_and_split(cfg)
         shared[key] = (dataset, split, FeatureCache())
-    dataset, split, cache = shared[key]
+    return shared[key]
+
+
+def _test_split_file(spec, flat: dict, shared: dict) -> Path:
+    """The split file whose test side the downstream cell scores (written now if it is new)."""
+    from ssl_derm.data import split_path
+
+    cfg = _finetune_cfg(spec, flat)
+    dataset, _, _ = _shared_data(cfg, shared)
+    return split_path(cfg.data, dataset, seed=cfg.split.seed)
+
+
+def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
+    if spec["downstream"] == "segment":
+        from ssl_derm.segment.config import SegmentConfig
+        from ssl_derm.segment.run import run_segment
+
+        return run_segment(load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat)), out)
+    from ssl_derm.evaluate.run import run_finetune
+
+    cfg = _finetune_cfg(spec, flat)
+    dataset, split, cache = _shared_data(cfg, shared)
     return run_finetune(cfg, out, dataset=dataset, split=split, feature_cache=cache)
 
 
@@ -175,7 +192,11 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
             break
         flat = dict(cell["downstream"])
         if cell["pretrain"] is not None:
-            flat["encoder.checkpoint"] = str(_run_pretrain(spec, cell["pretrain"], root))
+            pre = dict(cell["pretrain"])
+            if spec["downstream"] == "finetune" and spec.get("exclude_test", True) and not pre.get("data.exclude_split"):
+                # the images that the cell scores stay out of its pretraining, even without their labels
+                pre["data.exclude_split"] = str(_test_split_file(spec, flat, shared))
+            flat["encoder.checkpoint"] = str(_run_pretrain(spec, pre, root))
         elif "init" in cell["values"]:
             flat["encoder.checkpoint"] = "none"
         _run_downstream(spec, flat, cdir, shared)

@@ -45,6 +45,13 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     rows_full = _rows(full)
     assert len(rows_full) == 8
     assert len(list((full / "pretrain").iterdir())) == 1
+    # the pretraining left out exactly the test side that the cells score
+    import json
+
+    pre = json.loads(next((full / "pretrain").glob("*/metrics.json")).read_text())
+    cell = json.loads(next((full / "cells").glob("*/metrics.json")).read_text())
+    assert pre["n_excluded"] == cell["n_per_side"]["test"] > 0
+    assert pre["n_images"] + pre["n_excluded"] == 64
 
     part = run_sweep(path, out=tmp_path / "part", stop_after=3)  # "killed" after three cells
     assert len(_rows(part)) == 3

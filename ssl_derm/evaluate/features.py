@@ -53,8 +53,8 @@ def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 2
 
 
 class FeatureCache:
-    """Features per (encoder key, l2) for every cache row, computed once and reused across label
-    fractions and protocols (kNN and linear at 1/10/100% labels share one extraction)."""
+    """Features per encoder key for every cache row, computed once and reused across label fractions
+    and protocols (kNN, linear and label spreading at 1/10/100% labels share one extraction)."""
 
     def __init__(self):
         self._store = {}
@@ -64,8 +64,9 @@ class FeatureCache:
         rows = np.asarray(rows, dtype=np.int64)
         if key is None:
             return extract_features(encoder, images, rows, aug_cfg, device, batch_size, l2)
-        full = self._store.get((key, l2))
+        full = self._store.get(key)  # raw features; the L2-normalised ones are derived, not re-extracted
         if full is None:
-            full = extract_features(encoder, images, np.arange(len(images)), aug_cfg, device, batch_size, l2)
-            self._store[(key, l2)] = full
-        return full[torch.from_numpy(rows)]
+            full = extract_features(encoder, images, np.arange(len(images)), aug_cfg, device, batch_size, l2=False)
+            self._store[key] = full
+        out = full[torch.from_numpy(rows)]
+        return torch.nn.functional.normalize(out, dim=1) if l2 else out
