@@ -197,6 +197,24 @@ def test_split_rows_keep_test_untouched(data):
         split_rows(ds.ids, ds.labels, bad, 0.1)
 
 
+def test_redrawn_labelled_subsets_are_nested_and_seeded():
+    from ssl_derm.data.splits import make_split
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    ids = [f"i{k}" for k in range(400)]
+    split = make_split(ids, labels, test_frac=0.2, val_frac=0.1, seed=0)
+    train = split_rows(ids, labels, split, 1.0)["labelled"]
+    same = split_rows(ids, labels, split, 0.1, redraw_seed=0)
+    assert (same["labelled"] == split_rows(ids, labels, split, 0.1)["labelled"]).all()  # seed 0 = the split file's
+    small, big = (split_rows(ids, labels, split, f, redraw_seed=3) for f in (0.1, 0.25))
+    assert set(small["labelled"]) < set(big["labelled"]) <= set(train)  # nested, inside the training side
+    assert set(np.unique(labels[small["labelled"]])) == set(range(4))  # every class keeps an image
+    assert (small["test"] == same["test"]).all() and (small["val"] == same["val"]).all()
+    assert set(small["labelled"]) != set(same["labelled"])  # another seed, other labelled images
+    assert not np.intersect1d(small["unlabeled"], small["labelled"]).size
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="protocol.balence"):
         load_finetune_config(None, ["protocol.balence=none"])

@@ -58,6 +58,20 @@ def _fingerprint(ids, labels, lesion_ids) -> str:
     return h.hexdigest()
 
 
+def nested_labelled(train: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """{"0.01": sorted rows, ..., "1.0": ...}: class-stratified subsets of the ``train`` rows, one per
+    fraction in FRACTIONS, each inside the next (every class keeps at least one image)."""
+    train = np.asarray(train, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    # One seeded order per class; every fraction takes a prefix of it, which makes the subsets nested.
+    order = {c: rng.permutation(train[labels[train] == c]) for c in np.unique(labels[train])}
+    out = {}
+    for f in FRACTIONS:
+        chosen = np.concatenate([o[: max(1, int(round(f * len(o))))] for o in order.values()]) if order else []
+        out[str(f)] = np.sort(np.asarray(chosen, dtype=np.int64))
+    return out
+
+
 def make_split(ids: Sequence[str], labels, lesion_ids: Optional[Sequence[str]] = None, test_frac: float = 0.2,
                val_frac: float = 0.1, seed: int = 0) -> dict:
     """ids (N,), labels int (N,) with -1 = unlabelled, optional lesion ids (N,) -> split dict (see module doc)."""
@@ -80,13 +94,7 @@ def make_split(ids: Sequence[str], labels, lesion_ids: Optional[Sequence[str]] =
     if val_frac > 0:
         val[rest[_holdout(y[rest], gid[rest], val_frac / (1 - test_frac), seed + 1)]] = True
     train = lab[~test & ~val]
-    rng = np.random.default_rng(seed)
-    # One seeded order per class; every fraction takes a prefix of it, which makes the subsets nested.
-    order = {c: rng.permutation(train[labels[train] == c]) for c in np.unique(labels[train])}
-    labelled = {}
-    for f in FRACTIONS:
-        chosen = np.concatenate([o[: max(1, int(round(f * len(o))))] for o in order.values()]) if order else []
-        labelled[str(f)] = [ids[i] for i in np.sort(chosen)]
+    labelled = {f: [ids[i] for i in rows] for f, rows in nested_labelled(train, labels, seed).items()}
     return {
         "version": SPLIT_VERSION,
         "params": {"n": len(ids), "fingerprint": _fingerprint(ids, labels, lesion_ids), "test_frac": test_frac,

@@ -24,6 +24,9 @@ BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 class SplitSection:
     fraction: float = 0.1  # labelled share of the training side; one of the split file's nested subsets
     seed: int = 0  # seed of the split file (lesion-grouped, stratified); `seed` below seeds training
+    # true: the labelled subset is drawn anew with the run's `seed` (nested, class-stratified, inside the
+    # split file's training side), so seeds vary the labelled images too, not only the initialisation
+    redraw_labelled: bool = False
 
 
 @dataclass

@@ -70,9 +70,14 @@ def fraction_key(labelled: dict, fraction: float) -> str:
                      f"{', '.join(sorted(labelled, key=float))}")
 
 
-def split_rows(ids, labels: Optional[np.ndarray], split: dict, fraction: float) -> Dict[str, np.ndarray]:
+def split_rows(ids, labels: Optional[np.ndarray], split: dict, fraction: float,
+               redraw_seed: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Turn a split dict of ids into cache rows per side (see the module docstring), checking that
-    the sides are disjoint and that every split id is in the dataset."""
+    the sides are disjoint and that every split id is in the dataset.
+
+    ``redraw_seed``: draw the labelled subset anew from the training side with this seed (nested and
+    class-stratified like the split file's), so that seeds also vary which images carry a label; the
+    train/val/test sides stay those of the split file."""
     row = {i: r for r, i in enumerate(ids)}
     missing = [i for side in ("train", "val", "test") for i in split.get(side, []) if i not in row]
     if missing:
@@ -83,7 +88,12 @@ def split_rows(ids, labels: Optional[np.ndarray], split: dict, fraction: float) 
         return np.array(sorted(row[i] for i in id_list), dtype=np.int64)
 
     train, val, test = (to_rows(split[s]) for s in ("train", "val", "test"))
-    if fraction >= 1.0 and not any(abs(float(k) - 1.0) < 1e-9 for k in split.get("labelled", {})):
+    if redraw_seed is not None and labels is not None:
+        from ssl_derm.data.splits import nested_labelled
+
+        subsets = nested_labelled(train, np.asarray(labels), redraw_seed)
+        labelled = subsets[fraction_key(subsets, fraction)]
+    elif fraction >= 1.0 and not any(abs(float(k) - 1.0) < 1e-9 for k in split.get("labelled", {})):
         labelled = train
     else:
         labelled = to_rows(split["labelled"][fraction_key(split.get("labelled", {}), fraction)])

@@ -66,7 +66,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
         dataset, split = load_data_and_split(cfg)
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise ValueError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
-    rows = split_rows(dataset.ids, dataset.labels, split, cfg.split.fraction)
+    rows = split_rows(dataset.ids, dataset.labels, split, cfg.split.fraction,
+                      redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate).to(device)
@@ -85,6 +86,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
         "n_per_side": {side: int(len(r)) for side, r in rows.items()},
         "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
                     "image_size": cfg.data.image_size},
+        "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": cfg.protocol.balance, "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
     })
     write_metrics(out, metrics)
