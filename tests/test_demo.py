@@ -9,6 +9,11 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     for heading in ("## Pretraining", "## Annotation-free segmentation", "## Few labels: pretrained vs random init"):
         assert heading in report
     assert "| pretrained | knn |" in report and "| random | linear |" in report
+    import re
+
+    ahead, total = map(int, re.search(r"ahead of random initialisation in \*\*(\d+) of (\d+)\*\*", report).groups())
+    assert total == 6 and 0 <= ahead <= total  # knn and linear at 3 label fractions
+    assert "| knn | 5% |" in report and "| linear | 100% |" in report
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert any(f.startswith("segment_") for f in figures) and any(f.startswith("label_efficiency_") for f in figures)
     for line in report.splitlines():  # every image the report shows is there
