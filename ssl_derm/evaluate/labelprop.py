@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.semi_supervised import LabelSpreading
 
@@ -62,18 +63,19 @@ def run_labelprop(ctx) -> dict:
         raise ValueError(f"label spreading needs labelled images of at least two classes; split.fraction="
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
     balanced = p.balance != "none"
-    graph = {side: ctx.features(side, l2=True).numpy() for side in ("labelled", "unlabeled")}
-    pseudo, conf = spread_labels(graph["labelled"], y_lab, graph["unlabeled"], k_cls, p.labelprop_k,
+    # one extraction per side: the graph takes the L2-normalised rows, the probe the raw ones
+    raw = {side: ctx.features(side, l2=False) for side in ("labelled", "unlabeled", "val", "test")}
+    unit = {side: torch.nn.functional.normalize(raw[side], dim=1).numpy() for side in ("labelled", "unlabeled")}
+    feats = {side: f.numpy() for side, f in raw.items()}
+    pseudo, conf = spread_labels(unit["labelled"], y_lab, unit["unlabeled"], k_cls, p.labelprop_k,
                                  p.labelprop_alpha, balanced)
     keep = conf >= p.labelprop_threshold
-    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "unlabeled", "val", "test")}
     x_train = np.concatenate([feats["labelled"], feats["unlabeled"][keep]])
     y_train = np.concatenate([y_lab, pseudo[keep]])
     weights = np.concatenate([np.ones(len(y_lab)), conf[keep]])
-    x_val = feats["val"] if len(feats["val"]) else None
     C, search, (scaler, clf) = select_by_val(
         p.linear_C, lambda C: fit_linear(x_train, y_train, C, balanced, p.linear_max_iter, ctx.cfg.seed, weights),
-        x_val, ctx.labels("val") if x_val is not None else None, k_cls, ctx.dataset.classes)
+        feats["val"], ctx.labels("val"), k_cls, ctx.dataset.classes)
     probs = {side: predict_probs(scaler, clf, feats[side], k_cls) for side in ("val", "test") if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
     n_unl = len(conf)
