@@ -63,10 +63,12 @@ def test_all_protocols_registered():
     assert set(names("protocol")) >= {"knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "fewmask_seg"}
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher"])
+@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "lp-ft"])
 def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     ds, split = data
-    m = run_finetune(_cfg(protocol), tmp_path / protocol, dataset=ds, split=split, quiet=True)
+    extra = {"protocol.head_init": "linear_probe"} if protocol == "lp-ft" else {}
+    protocol = "finetune" if protocol == "lp-ft" else protocol
+    m = run_finetune(_cfg(protocol, **extra), tmp_path / protocol, dataset=ds, split=split, quiet=True)
     saved = json.loads((tmp_path / protocol / "metrics.json").read_text())
     for key in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc", "per_class_recall", "confusion_matrix"):
         assert key in saved
@@ -116,6 +118,43 @@ def _ctx(data, protocol, tmp_path, **extra):
     enc = create_encoder(ENCODER, SIZE)
     return Context(cfg=cfg, encoder=enc, device=torch.device("cpu"), dataset=ds,
                    rows=split_rows(ds.ids, ds.labels, split, cfg.split.fraction), out_dir=tmp_path)
+
+
+def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
+    """protocol.head_init=linear_probe: before any update the finetuned model predicts what the probe predicts."""
+    from ssl_derm.evaluate.linear import fit_probe, predict_probs
+    from ssl_derm.evaluate.train import ClassifierTrainer
+
+    ctx = _ctx(data, "finetune", tmp_path, **{"protocol.head_init": "linear_probe", "protocol.linear_C": "[0.1,1.0]"})
+    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val")}
+    C, _, scaler, clf = fit_probe(ctx, feats)
+    expected = predict_probs(scaler, clf, feats["val"], ctx.n_classes)
+    trainer = ClassifierTrainer(ctx)
+    assert trainer.head_info["probe_C"] == C
+    np.testing.assert_allclose(trainer.predict(ctx.rows["val"]), expected, atol=1e-4)
+    info = trainer.fit()
+    assert info["val_history"][0]["step"] == 0  # the probe itself is a model-selection candidate
+    assert info["best_val_balanced_accuracy"] >= info["val_history"][0]["val_balanced_accuracy"]
+    # a random head predicts something else
+    plain = ClassifierTrainer(_ctx(data, "finetune", tmp_path))
+    assert not np.allclose(plain.predict(ctx.rows["val"]), expected, atol=1e-2)
+
+
+def test_probe_as_linear_layer_two_classes_and_unseen_class():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from ssl_derm.evaluate.linear import predict_probs, probe_as_linear_layer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)) * [1, 2, 3, 4, 5] + 7
+    y = np.where(x[:, 0] > 7, 2, 0)  # classes 0 and 2 of 3: class 1 is never seen
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=1.0).fit(scaler.transform(x), y)
+    w, b = probe_as_linear_layer(scaler, clf, 3)
+    probs = torch.from_numpy(x @ w.T.astype(np.float64) + b).softmax(1).numpy()
+    np.testing.assert_allclose(probs, predict_probs(scaler, clf, x, 3), atol=1e-6)
+    assert probs[:, 1].max() < 1e-6
 
 
 def test_fixmatch_uses_unlabeled_images(data, tmp_path):
@@ -222,6 +261,8 @@ def test_config_errors_name_the_key():
         load_finetune_config(None, ["protocol.balance=oversample"])
     with pytest.raises(ConfigError, match="split.fraction"):
         load_finetune_config(None, ["split.fraction=0"])
+    with pytest.raises(ConfigError, match="protocol.head_init.*linear_probe"):
+        load_finetune_config(None, ["protocol.head_init=probe"])
 
 
 def test_label_efficiency_table(data, tmp_path):

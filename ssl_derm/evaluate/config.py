@@ -18,6 +18,7 @@ from ssl_derm.config import (
 )
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
+HEAD_INIT_CHOICES = ("random", "linear_probe")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ProtocolSection:
     labelprop_threshold: float = 0.0  # pseudo-labels with a lower confidence are dropped (each is weighted by it)
     # finetuning
     llrd: float = 1.0  # layer-wise learning-rate decay (timm layer_decay); 1 turns it off
+    # random | linear_probe: LP-FT (Kumar et al. 2022): the head starts as the linear probe fitted on
+    # the frozen features (C picked on val, as protocol `linear`), so finetuning starts from the probe
+    # and the initial state is a model-selection candidate too (finetune, FixMatch, mean teacher)
+    head_init: str = "random"
     label_smoothing: float = 0.0
     # semi-supervised (FixMatch, mean teacher)
     threshold: float = 0.95  # FixMatch: pseudo-labels only where the weak view's confidence reaches this
@@ -86,6 +91,8 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"config key 'protocol.threshold': must be in [0, 1], got {p.threshold}")
     if p.mu < 1:
         raise ConfigError(f"config key 'protocol.mu': must be >= 1 unlabeled image per labelled one, got {p.mu}")
+    if p.head_init not in HEAD_INIT_CHOICES:
+        raise ConfigError(f"config key 'protocol.head_init': {p.head_init!r} is not one of {', '.join(HEAD_INIT_CHOICES)}")
     if not 0.0 < p.llrd <= 1.0:
         raise ConfigError(f"config key 'protocol.llrd': must be in (0, 1] (1 = no decay), got {p.llrd}")
     if not 0.0 <= p.ema < 1.0:

@@ -71,20 +71,41 @@ def predict_probs(scaler, clf, x: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-@register("protocol", "linear")
-def run_linear(ctx) -> dict:
+def fit_probe(ctx, feats: dict) -> tuple:
+    """(C, {C: val balanced accuracy}, scaler, clf): the class-balanced (unless ``protocol.balance`` is
+    none) logistic regression on the labelled side's frozen features, C picked on the val side."""
     p = ctx.cfg.protocol
-    before = snapshot(ctx.encoder)
-    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val", "test")}
     y_lab = ctx.labels("labelled")
     if len(np.unique(y_lab)) < 2:
         raise ValueError(f"the linear probe needs labelled images of at least two classes; split.fraction="
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
-    balanced = p.balance != "none"
-    k = ctx.n_classes
     C, search, (scaler, clf) = select_by_val(
-        p.linear_C, lambda C: fit_linear(feats["labelled"], y_lab, C, balanced, p.linear_max_iter, ctx.cfg.seed),
-        feats["val"], ctx.labels("val"), k, ctx.dataset.classes)
-    probs = {side: predict_probs(scaler, clf, feats[side], k) for side in ("val", "test") if len(feats[side])}
+        p.linear_C, lambda C: fit_linear(feats["labelled"], y_lab, C, p.balance != "none", p.linear_max_iter, ctx.cfg.seed),
+        feats.get("val"), ctx.labels("val"), ctx.n_classes, ctx.dataset.classes)
+    return C, search, scaler, clf
+
+
+def probe_as_linear_layer(scaler, clf, n_classes: int) -> tuple:
+    """(weight (K, D), bias (K,)) float32 arrays of one linear layer on raw features that gives the
+    probe's logits: standardisation folded into the weights. Classes the probe never saw get zero
+    weights and a bias well below the others, so they keep probability ~0 as in :func:`predict_probs`."""
+    coef, icpt = np.asarray(clf.coef_, dtype=np.float64), np.asarray(clf.intercept_, dtype=np.float64)
+    if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits (-z/2, z/2) give the same softmax
+        coef, icpt = np.stack([-coef[0], coef[0]]) / 2, np.array([-icpt[0], icpt[0]]) / 2
+    w_seen = coef / scaler.scale_
+    b_seen = icpt - w_seen @ scaler.mean_
+    weight = np.zeros((n_classes, w_seen.shape[1]), dtype=np.float32)
+    bias = np.full(n_classes, b_seen.min() - 20.0, dtype=np.float32)
+    weight[clf.classes_], bias[clf.classes_] = w_seen, b_seen
+    return weight, bias
+
+
+@register("protocol", "linear")
+def run_linear(ctx) -> dict:
+    before = snapshot(ctx.encoder)
+    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val", "test")}
+    C, search, scaler, clf = fit_probe(ctx, feats)
+    probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ("val", "test") if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
-    return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search, "balanced_class_weight": balanced}}
+    return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search,
+                                     "balanced_class_weight": ctx.cfg.protocol.balance != "none"}}

@@ -55,6 +55,7 @@ class ClassifierTrainer:
         self.labels = np.asarray(ctx.dataset.labels, dtype=np.int64)
         self.model = ctx.encoder.model
         self.model.reset_classifier(ctx.n_classes)
+        self.head_info = self.init_head_from_probe() if p.head_init == "linear_probe" else {}
         self.model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, t, layer_decay=p.llrd if p.llrd < 1.0 else None)
         self.scheduler = build_scheduler(self.optimizer, t)
@@ -65,6 +66,23 @@ class ClassifierTrainer:
         self.labelled = IndexStream(lab, ctx.cfg.seed, probs)
         self.amp = t.amp and self.device.type == "cuda"
         self.history = []
+
+    def init_head_from_probe(self) -> dict:
+        """LP-FT: fit the linear probe on the encoder's frozen features (before any update) and copy it
+        into the classifier head; returns the probe's C and val scores for metrics.json."""
+        from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer
+
+        feats = {side: self.ctx.features(side, l2=False).numpy() for side in ("labelled", "val")}
+        C, search, scaler, clf = fit_probe(self.ctx, feats)
+        weight, bias = probe_as_linear_layer(scaler, clf, self.ctx.n_classes)
+        head = self.model.get_classifier()
+        if not isinstance(head, torch.nn.Linear) or tuple(head.weight.shape) != weight.shape:
+            raise ValueError(f"protocol.head_init=linear_probe needs a linear head on the pooled features; "
+                             f"{self.ctx.encoder.name} has {type(head).__name__}; use protocol.head_init=random")
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight))
+            head.bias.copy_(torch.from_numpy(bias))
+        return {"head_init": "linear_probe", "probe_C": C, "probe_val_balanced_accuracy_by_C": search}
 
     # ------------------------------------------------------------------ batches and losses
     def labelled_batch(self):
@@ -94,6 +112,11 @@ class ClassifierTrainer:
         t, p = self.cfg.train, self.cfg.protocol
         best_score, best_state, best_step = -math.inf, None, 0
         t0 = time.time()
+        if self.head_info and len(self.ctx.rows["val"]):  # LP-FT: the probe itself is the step-0 candidate
+            best_score = self.val_score()
+            best_state = {k: v.detach().to('cpu', copy=True) for k, v in self.eval_model().state_dict().items()}
+            self.history.append({"step": 0, "val_balanced_accuracy": best_score})
+            self.ctx.log("val/balanced_accuracy", best_score, 0)
         for step in range(t.max_steps):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, logs = self.loss(step)
@@ -125,7 +148,7 @@ class ClassifierTrainer:
         if best_state is not None:
             self.eval_model().load_state_dict(best_state)
         return {"best_step": best_step, "best_val_balanced_accuracy": None if best_state is None else best_score,
-                "val_history": self.history, "steps": t.max_steps}
+                "val_history": self.history, "steps": t.max_steps, **self.head_info}
 
     def val_score(self) -> float:
         probs = self.predict(self.ctx.rows["val"])
