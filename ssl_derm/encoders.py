@@ -54,6 +54,19 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
 
+    def pooled_stages(self, x: torch.Tensor, stages: int = 1) -> torch.Tensor:
+        """(B, D) frozen-probe features: ``stages=1`` is :meth:`forward`; ``stages=n`` concatenates the
+        average-pooled outputs of the last n stages/blocks (timm ``forward_intermediates``), e.g. for
+        resnet18 layers 2-4 (128 + 256 + 512 = 896) with n=3. Middle stages keep the colour and texture
+        detail that the last stage's invariances may have discarded."""
+        if stages <= 1:
+            return self(x)
+        if not hasattr(self.model, "forward_intermediates"):
+            raise EncoderError(f"{self.name} has no forward_intermediates in timm: multi-stage features "
+                               "(protocol.feature_stages > 1) are not available for it; set protocol.feature_stages=1")
+        inter = self.model.forward_intermediates(x, indices=stages, intermediates_only=True)
+        return torch.cat([t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in inter], dim=1)
+
     def to_dense(self, feats: torch.Tensor) -> torch.Tensor:
         """Turn ``forward_features`` output into (B, C, h, w)."""
         if feats.ndim == 4:

@@ -140,6 +140,45 @@ def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
     assert not np.allclose(plain.predict(ctx.rows["val"]), expected, atol=1e-2)
 
 
+@pytest.mark.parametrize("encoder", [ENCODER, "test_vit"])
+def test_multistage_and_d4_features(encoder, data):
+    """feature_stages=n concatenates the last n stages (the pooled output last for a CNN); d4 TTA makes
+    the features of an image and of its 90-degree rotation or mirror image the same."""
+    from ssl_derm.config import AugmentConfig
+    from ssl_derm.evaluate.features import extract_features
+
+    ds, _ = data
+    torch.manual_seed(0)
+    enc = create_encoder(encoder, SIZE)
+    rows = np.arange(6)
+    one = extract_features(enc, ds.images, rows, AugmentConfig(), "cpu", l2=False)
+    three = extract_features(enc, ds.images, rows, AugmentConfig(), "cpu", l2=False, stages=3)
+    widths = [f["num_chs"] for f in enc.model.feature_info][-3:]
+    assert three.shape == (6, sum(widths))
+    if encoder == ENCODER:
+        torch.testing.assert_close(three[:, -widths[-1]:], one, atol=1e-5, rtol=1e-4)
+    turned = np.ascontiguousarray(np.rot90(ds.images[:6], 1, axes=(1, 2)))
+    mirrored = np.ascontiguousarray(ds.images[:6, :, ::-1])
+    d4 = extract_features(enc, ds.images, rows, AugmentConfig(), "cpu", l2=False, tta="d4")
+    for other in (turned, mirrored):
+        torch.testing.assert_close(extract_features(enc, other, rows, AugmentConfig(), "cpu", l2=False, tta="d4"),
+                                   d4, atol=1e-4, rtol=1e-3)
+        assert not torch.allclose(extract_features(enc, other, rows, AugmentConfig(), "cpu", l2=False), one, atol=1e-3)
+
+
+def test_frozen_protocols_with_multistage_tta_features(data, tmp_path):
+    from ssl_derm.evaluate.features import FeatureCache
+
+    ds, split = data
+    cache = FeatureCache()
+    for protocol in ("knn", "linear"):
+        for stages, tta in ((1, "none"), (2, "d4")):
+            cfg = _cfg(protocol, **{"protocol.feature_stages": stages, "protocol.feature_tta": tta})
+            m = run_finetune(cfg, tmp_path / f"{protocol}{stages}", dataset=ds, split=split, quiet=True, feature_cache=cache)
+            assert 0.0 <= m["balanced_accuracy"] <= 1.0
+    assert len(cache._store) == 2  # one extraction per feature kind, shared by both protocols
+
+
 def test_probe_as_linear_layer_two_classes_and_unseen_class():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -261,6 +300,10 @@ def test_config_errors_name_the_key():
         load_finetune_config(None, ["protocol.balance=oversample"])
     with pytest.raises(ConfigError, match="split.fraction"):
         load_finetune_config(None, ["split.fraction=0"])
+    with pytest.raises(ConfigError, match="protocol.feature_tta.*d4"):
+        load_finetune_config(None, ["protocol.feature_tta=flip"])
+    with pytest.raises(ConfigError, match="protocol.feature_stages"):
+        load_finetune_config(None, ["protocol.feature_stages=0"])
     with pytest.raises(ConfigError, match="protocol.head_init.*linear_probe"):
         load_finetune_config(None, ["protocol.head_init=probe"])
 

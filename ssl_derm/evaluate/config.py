@@ -16,6 +16,7 @@ from ssl_derm.config import (
     TrainConfig,
     load_config,
 )
+from ssl_derm.evaluate.features import TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
@@ -35,6 +36,10 @@ class ProtocolSection:
     name: str = "knn"  # knn | linear | labelprop | finetune | fixmatch | meanteacher | fewmask_seg
     balance: str = "none"  # none | weighted_loss | balanced_sampler
     feature_batch_size: int = 256  # frozen-feature extraction batch
+    # frozen features (kNN, linear, label spreading): pooled outputs of the last n stages concatenated
+    # (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips)
+    feature_stages: int = 1
+    feature_tta: str = "none"
     eval_every: int = 100  # steps between validation passes (model selection only)
     # weighted kNN (DINO eval_knn): cosine similarity, exp(sim / T) votes of the k nearest
     knn_k: int = 20
@@ -91,6 +96,10 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"config key 'protocol.threshold': must be in [0, 1], got {p.threshold}")
     if p.mu < 1:
         raise ConfigError(f"config key 'protocol.mu': must be >= 1 unlabeled image per labelled one, got {p.mu}")
+    if p.feature_stages < 1:
+        raise ConfigError(f"config key 'protocol.feature_stages': must be >= 1 (1 = the pooled output), got {p.feature_stages}")
+    if p.feature_tta not in TTA_CHOICES:
+        raise ConfigError(f"config key 'protocol.feature_tta': {p.feature_tta!r} is not one of {', '.join(TTA_CHOICES)}")
     if p.head_init not in HEAD_INIT_CHOICES:
         raise ConfigError(f"config key 'protocol.head_init': {p.head_init!r} is not one of {', '.join(HEAD_INIT_CHOICES)}")
     if not 0.0 < p.llrd <= 1.0:

@@ -49,12 +49,15 @@ class Context:
     def labels(self, side: str) -> np.ndarray:
         return np.asarray(self.dataset.labels)[self.rows[side]].astype(np.int64)
 
-    def features(self, side: str, l2: bool = True) -> torch.Tensor:
-        """(len(rows[side]), D) frozen features of one side (cached per encoder when a cache is given)."""
-        bs = self.cfg.protocol.feature_batch_size
+    def features(self, side: str, l2: bool = True, stages: Optional[int] = None, tta: Optional[str] = None) -> torch.Tensor:
+        """(len(rows[side]), D) frozen features of one side (cached per encoder when a cache is given),
+        of the kind ``protocol.feature_stages``/``feature_tta`` ask for unless ``stages``/``tta`` say otherwise."""
+        p = self.cfg.protocol
         cache = self.feature_cache or FeatureCache()
         key = self.cache_key if self.feature_cache is not None else None
-        return cache.get(key, self.encoder, self.dataset.images, self.rows[side], self.cfg.augment, self.device, bs, l2)
+        return cache.get(key, self.encoder, self.dataset.images, self.rows[side], self.cfg.augment, self.device,
+                         p.feature_batch_size, l2, p.feature_stages if stages is None else stages,
+                         p.feature_tta if tta is None else tta)
 
     def log(self, tag: str, value, step: int) -> None:
         if self.logger is not None:

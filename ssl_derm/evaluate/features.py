@@ -23,12 +23,26 @@ def rows_to_batch(images, rows: np.ndarray, device) -> torch.Tensor:
     return x[inv].permute(0, 3, 1, 2).contiguous().to(device)
 
 
+TTA_CHOICES = ("none", "d4")
+
+
+def tta_views(x: torch.Tensor, tta: str):
+    """The views whose features are averaged: the image itself, or (``d4``) its 8 rotations by 90
+    degrees with and without a mirror flip (a dermoscopy image has no canonical orientation)."""
+    if tta == "none":
+        return [x]
+    return [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+
+
 @torch.no_grad()
-def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 256, l2: bool = True) -> torch.Tensor:
+def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 256, l2: bool = True,
+                     stages: int = 1, tta: str = "none") -> torch.Tensor:
     """(len(rows), D) float32 pooled features of cache rows, on the CPU.
 
     ``l2=True`` L2-normalises each row (kNN uses cosine similarity); the linear probe takes raw
-    features and standardises them itself. The encoder's train/eval mode is restored afterwards.
+    features and standardises them itself. ``stages``: concatenate the pooled outputs of the last n
+    stages (:meth:`Encoder.pooled_stages`); ``tta``: average over :func:`tta_views`. The encoder's
+    train/eval mode is restored afterwards.
     """
     from ssl_derm.augment import normalize
 
@@ -39,34 +53,41 @@ def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 2
     use_amp = device.type == "cuda"
     try:
         for i in range(0, len(rows), batch_size):
-            x = rows_to_batch(images, rows[i:i + batch_size], device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                f = encoder(normalize(x, aug_cfg)).float()
+            x = normalize(rows_to_batch(images, rows[i:i + batch_size], device), aug_cfg)
+            views = tta_views(x, tta)
+            f = 0.0
+            for v in views:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    f = f + encoder.pooled_stages(v, stages).float()
+            f = f / len(views)
             if l2:
                 f = torch.nn.functional.normalize(f, dim=1)
             out.append(f.cpu())
     finally:
         encoder.train(was_training)
     if not out:
-        return torch.zeros(0, encoder.num_features)
+        return torch.zeros(0, encoder.num_features if stages <= 1 else 0)
     return torch.cat(out)
 
 
 class FeatureCache:
-    """Features per encoder key for every cache row, computed once and reused across label fractions
-    and protocols (kNN, linear and label spreading at 1/10/100% labels share one extraction)."""
+    """Features per encoder key (and feature kind) for every cache row, computed once and reused across
+    label fractions and protocols (kNN, linear and label spreading at 1/10/100% labels share one extraction)."""
 
     def __init__(self):
         self._store = {}
 
-    def get(self, key: Optional[str], encoder, images, rows, aug_cfg, device, batch_size: int, l2: bool) -> torch.Tensor:
+    def get(self, key: Optional[str], encoder, images, rows, aug_cfg, device, batch_size: int, l2: bool,
+            stages: int = 1, tta: str = "none") -> torch.Tensor:
         """Features of ``rows``; with ``key=None`` nothing is cached."""
         rows = np.asarray(rows, dtype=np.int64)
         if key is None:
-            return extract_features(encoder, images, rows, aug_cfg, device, batch_size, l2)
+            return extract_features(encoder, images, rows, aug_cfg, device, batch_size, l2, stages, tta)
+        key = (key, stages, tta)
         full = self._store.get(key)  # raw features; the L2-normalised ones are derived, not re-extracted
         if full is None:
-            full = extract_features(encoder, images, np.arange(len(images)), aug_cfg, device, batch_size, l2=False)
+            full = extract_features(encoder, images, np.arange(len(images)), aug_cfg, device, batch_size, False,
+                                    stages, tta)
             self._store[key] = full
         out = full[torch.from_numpy(rows)]
         return torch.nn.functional.normalize(out, dim=1) if l2 else out
