@@ -60,7 +60,13 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     out = Path(out_dir)
     if main:
         prepare_out_dir(out, cfg)
+    if not main:  # rank 0 first: it writes the caches, the synthetic set and the split file that the others then read
+        D.barrier()
     dataset = load_dataset(cfg.data)
+    use_monitor = bool(cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1)
+    split = split_for(dataset, cfg.data, seed=0) if use_monitor else None  # the split file the finetune protocols use
+    if main:
+        D.barrier()
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              cfg.encoder.pretrained, cfg.encoder.drop_path_rate)
     method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
@@ -73,10 +79,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     logger = Logger(out, enabled=main)
 
     monitor = None
-    if cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1:
+    if use_monitor:
         from ssl_derm.monitor import KNNMonitor
 
-        split = split_for(dataset, cfg.data, seed=0)  # the same split file the finetune protocols use
         knn = KNNMonitor(exported, dataset, split, cfg.monitor, cfg.augment, device)
         monitor = knn if main else None
 
