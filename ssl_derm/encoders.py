@@ -67,6 +67,12 @@ class Encoder(nn.Module):
         inter = self.model.forward_intermediates(x, indices=stages, intermediates_only=True)
         return torch.cat([t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in inter], dim=1)
 
+    def stages_dim(self, stages: int = 1) -> int:
+        """Width of :meth:`pooled_stages` output."""
+        if stages <= 1:
+            return self.num_features
+        return int(sum(f["num_chs"] for f in self.model.feature_info[-stages:]))
+
     def to_dense(self, feats: torch.Tensor) -> torch.Tensor:
         """Turn ``forward_features`` output into (B, C, h, w)."""
         if feats.ndim == 4:

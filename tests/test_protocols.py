@@ -154,7 +154,8 @@ def test_multistage_and_d4_features(encoder, data):
     one = extract_features(enc, ds.images, rows, AugmentConfig(), "cpu", l2=False)
     three = extract_features(enc, ds.images, rows, AugmentConfig(), "cpu", l2=False, stages=3)
     widths = [f["num_chs"] for f in enc.model.feature_info][-3:]
-    assert three.shape == (6, sum(widths))
+    assert three.shape == (6, sum(widths)) and enc.stages_dim(3) == sum(widths) and enc.stages_dim(1) == one.shape[1]
+    assert extract_features(enc, ds.images, rows[:0], AugmentConfig(), "cpu", stages=3).shape == (0, sum(widths))
     if encoder == ENCODER:
         torch.testing.assert_close(three[:, -widths[-1]:], one, atol=1e-5, rtol=1e-4)
     turned = np.ascontiguousarray(np.rot90(ds.images[:6], 1, axes=(1, 2)))

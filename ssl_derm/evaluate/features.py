@@ -66,7 +66,7 @@ def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 2
     finally:
         encoder.train(was_training)
     if not out:
-        return torch.zeros(0, encoder.num_features if stages <= 1 else 0)
+        return torch.zeros(0, encoder.stages_dim(stages))
     return torch.cat(out)
 
 
