@@ -111,13 +111,10 @@ class ClassifierTrainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
         t, p = self.cfg.train, self.cfg.protocol
-        best_score, best_state, best_step = -math.inf, None, 0
+        best = {"score": -math.inf, "state": None, "step": 0}
         t0 = time.time()
         if self.head_info and len(self.ctx.rows["val"]):  # LP-FT: the probe itself is the step-0 candidate
-            best_score = self.val_score()
-            best_state = {k: v.detach().to('cpu', copy=True) for k, v in self.eval_model().state_dict().items()}
-            self.history.append({"step": 0, "val_balanced_accuracy": best_score})
-            self.ctx.log("val/balanced_accuracy", best_score, 0)
+            self.select(0, best)
         for step in range(t.max_steps):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, logs = self.loss(step)
@@ -137,19 +134,25 @@ class ClassifierTrainer:
                 for k, v in logs.items():
                     self.ctx.log(f"train/{k}", float(v), step)
             if len(self.ctx.rows["val"]) and ((step + 1) % p.eval_every == 0 or step + 1 == t.max_steps):
-                score = self.val_score()
-                self.ctx.log("val/balanced_accuracy", score, step + 1)
-                self.history.append({"step": step + 1, "val_balanced_accuracy": score})
+                score = self.select(step + 1, best)
                 print(f"  [{p.name}] step {step + 1}/{t.max_steps} loss {float(loss.detach()):.4f} "
                       f"val balanced_acc {score:.4f} ({time.time() - t0:.0f}s)", flush=True)
-                if score > best_score:
-                    best_score, best_step = score, step + 1
-                    # a copy: on the CPU .cpu() would alias the live weights
-                    best_state = {k: v.detach().to('cpu', copy=True) for k, v in self.eval_model().state_dict().items()}
-        if best_state is not None:
-            self.eval_model().load_state_dict(best_state)
-        return {"best_step": best_step, "best_val_balanced_accuracy": None if best_state is None else best_score,
+        if best["state"] is not None:
+            self.eval_model().load_state_dict(best["state"])
+        return {"best_step": best["step"], "best_val_balanced_accuracy": None if best["state"] is None else best["score"],
                 "val_history": self.history, "steps": t.max_steps, **self.head_info}
+
+    def select(self, step: int, best: dict) -> float:
+        """Score the eval model on val at ``step``, log it, and keep a copy of its weights in ``best``
+        when it beats ``best["score"]``; returns the score."""
+        from ssl_derm.evaluate.linear import snapshot  # a copy: on the CPU .cpu() would alias the live weights
+
+        score = self.val_score()
+        self.ctx.log("val/balanced_accuracy", score, step)
+        self.history.append({"step": step, "val_balanced_accuracy": score})
+        if score > best["score"]:
+            best.update(score=score, step=step, state=snapshot(self.eval_model()))
+        return score
 
     def val_score(self) -> float:
         probs = self.predict(self.ctx.rows["val"])
