@@ -103,23 +103,66 @@ def _fmt(ms: tuple) -> str:
     return f"{100 * m:.1f}" if s is None else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
+def _paired(by_init: dict, metric: str) -> tuple:
+    """Per-seed differences pretrained - random over the seeds both inits finished: (mean, sample std,
+    half-width of the two-sided 95% t interval, n); Nones where there are too few pairs."""
+    from scipy.stats import t as student_t
+
+    pre = {r["seed"]: r[metric] for r in by_init.get("pretrained", []) if r[metric] is not None}
+    rnd = {r["seed"]: r[metric] for r in by_init.get("random", []) if r[metric] is not None}
+    d = np.array([pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())], dtype=float)
+    if not len(d):
+        return None, None, None, 0
+    if len(d) == 1:
+        return float(d[0]), None, None, 1
+    std = float(d.std(ddof=1))
+    return float(d.mean()), std, float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))), len(d)
+
+
+def _reaches_full_labels(groups: dict, metric: str) -> list:
+    """Per protocol: the smallest fraction whose pretrained mean reaches random init's mean at 100%."""
+    lines = []
+    for protocol in dict.fromkeys(p for p, _ in groups):
+        ref = _mean_std([r[metric] for r in groups.get((protocol, 1.0), {}).get("random", [])])[0]
+        if ref is None:
+            continue
+        pre = {f: _mean_std([r[metric] for r in by_init.get("pretrained", [])])[0]
+               for (p, f), by_init in groups.items() if p == protocol}
+        hit = min((f for f, m in pre.items() if m is not None and m >= ref), default=None)
+        lines.append(f"- {protocol}: random init with 100% of the labels {100 * ref:.1f}; pretrained reaches it with "
+                     + (f"{100 * hit:g}% of the labels" if hit is not None else "none of the fractions run"))
+    return lines
+
+
 def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> None:
-    """label_efficiency.csv and label_efficiency.md (``metric`` in percent, mean ± std over seeds)."""
+    """label_efficiency.csv and label_efficiency.md (``metric`` in percent, mean ± std over seeds).
+
+    The difference is paired: seed s of the pretrained rows against seed s of the random rows (the same
+    labelled subset when ``split.redraw_labelled`` draws one per seed), with its 95% t interval, so a gap can
+    be told from the spread over subsets and initialisations."""
     fields = ["init", "protocol", "fraction", "seed", *METRICS, "n_labelled", "seconds"]
     with open(out / "label_efficiency.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    lines = [f"{metric} (%, test side; mean ± sample std over seeds where there are several)", "",
-             "| protocol | labels | n labelled | pretrained | random init | difference | seeds |", "|---|---|---|---|---|---|---|"]
+    lines = [f"{metric} (%, test side; mean ± sample std over seeds where there are several; difference = "
+             "pretrained - random init paired by seed, mean ± std, with its 95% t interval)", "",
+             "| protocol | labels | n labelled | pretrained | random init | difference | 95% interval | seeds / pairs |",
+             "|---|---|---|---|---|---|---|---|"]
     groups = {}
     for r in rows:
         groups.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(r)
     for (protocol, fraction), by_init in groups.items():
         pre = _mean_std([r[metric] for r in by_init.get("pretrained", [])])
         rnd = _mean_std([r[metric] for r in by_init.get("random", [])])
-        diff = f"{100 * (pre[0] - rnd[0]):+.1f}" if pre[0] is not None and rnd[0] is not None else "-"
+        d_mean, d_std, half, n_pairs = _paired(by_init, metric)
+        diff = "-" if d_mean is None else (f"{100 * d_mean:+.1f}" if d_std is None else f"{100 * d_mean:+.1f} ± {100 * d_std:.1f}")
+        ci = "-" if half is None else f"[{100 * (d_mean - half):+.1f}, {100 * (d_mean + half):+.1f}]"
         n_lab = next((r["n_labelled"] for rs in by_init.values() for r in rs), "-")
         n_seeds = max(len(rs) for rs in by_init.values())
-        lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {n_seeds} |")
+        lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {ci} "
+                     f"| {n_seeds} / {n_pairs} |")
+    reach = _reaches_full_labels(groups, metric)
+    if reach:
+        lines += ["", "Labels the pretrained encoder needs to match random init with all of them (means):", *reach]
     (out / "label_efficiency.md").write_text("\n".join(lines) + "\n")
