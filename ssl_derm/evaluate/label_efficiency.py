@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from ssl_derm.config import load_config, to_dict
 from ssl_derm.evaluate.config import FinetuneConfig
@@ -106,8 +107,6 @@ def _fmt(ms: tuple) -> str:
 def _paired(by_init: dict, metric: str) -> tuple:
     """Per-seed differences pretrained - random over the seeds both inits finished: (mean, sample std,
     half-width of the two-sided 95% t interval, n); Nones where there are too few pairs."""
-    from scipy.stats import t as student_t
-
     pre = {r["seed"]: r[metric] for r in by_init.get("pretrained", []) if r[metric] is not None}
     rnd = {r["seed"]: r[metric] for r in by_init.get("random", []) if r[metric] is not None}
     d = np.array([pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())], dtype=float)
