@@ -210,6 +210,37 @@ def test_fixmatch_uses_unlabeled_images(data, tmp_path):
     assert logs["mask_rate"] == 0.0 and logs["loss_u"] == 0.0  # nobody is that sure: all masked
 
 
+def test_freematch_thresholds_follow_the_confidence_ema():
+    from ssl_derm.evaluate.fixmatch import SelfAdaptiveThreshold, fixmatch_unlabeled_loss
+
+    sat = SelfAdaptiveThreshold(4, momentum=0.5)
+    assert torch.allclose(sat.thresholds(), torch.full((4,), 0.25))  # starts at 1/K for every class
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.5, 0.2, 0.2]])
+    sat.update(probs)
+    # tau = 0.5 * 0.25 + 0.5 * mean(0.7, 0.5) = 0.425; p = 0.5 * 0.25 + 0.5 * (0.4, 0.3, 0.15, 0.15)
+    p = torch.tensor([0.325, 0.275, 0.2, 0.2])
+    assert torch.isclose(sat.tau, torch.tensor(0.425))
+    assert torch.allclose(sat.thresholds(), 0.425 * p / 0.325)
+    # per-class thresholds are indexed by the pseudo-label: the same confidence passes for one class only
+    weak = torch.log(torch.tensor([[0.40, 0.2, 0.2, 0.2], [0.2, 0.2, 0.40, 0.2]]))
+    _, mask = fixmatch_unlabeled_loss(weak, torch.zeros(2, 4), torch.tensor([0.45, 0.3, 0.3, 0.3]))
+    assert mask.tolist() == [0.0, 1.0]
+
+
+def test_freematch_uses_unlabeled_images_where_a_fixed_threshold_does_not(data, tmp_path):
+    ds, split = data
+    kw = {"protocol.threshold": 0.99, "train.max_steps": 2}
+    fixed = run_finetune(_cfg("fixmatch", **kw), tmp_path / "fixed", dataset=ds, split=split, quiet=True)
+    free = run_finetune(_cfg("fixmatch", **kw, **{"protocol.threshold_mode": "freematch"}), tmp_path / "free",
+                        dataset=ds, split=split, quiet=True)
+    assert fixed["info"]["mean_mask_rate"] == 0.0  # a fresh 7-way head is never 99% sure
+    assert free["info"]["mean_mask_rate"] > 0.5  # the adaptive bar starts near 1/K
+    thr = free["info"]["final_thresholds"]
+    assert set(thr) == set(SYNTH_CLASSES) and all(0 < v < 1 for v in thr.values())
+    with pytest.raises(ConfigError, match="protocol.threshold_mode.*freematch"):
+        load_finetune_config(None, ["protocol.threshold_mode=flexmatch"])
+
+
 def test_labelprop_pseudo_labels_the_unlabeled_images(data, tmp_path):
     ds, split = data
     m = run_finetune(_cfg("labelprop", **{"protocol.labelprop_threshold": 0.0}), tmp_path / "lp", dataset=ds,

@@ -20,6 +20,7 @@ from ssl_derm.evaluate.features import TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
+THRESHOLD_MODES = ("fixed", "freematch")
 
 
 @dataclass
@@ -60,6 +61,11 @@ class ProtocolSection:
     label_smoothing: float = 0.0
     # semi-supervised (FixMatch, mean teacher)
     threshold: float = 0.95  # FixMatch: pseudo-labels only where the weak view's confidence reaches this
+    # fixed: `threshold` throughout | freematch: FreeMatch's self-adaptive thresholds (Wang et al. 2023), from
+    # 1/K up to the model's own EMA confidence, scaled per class; short budgets and few labels, where a fixed
+    # 0.95 is rarely reached and the unlabeled images go unused
+    threshold_mode: str = "fixed"
+    threshold_momentum: float = 0.999  # freematch: EMA momentum of the confidence estimates (per step)
     mu: int = 7  # unlabeled images per labelled image in a step
     lambda_u: float = 1.0  # weight of the unlabeled loss
     ema: float = 0.999  # mean teacher: EMA decay of the teacher
@@ -94,6 +100,11 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"config key 'split.fraction': must be in (0, 1], got {cfg.split.fraction}")
     if not 0.0 <= p.threshold <= 1.0:
         raise ConfigError(f"config key 'protocol.threshold': must be in [0, 1], got {p.threshold}")
+    if p.threshold_mode not in THRESHOLD_MODES:
+        raise ConfigError(f"config key 'protocol.threshold_mode': must be one of {', '.join(THRESHOLD_MODES)}, "
+                          f"got '{p.threshold_mode}'")
+    if not 0.0 <= p.threshold_momentum < 1.0:
+        raise ConfigError(f"config key 'protocol.threshold_momentum': must be in [0, 1), got {p.threshold_momentum}")
     if p.mu < 1:
         raise ConfigError(f"config key 'protocol.mu': must be >= 1 unlabeled image per labelled one, got {p.mu}")
     if p.feature_stages < 1:

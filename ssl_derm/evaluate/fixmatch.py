@@ -4,6 +4,11 @@ model is confident enough; the strong view of the same image is trained towards 
 Each step takes B labelled and ``mu * B`` unlabeled images (the unlabeled rest of the training side
 and any images without a label); the three groups go through the model in one batch so BatchNorm
 sees them together, as in the paper.
+
+``protocol.threshold_mode=freematch`` replaces the fixed threshold by FreeMatch's self-adaptive ones
+(Wang et al., ICLR 2023): a global threshold that tracks the model's mean confidence on the unlabeled
+images (starting at 1/K, so early pseudo-labels are used rather than wasted), scaled per class by how
+much probability mass the model gives that class. FreeMatch's fairness regulariser is not included.
 """
 from __future__ import annotations
 
@@ -16,19 +21,46 @@ from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
 from ssl_derm.registry import register
 
 
-def fixmatch_unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float):
+def fixmatch_unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold):
     """Masked pseudo-label cross-entropy.
 
-    logits_weak, logits_strong: (U, K) for the same U unlabeled images. Returns (loss, mask): mask (U,)
-    is 1.0 where max softmax(weak) >= threshold; the loss averages CE(strong, argmax weak) * mask over
-    all U images (the paper's normalisation, so few confident images give a small loss). No gradient
-    flows through the weak view.
+    logits_weak, logits_strong: (U, K) for the same U unlabeled images; ``threshold``: a float, or a (K,)
+    tensor of per-class thresholds (indexed by the pseudo-label). Returns (loss, mask): mask (U,) is 1.0
+    where max softmax(weak) >= the threshold; the loss averages CE(strong, argmax weak) * mask over all U
+    images (the paper's normalisation, so few confident images give a small loss). No gradient flows
+    through the weak view.
     """
     probs = logits_weak.detach().float().softmax(1)
     conf, pseudo = probs.max(1)
+    if torch.is_tensor(threshold):
+        threshold = threshold.to(conf.device)[pseudo]
     mask = (conf >= threshold).float()
     ce = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
     return (ce * mask).mean(), mask
+
+
+class SelfAdaptiveThreshold:
+    """FreeMatch's self-adaptive thresholds (SAT) over K classes.
+
+    ``update(probs)`` with the weak views' softmax (U, K) moves, by EMA with ``momentum``, the global
+    confidence tau (mean of the max probability; starts at 1/K) and the class marginals p (K,) (mean
+    probability per class; start at 1/K). ``thresholds()`` -> (K,): tau * p / max(p), so a class the model
+    rarely predicts gets a lower bar than the one it favours.
+    """
+
+    def __init__(self, n_classes: int, momentum: float, device=None):
+        self.momentum = momentum
+        self.tau = torch.tensor(1.0 / n_classes, device=device)
+        self.p = torch.full((n_classes,), 1.0 / n_classes, device=device)
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        m, probs = self.momentum, probs.detach().float()
+        self.tau = m * self.tau + (1 - m) * probs.max(1).values.mean()
+        self.p = m * self.p + (1 - m) * probs.mean(0)
+
+    def thresholds(self) -> torch.Tensor:
+        return self.tau * self.p / self.p.max()
 
 
 def unlabeled_rows(ctx) -> tuple:
@@ -46,6 +78,9 @@ class FixMatchTrainer(ClassifierTrainer):
         rows, self.note = unlabeled_rows(ctx)
         self.unlabeled = IndexStream(rows, ctx.cfg.seed + 1)
         self.mask_rates = []  # share of unlabeled images above the threshold, per step
+        p = ctx.cfg.protocol
+        self.sat = (SelfAdaptiveThreshold(ctx.n_classes, p.threshold_momentum, self.device)
+                    if p.threshold_mode == "freematch" else None)
 
     def loss(self, step: int):
         p = self.cfg.protocol
@@ -56,8 +91,14 @@ class FixMatchTrainer(ClassifierTrainer):
         logits = self.model(torch.cat([weak, strong[len(y):]]))  # [labelled weak | unlabeled weak | unlabeled strong]
         lx, lw, ls = logits[:len(y)], logits[len(y):len(y) + len(urows)], logits[len(y) + len(urows):]
         loss_x = self.supervised_loss(lx, y)
-        loss_u, mask = fixmatch_unlabeled_loss(lw, ls, p.threshold)
+        threshold = p.threshold
+        if self.sat is not None:  # FreeMatch updates its estimates with this batch, then masks it
+            self.sat.update(lw.softmax(1))
+            threshold = self.sat.thresholds()
+        loss_u, mask = fixmatch_unlabeled_loss(lw, ls, threshold)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean()}
+        if self.sat is not None:
+            logs["threshold_global"] = self.sat.tau
         self.mask_rates.append(float(mask.mean()))
         true = torch.from_numpy(self.labels[urows]).to(self.device)
         known = true >= 0
@@ -76,6 +117,8 @@ def run_fixmatch(ctx) -> dict:
     # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
     out["info"]["mean_mask_rate"] = float(np.mean(trainer.mask_rates)) if trainer.mask_rates else 0.0
     out["info"]["last_mask_rate"] = trainer.mask_rates[-1] if trainer.mask_rates else 0.0
+    if trainer.sat is not None:
+        out["info"]["final_thresholds"] = dict(zip(ctx.dataset.classes, trainer.sat.thresholds().tolist()))
     if trainer.note:
         out["info"]["note"] = trainer.note
     return out
