@@ -353,8 +353,14 @@ def test_label_efficiency_table(data, tmp_path):
     assert len(csv_lines) == 1 + 8
     # finished cells are skipped on a second call (resumable)
     mtime = (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime
+    (tmp_path / "le" / "cells" / "notes").mkdir()  # a stray folder is not a cell, even with a metrics.json
+    (tmp_path / "le" / "cells" / "notes" / "metrics.json").write_text("{}")
     run_label_efficiency(base, ck, [0.25], ["knn"], [0], tmp_path / "le", dataset=ds, split=split)
     assert (tmp_path / "le" / "cells" / "random_knn_0.25_seed0" / "metrics.json").stat().st_mtime == mtime
+    # a call for part of the grid still tabulates every finished cell in the folder, fractions in order
+    assert len((tmp_path / "le" / "label_efficiency.csv").read_text().strip().splitlines()) == 1 + 8
+    md = (tmp_path / "le" / "label_efficiency.md").read_text()
+    assert md.index("| knn | 25% |") < md.index("| knn | 100% |") < md.index("| linear | 25% |")
 
 
 def test_label_efficiency_differences_are_paired_by_seed(tmp_path):

@@ -8,8 +8,8 @@ per protocol, label fraction and seed.
 Each cell is a full ``run_finetune`` run folder under ``<out>/cells/<init>_<protocol>_<fraction>_seed<seed>``;
 finished cells (with metrics.json) are skipped, so an interrupted table resumes. The data and the
 split are loaded once, and kNN / linear share one feature extraction per encoder.
-Writes ``label_efficiency.csv`` (one row per cell) and ``label_efficiency.md`` (mean +- std over seeds,
-pretrained against random, and their difference).
+Writes ``label_efficiency.csv`` (one row per finished cell in the folder, this call's grid first) and
+``label_efficiency.md`` (mean +- std over seeds, pretrained against random, and their paired difference).
 """
 from __future__ import annotations
 
@@ -69,23 +69,44 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     if dataset is None or split is None:
                         dataset, split = load_data_and_split(cfg)
                     run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache)
-    rows = collect(out, inits, protocols, fractions, seeds)
+    rows = collect(out, inits, protocols, fractions, seeds, others=True)
     write_tables(out, rows)
     return rows
 
 
-def collect(out: Path, inits, protocols, fractions, seeds) -> list:
+def finished_cells(out: Path) -> list:
+    """(init, protocol, fraction, seed) of every cell under ``out/cells`` with a metrics.json, read from the
+    folder names that :func:`cell_id` writes; other folders are ignored."""
+    keys = []
+    for path in sorted((Path(out) / "cells").glob("*/metrics.json")):
+        name = path.parent.name
+        try:
+            rest, seed = name.rsplit("_seed", 1)
+            init, rest = rest.split("_", 1)
+            protocol, fraction = rest.rsplit("_", 1)
+            key = (init, protocol, float(fraction), int(seed))
+        except ValueError:
+            continue
+        if init in INITS and cell_id(*key) == name:
+            keys.append(key)
+    return keys
+
+
+def collect(out: Path, inits, protocols, fractions, seeds, others: bool = False) -> list:
+    """One row per finished cell of the grid, in grid order; with ``others`` also every other finished cell
+    in the folder (an earlier call's seeds or fractions), so the table summarises the whole folder."""
+    keys = [(i, p, float(f), int(s)) for i in inits for p in protocols for f in fractions for s in seeds]
+    if others:
+        seen = set(keys)
+        keys += [k for k in finished_cells(out) if k not in seen]
     rows = []
-    for init in inits:
-        for protocol in protocols:
-            for fraction in fractions:
-                for seed in seeds:
-                    path = out / "cells" / cell_id(init, protocol, fraction, seed) / "metrics.json"
-                    if path.is_file():
-                        m = json.loads(path.read_text())
-                        rows.append({"init": init, "protocol": protocol, "fraction": float(fraction), "seed": int(seed),
-                                     **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n_per_side", {}).get("labelled"),
-                                     "seconds": m.get("seconds")})
+    for init, protocol, fraction, seed in keys:
+        path = out / "cells" / cell_id(init, protocol, fraction, seed) / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            rows.append({"init": init, "protocol": protocol, "fraction": fraction, "seed": seed,
+                         **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n_per_side", {}).get("labelled"),
+                         "seconds": m.get("seconds")})
     return rows
 
 
@@ -151,6 +172,8 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
     groups = {}
     for r in rows:
         groups.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(r)
+    order = {p: i for i, p in enumerate(dict.fromkeys(p for p, _ in groups))}  # protocols as first met
+    groups = dict(sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])))
     for (protocol, fraction), by_init in groups.items():
         pre = _mean_std([r[metric] for r in by_init.get("pretrained", [])])
         rnd = _mean_std([r[metric] for r in by_init.get("random", [])])
