@@ -130,25 +130,22 @@ def _paired(by_init: dict, metric: str) -> tuple:
     half-width of the two-sided 95% t interval, n); Nones where there are too few pairs."""
     pre = {r["seed"]: r[metric] for r in by_init.get("pretrained", []) if r[metric] is not None}
     rnd = {r["seed"]: r[metric] for r in by_init.get("random", []) if r[metric] is not None}
-    d = np.array([pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())], dtype=float)
-    if not len(d):
-        return None, None, None, 0
-    if len(d) == 1:
-        return float(d[0]), None, None, 1
-    std = float(d.std(ddof=1))
-    return float(d.mean()), std, float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))), len(d)
+    d = [pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())]
+    mean, std = _mean_std(d)
+    half = None if std is None else float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d)))
+    return mean, std, half, len(d)
 
 
-def _reaches_full_labels(groups: dict, metric: str) -> list:
-    """Per protocol: the smallest fraction whose pretrained mean reaches random init's mean at 100%."""
+def _reaches_full_labels(means: dict) -> list:
+    """Per protocol: the smallest fraction whose pretrained mean reaches random init's mean at 100%.
+    ``means``: {(protocol, fraction): (pretrained mean, random mean)}, None where not run."""
     lines = []
-    for protocol in dict.fromkeys(p for p, _ in groups):
-        ref = _mean_std([r[metric] for r in groups.get((protocol, 1.0), {}).get("random", [])])[0]
+    for protocol in dict.fromkeys(p for p, _ in means):
+        ref = means.get((protocol, 1.0), (None, None))[1]
         if ref is None:
             continue
-        pre = {f: _mean_std([r[metric] for r in by_init.get("pretrained", [])])[0]
-               for (p, f), by_init in groups.items() if p == protocol}
-        hit = min((f for f, m in pre.items() if m is not None and m >= ref), default=None)
+        hit = min((f for (p, f), (pre, _) in means.items() if p == protocol and pre is not None and pre >= ref),
+                  default=None)
         lines.append(f"- {protocol}: random init with 100% of the labels {100 * ref:.1f}; pretrained reaches it with "
                      + (f"{100 * hit:g}% of the labels" if hit is not None else "none of the fractions run"))
     return lines
@@ -174,9 +171,11 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
         groups.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(r)
     order = {p: i for i, p in enumerate(dict.fromkeys(p for p, _ in groups))}  # protocols as first met
     groups = dict(sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])))
+    means = {}
     for (protocol, fraction), by_init in groups.items():
         pre = _mean_std([r[metric] for r in by_init.get("pretrained", [])])
         rnd = _mean_std([r[metric] for r in by_init.get("random", [])])
+        means[(protocol, fraction)] = (pre[0], rnd[0])
         d_mean, d_std, half, n_pairs = _paired(by_init, metric)
         diff = "-" if d_mean is None else (f"{100 * d_mean:+.1f}" if d_std is None else f"{100 * d_mean:+.1f} ± {100 * d_std:.1f}")
         ci = "-" if half is None else f"[{100 * (d_mean - half):+.1f}, {100 * (d_mean + half):+.1f}]"
@@ -184,7 +183,7 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
         n_seeds = max(len(rs) for rs in by_init.values())
         lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {ci} "
                      f"| {n_seeds} / {n_pairs} |")
-    reach = _reaches_full_labels(groups, metric)
+    reach = _reaches_full_labels(means)
     if reach:
         lines += ["", "Labels the pretrained encoder needs to match random init with all of them (means):", *reach]
     (out / "label_efficiency.md").write_text("\n".join(lines) + "\n")

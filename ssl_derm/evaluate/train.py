@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.knn import inverse_frequency
+from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer, snapshot
 from ssl_derm.evaluate.metrics import classification_metrics
 
 
@@ -70,8 +71,6 @@ class ClassifierTrainer:
     def init_head_from_probe(self) -> dict:
         """LP-FT: fit the linear probe on the encoder's frozen features (before any update) and copy it
         into the classifier head; returns the probe's C and val scores for metrics.json."""
-        from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer
-
         # the head sees one view's pooled output, so the probe does too, whatever protocol.feature_* say
         feats = {side: self.ctx.features(side, l2=False, stages=1, tta="none").numpy() for side in ("labelled", "val")}
         C, search, scaler, clf = fit_probe(self.ctx, feats)
@@ -145,13 +144,11 @@ class ClassifierTrainer:
     def select(self, step: int, best: dict) -> float:
         """Score the eval model on val at ``step``, log it, and keep a copy of its weights in ``best``
         when it beats ``best["score"]``; returns the score."""
-        from ssl_derm.evaluate.linear import snapshot  # a copy: on the CPU .cpu() would alias the live weights
-
         score = self.val_score()
         self.ctx.log("val/balanced_accuracy", score, step)
         self.history.append({"step": step, "val_balanced_accuracy": score})
         if score > best["score"]:
-            best.update(score=score, step=step, state=snapshot(self.eval_model()))
+            best.update(score=score, step=step, state=snapshot(self.eval_model()))  # a copy, not an alias
         return score
 
     def val_score(self) -> float:
