@@ -23,12 +23,13 @@ from typing import Callable, List, Optional
 import torch
 
 from ssl_derm.augment import build_preset
-from ssl_derm.config import AugmentConfig, DataConfig, MethodConfig
+from ssl_derm.config import AugmentConfig, DataConfig, plugin_settings
 from ssl_derm.encoders import create_encoder
+from ssl_derm.errors import ConfigError, DeviceError
 from ssl_derm.methods import build_method
 
 TINY_METHOD = dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64, dino_out_dim=256, decoder_dim=64,
-                   decoder_depth=1, mask_patch_size=16)
+                   decoder_depth=1, mask_patch_size=16)  # each method takes the keys it has
 
 
 def _sync(device: torch.device) -> None:
@@ -83,12 +84,12 @@ def run_throughput(method: str, encoder: str, image_size: int, batch_size: int, 
 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} was asked for but no CUDA device is available; use --device cpu")
+        raise DeviceError(f"device={device} was asked for but no CUDA device is available; use --device cpu")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     n_images = n_images or (max(2 * batch_size, 32) if quick else max(8 * batch_size, 512))
     torch.manual_seed(0)
     enc = create_encoder(encoder, image_size)
-    m = build_method(MethodConfig(name=method, **(TINY_METHOD if quick else {})), enc, steps + warmup).to(device)
+    m = build_method(plugin_settings("method", method, TINY_METHOD if quick else {}, lenient=True), enc, steps + warmup).to(device)
     aug = AugmentConfig()
     preset = build_preset(m.default_preset, aug, image_size).to(device)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
@@ -140,7 +141,7 @@ def run_throughput(method: str, encoder: str, image_size: int, batch_size: int, 
             LightlyDataset(input_dir=str(src), transform=tf), batch_size=batch_size, shuffle=True, drop_last=True,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
         if len(loader) == 0:
-            raise ValueError(f"batch_size={batch_size} is larger than the {len(ds)} images in {src}")
+            raise ConfigError(f"batch_size={batch_size} is larger than the {len(ds)} images in {src}")
 
         def batches_c():
             while True:

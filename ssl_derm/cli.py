@@ -136,14 +136,20 @@ def main(argv=None) -> int:
     except Exception as e:  # one clear line for the user; the traceback on request
         if os.environ.get("SSL_DERM_DEBUG"):
             raise
-        kind = type(e).__name__
-        print(f"ssl-derm {args.command}: error: {e}" + ("" if kind in _EXPECTED else
-              f"  [{kind}; set SSL_DERM_DEBUG=1 for the traceback]"), file=sys.stderr)
-        return 2 if kind in ("ConfigError",) else 1
+        return _report(args.command, e)
 
 
-_EXPECTED = {"ConfigError", "DataError", "EncoderError", "TrainingError", "CheckpointError", "ValueError",
-             "FileNotFoundError", "KeyError"}
+def _report(command: str, e: Exception) -> int:
+    """Print ``e`` as one line on stderr; -> the exit code (2 config error, 1 other user error or a bug)."""
+    from ssl_derm.errors import UserError
+
+    msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+    if isinstance(e, UserError):
+        print(f"ssl-derm {command}: error: {msg}", file=sys.stderr)
+        return e.exit_code
+    print(f"ssl-derm {command}: error: {msg}  [{type(e).__name__}; set SSL_DERM_DEBUG=1 for the traceback]",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

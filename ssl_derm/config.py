@@ -14,9 +14,8 @@ from typing import Any, List, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key and what is allowed."""
+from ssl_derm.errors import ConfigError
+from ssl_derm.plugins import plugin, plugin_section, plugin_settings  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -97,25 +96,11 @@ class AugmentConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = "simclr"
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    pred_hidden_dim: int = 2048  # BYOL / MoCo v3 predictor
-    temperature: float = 0.1
-    momentum: float = 0.99  # EMA start; cosine schedule to momentum_end
-    momentum_end: float = 1.0
-    dino_out_dim: int = 4096
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    mask_ratio: float = 0.75  # MAE
-    simmim_mask_ratio: float = 0.6
-    mask_patch_size: int = 32  # SimMIM mask unit in pixels
-    decoder_dim: int = 256
-    decoder_depth: int = 2
+class MethodSettings:
+    """What every method's settings hold; each method extends it beside its code (``methods/<name>.py``)
+    and registers the subclass with itself, so ``method.*`` is checked against the chosen method."""
+
+    name: str = "simclr"  # a registered method
     export: str = "student"  # student | teacher (the momentum teacher of BYOL/MoCo v3/DINO; DINO evaluates it)
 
 
@@ -182,15 +167,20 @@ def _coerce(value: Any, tp, key: str):
     return value
 
 
-def _from_dict(cls, data: dict, prefix: str = ""):
+def _from_dict(cls, data: dict, prefix: str = "", lenient: bool = False):
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
-        if k not in known:
-            raise ConfigError(f"unknown config key '{prefix}{k}'; allowed keys here: {', '.join(sorted(known))}")
+        if k not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{k}'; allowed keys here: {', '.join(sorted(fields))}")
     obj = cls()
     for k, v in data.items():
-        setattr(obj, k, _coerce(v, hints[k], prefix + k))
+        if "plugin" in fields[k].metadata:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{prefix}{k}': expected a mapping of settings, got {v!r}")
+            setattr(obj, k, plugin_section(fields[k], hints[k], v, getattr(obj, k), prefix + k, lenient))
+        else:
+            setattr(obj, k, _coerce(v, hints[k], prefix + k))
     return obj
 
 
@@ -230,8 +220,12 @@ def read_yaml(path) -> dict:
     return data
 
 
-def load_config(cls, path=None, overrides=(), base: Optional[dict] = None):
-    """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides, checking every key."""
+def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenient: bool = False):
+    """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides, checking every key.
+
+    ``lenient``: in a plug-in section, drop keys that the chosen plug-in lacks but another plug-in of its
+    kind has (a sweep or a table that switches protocols or methods over one base config); a key that no
+    plug-in has is still an error."""
     data: dict = {}
     if base:
         data = _merge(data, base)
@@ -240,7 +234,7 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None):
     for text in overrides:
         keys, value = parse_override(text)
         set_nested(data, keys, value)
-    cfg = _from_dict(cls, data)
+    cfg = _from_dict(cls, data, lenient=lenient)
     validate(cfg)
     return cfg
 
@@ -256,7 +250,10 @@ _CHOICES = {"on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda"), "exp
 
 
 def validate(cfg, prefix: str = "") -> None:
-    """Check values that have a closed set of choices or a range."""
+    """Check values that have a closed set of choices or a range; a section with a ``check()`` method
+    (a plug-in's settings) checks its own."""
+    if hasattr(cfg, "check"):
+        cfg.check()
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         key = prefix + f.name
@@ -288,5 +285,5 @@ class PretrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodSettings = plugin("method", "simclr")
     monitor: MonitorConfig = field(default_factory=MonitorConfig)

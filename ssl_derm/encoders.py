@@ -12,9 +12,7 @@ import timm
 import torch
 from torch import nn
 
-
-class EncoderError(ValueError):
-    pass
+from ssl_derm.errors import EncoderError
 
 
 def _create(name: str, **kwargs) -> nn.Module:

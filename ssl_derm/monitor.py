@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ssl_derm.data.splits import Split
 from ssl_derm.evaluate.features import extract_features
 from ssl_derm.evaluate.knn import weighted_knn_predict
 
@@ -16,12 +17,12 @@ from ssl_derm.evaluate.knn import weighted_knn_predict
 class KNNMonitor:
     """Call with the step; every ``every`` steps returns {"knn_top1": acc, "knn_balanced_acc": bacc}."""
 
-    def __init__(self, encoder, dataset, split: dict, cfg, aug_cfg, device):
+    def __init__(self, encoder, dataset, split, cfg, aug_cfg, device):
+        """``split``: a :class:`~ssl_derm.data.splits.Split` of ``dataset`` (or its split dict)."""
         self.encoder, self.dataset, self.cfg, self.aug_cfg, self.device = encoder, dataset, cfg, aug_cfg, device
-        row = {i: r for r, i in enumerate(dataset.ids)}
+        split = Split.of(split, dataset)
         rng = np.random.default_rng(0)
-        ref = np.array([row[i] for i in split["train"]])
-        qry = np.array([row[i] for i in split["val"]])
+        ref, qry = split.side_rows("train"), split.side_rows("val")
         self.ref = rng.permutation(ref)[: cfg.max_images]
         self.qry = rng.permutation(qry)[: max(cfg.max_images // 4, 1)]
         self.history = []

@@ -6,7 +6,6 @@ The run folder gets ``config.yaml``, ``version.json``, ``metrics.json``, ``check
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,11 @@ import torch
 from ssl_derm.augment import build_preset, denormalize
 from ssl_derm.config import PretrainConfig
 from ssl_derm.data import load_dataset
-from ssl_derm.data.splits import split_for
+from ssl_derm.data.splits import Split
 from ssl_derm.encoders import create_encoder, export_encoder
 from ssl_derm.engine import CacheBatches, Logger, fit
 from ssl_derm.engine import distributed as D
+from ssl_derm.errors import ConfigError
 from ssl_derm.methods import build_method
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 
@@ -26,26 +26,19 @@ from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, writ
 def train_rows(dataset, exclude_split) -> np.ndarray:
     """Cache rows to pretrain on: all, less the test side of ``data.exclude_split`` (so an image that a
     downstream protocol scores is never seen in pretraining, not even without its label)."""
-    rows = np.arange(len(dataset.ids))
     if not exclude_split:
-        return rows
-    path = Path(exclude_split)
-    if not path.is_file():
-        raise ValueError(f"data.exclude_split '{path}' does not exist; give the split JSON that `ssl-derm finetune` "
-                         "wrote (its path is in that run's metrics.json) or leave the key unset")
-    test = set(json.loads(path.read_text()).get("test", []))
-    if not test:
-        raise ValueError(f"data.exclude_split '{path}' has no 'test' ids; is it a ssl-derm split file?")
-    keep = np.array([i not in test for i in dataset.ids])
-    print(f"pretrain: leaving out {int((~keep).sum())} test image(s) of {path.name}")
-    return rows[keep]
+        return np.arange(len(dataset.ids))
+    split = Split.read(exclude_split, dataset.ids)
+    rows = split.rows_outside("test")
+    print(f"pretrain: leaving out {len(dataset.ids) - len(rows)} test image(s) of {split.path.name}")
+    return rows
 
 
 def export_target(method, which: str):
     """The encoder that is monitored and exported: the online one, or the momentum teacher."""
     if which == "teacher":
         if not hasattr(method, "teacher_encoder"):
-            raise ValueError(f"method.export=teacher: method '{method.cfg.name}' has no momentum teacher; "
+            raise ConfigError(f"method.export=teacher: method '{method.cfg.name}' has no momentum teacher; "
                              "use method.export=student")
         return method.teacher_encoder
     return method.encoder
@@ -64,7 +57,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         D.barrier()
     dataset = load_dataset(cfg.data)
     use_monitor = bool(cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1)
-    split = split_for(dataset, cfg.data, seed=0) if use_monitor else None  # the split file the finetune protocols use
+    split = Split.for_dataset(dataset, cfg.data, seed=0) if use_monitor else None  # the split file the finetune protocols use
     if main:
         D.barrier()
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,

@@ -5,14 +5,22 @@ Usage::
     @register("method", "simclr")
     class SimCLR(...): ...
 
+    @register("protocol", "fixmatch", settings=FixMatchSettings)
+    def run_fixmatch(ctx): ...
+
     cls = get("method", "simclr")
     names("method")  # sorted list of registered names
+    settings_class("protocol", "fixmatch")  # FixMatchSettings
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+import dataclasses
+from typing import Callable, Dict, Optional
+
+from ssl_derm.errors import UnknownNameError
 
 _REGISTRY: Dict[str, Dict[str, object]] = {}
+_SETTINGS: Dict[str, Dict[str, Optional[type]]] = {}
 
 # Modules imported lazily the first time a kind is looked up, so that registration happens
 # without every caller having to import every plug-in module.
@@ -24,14 +32,19 @@ _PLUGIN_MODULES = {
 }
 
 
-def register(kind: str, name: str) -> Callable:
-    """Decorator: register ``obj`` under ``kind``/``name``. A duplicate name is an error."""
+def register(kind: str, name: str, settings: Optional[type] = None) -> Callable:
+    """Decorator: register ``obj`` under ``kind``/``name``, with the dataclass of its own config settings
+    (``method.*``, ``protocol.*``, ``segment.*``, ``augment.*``; see ``ssl_derm/plugins.py``). A duplicate
+    name is an error."""
 
     def deco(obj):
         table = _REGISTRY.setdefault(kind, {})
         if name in table and table[name] is not obj:
             raise ValueError(f"{kind} '{name}' is registered twice ({table[name]!r} and {obj!r})")
+        if settings is not None and not dataclasses.is_dataclass(settings):
+            raise TypeError(f"{kind} '{name}': settings={settings!r} is not a dataclass")
         table[name] = obj
+        _SETTINGS.setdefault(kind, {})[name] = settings
         return obj
 
     return deco
@@ -56,5 +69,11 @@ def get(kind: str, name: str):
     table = _REGISTRY.get(kind, {})
     if name not in table:
         avail = ", ".join(sorted(table)) or "(none)"
-        raise KeyError(f"unknown {kind} '{name}'; available: {avail}")
+        raise UnknownNameError(f"unknown {kind} '{name}'; available: {avail}")
     return table[name]
+
+
+def settings_class(kind: str, name: str) -> Optional[type]:
+    """The settings dataclass registered with ``kind``/``name`` (None if it registered none)."""
+    get(kind, name)
+    return _SETTINGS.get(kind, {}).get(name)

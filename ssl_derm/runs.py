@@ -12,6 +12,7 @@ import torch
 
 from ssl_derm import __version__
 from ssl_derm.config import dump_yaml
+from ssl_derm.errors import DeviceError
 
 
 def code_version() -> dict:
@@ -69,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but no CUDA device is available; use device=cpu or device=auto")
+        raise DeviceError(f"device={name} was asked for but no CUDA device is available; use device=cpu or device=auto")
     return torch.device(name)
 
 

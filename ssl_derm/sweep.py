@@ -17,6 +17,10 @@ A sweep file (``configs/sweeps/*.yaml``)::
       finetune.split.fraction: [0.01, 0.1, 1.0]
       encoder.name: [resnet18]        # a bare key goes to both stages
 
+A key of a plug-in section (``method.*``, ``protocol.*``, ``segment.*``) that is set for the whole sweep
+goes to the cells whose plug-in has it (``protocol.linear_C`` reaches the linear cells, not the kNN ones);
+a key that no plug-in of that kind has is still an error.
+
 Every pretraining is run once (``pretrain/<hash>/``) and reused by every cell that needs it; every
 cell writes ``cells/<id>/metrics.json`` last, so a killed sweep skips what finished and resumes the
 rest (an unfinished pretraining resumes from its checkpoint).
@@ -116,7 +120,7 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
     out = root / "pretrain" / _hash(flat)
     enc = out / "encoder.safetensors"
     if not (enc.is_file() and (out / "metrics.json").is_file()):
-        cfg = load_config(PretrainConfig, spec["pretrain"].get("config"), _overrides(flat))
+        cfg = load_config(PretrainConfig, spec["pretrain"].get("config"), _overrides(flat), lenient=True)
         run_pretrain(cfg, out)
     return enc
 
@@ -124,7 +128,7 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
 def _finetune_cfg(spec, flat: dict):
     from ssl_derm.evaluate.config import load_finetune_config
 
-    return load_finetune_config(spec.get("finetune", {}).get("config"), _overrides(flat))
+    return load_finetune_config(spec.get("finetune", {}).get("config"), _overrides(flat), lenient=True)
 
 
 def _shared_data(cfg, shared: dict) -> tuple:
@@ -143,11 +147,9 @@ def _shared_data(cfg, shared: dict) -> tuple:
 
 def _test_split_file(spec, flat: dict, shared: dict) -> Path:
     """The split file whose test side the downstream cell scores (written now if it is new)."""
-    from ssl_derm.data import split_path
-
     cfg = _finetune_cfg(spec, flat)
-    dataset, _, _ = _shared_data(cfg, shared)
-    return split_path(cfg.data, dataset, seed=cfg.split.seed)
+    _, split, _ = _shared_data(cfg, shared)
+    return split.path
 
 
 def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
@@ -155,7 +157,8 @@ def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
         from ssl_derm.segment.config import SegmentConfig
         from ssl_derm.segment.run import run_segment
 
-        return run_segment(load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat)), out)
+        return run_segment(load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat),
+                                       lenient=True), out)
     from ssl_derm.evaluate.run import run_finetune
 
     cfg = _finetune_cfg(spec, flat)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssl_derm.augment import build_preset
-from ssl_derm.config import AugmentConfig, MethodConfig
+from ssl_derm.config import AugmentConfig, plugin_settings
 from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import build_method
 
@@ -19,7 +19,8 @@ def test_dino_and_simmim_step(enc):
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     for name in ("dino", "simmim"):
         encoder = create_encoder(enc, 64)
-        cfg = MethodConfig(name=name, proj_hidden_dim=32, proj_dim=16, dino_out_dim=32, mask_patch_size=32)
+        cfg = plugin_settings("method", name, dict(proj_hidden_dim=32, proj_dim=16, dino_out_dim=32, mask_patch_size=32),
+                              lenient=True)
         m = build_method(cfg, encoder, 10)
         views = build_preset(m.default_preset, AugmentConfig(n_local_crops=2, local_crop_size=32), 64)(x)
         loss, _ = m.training_step(views, 0)

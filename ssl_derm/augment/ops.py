@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class AugmentError(ValueError):
-    """A bad augmentation setting or input; the message names the key or the tensor and what to do."""
+from ssl_derm.errors import AugmentError
 
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale

@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ssl_derm.errors import DataError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = ("", "_segmentation")  # <id>.png and <id>_segmentation.png (ISIC challenge naming)
-
-
-class DataError(ValueError):
-    """Data on disk is missing or wrong; the message names the file, key or ids and what to do."""
 
 
 def _few(items: Sequence, k: int = 5) -> str:

@@ -5,6 +5,9 @@
 - ``labelled["f"]`` for f in 0.01 ... 1.0: nested subsets of ``train`` (a smaller fraction is always inside
   a larger one), per class ``max(1, round(f * n_class))`` images, so every class has at least one.
 - unlabelled images (label -1) go only to ``unlabeled``.
+
+:class:`Split` is what the rest of the code asks: a split file bound to a dataset's ids and labels, which
+maps a side, a label fraction and a redraw seed to cache rows.
 """
 from __future__ import annotations
 
@@ -12,12 +15,12 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ssl_derm.data.sources import DataError
+from ssl_derm.errors import DataError, SplitError
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 SPLIT_VERSION = 1
@@ -162,3 +165,109 @@ def split_for(dataset, data_cfg, seed: int = 0) -> dict:
         raise DataError("a split needs labels: set data.labels to a CSV with columns image_id,label[,lesion_id]")
     return load_or_make_split(split_path(data_cfg, dataset, seed), dataset.ids, dataset.labels, dataset.lesion_ids,
                               data_cfg.test_frac, data_cfg.val_frac, seed)
+
+
+def fraction_key(labelled: dict, fraction: float) -> str:
+    """The split file's key for ``fraction`` ("0.1" for 0.1); an unknown fraction lists the known ones."""
+    for key in labelled:
+        if abs(float(key) - fraction) < 1e-9:
+            return key
+    raise SplitError(f"split.fraction={fraction} is not in the split file; available fractions: "
+                     f"{', '.join(sorted(labelled, key=float))}")
+
+
+class Split:
+    """A split file (the dict of ids that :func:`make_split` writes) bound to a dataset's ids and labels.
+
+    Sides of :meth:`rows` (int64 arrays of cache rows): ``labelled`` (the ``fraction`` subset of the
+    training side), ``unlabeled`` (the rest of it plus images without a label that no side holds),
+    ``val`` (model selection only) and ``test`` (the final score only).
+    """
+
+    def __init__(self, data: dict, ids: Sequence[str], labels: Optional[np.ndarray] = None, path=None):
+        self.data, self.ids, self.path = data, list(ids), (Path(path) if path else None)
+        self.labels = None if labels is None else np.asarray(labels)
+        self._row = {i: r for r, i in enumerate(self.ids)}
+
+    @classmethod
+    def for_dataset(cls, dataset, data_cfg, seed: int = 0) -> "Split":
+        """The split of ``dataset`` at ``split_path(data_cfg, dataset, seed)``, made once then reused. A dataset
+        without labels (masks only) gets one pseudo-class, so its split is lesion-grouped only."""
+        path = split_path(data_cfg, dataset, seed)
+        labels = dataset.labels if dataset.labels is not None else np.zeros(len(dataset.ids), np.int64)
+        data = load_or_make_split(path, dataset.ids, labels, dataset.lesion_ids, data_cfg.test_frac,
+                                  data_cfg.val_frac, seed)
+        return cls(data, dataset.ids, dataset.labels, path)
+
+    @classmethod
+    def read(cls, path, ids: Sequence[str], key: str = "data.exclude_split") -> "Split":
+        """A split file another run wrote (its ids need not all be in ``ids``); ``key`` names the setting."""
+        path = Path(path)
+        if not path.is_file():
+            raise SplitError(f"{key} '{path}' does not exist; give the split JSON that `ssl-derm finetune` "
+                             "wrote (its path is in that run's metrics.json) or leave the key unset")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise SplitError(f"{key} '{path}' is not JSON ({e}); is it a ssl-derm split file?") from None
+        if not isinstance(data, dict) or not data.get("test"):
+            raise SplitError(f"{key} '{path}' has no 'test' ids; is it a ssl-derm split file?")
+        return cls(data, ids, None, path)
+
+    @classmethod
+    def of(cls, split, dataset) -> "Split":
+        """``split`` as a Split of ``dataset``: a Split as it is, or a split dict bound to the dataset."""
+        return split if isinstance(split, Split) else cls(split, dataset.ids, dataset.labels)
+
+    def side_ids(self, side: str) -> list:
+        return list(self.data.get(side, []))
+
+    def rows_outside(self, side: str = "test") -> np.ndarray:
+        """Every cache row whose id is not on ``side`` (pretraining leaves the test side out)."""
+        held = set(self.side_ids(side))
+        return np.array([r for r, i in enumerate(self.ids) if i not in held], dtype=np.int64)
+
+    def side_rows(self, *sides: str) -> np.ndarray:
+        """Sorted cache rows of sides of the file (train, val, test); every id must be in the dataset."""
+        missing = [i for side in sides for i in self.side_ids(side) if i not in self._row]
+        if missing:
+            raise SplitError(f"{len(missing)} ids of the split file are not in the dataset (first: {missing[:3]}); "
+                             "the split belongs to another dataset: delete it or set data.split_file")
+        return np.array(sorted(self._row[i] for side in sides for i in self.side_ids(side)), dtype=np.int64)
+
+    def rows(self, fraction: float = 1.0, redraw_seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Cache rows per side (see the class docstring), checking that the sides are disjoint and that every
+        split id is in the dataset. ``redraw_seed``: draw the labelled subset anew from the training side with
+        this seed (nested and class-stratified like the file's), so seeds also vary which images carry a
+        label; the train/val/test sides stay those of the file."""
+        self.side_rows("train", "val", "test")  # the missing-id check, over all sides before any other
+        train, val, test = (self.side_rows(s) for s in ("train", "val", "test"))
+        labels = self.labels
+        if redraw_seed is not None and labels is not None:
+            subsets = nested_labelled(train, labels, redraw_seed)
+            labelled = subsets[fraction_key(subsets, fraction)]
+        elif fraction >= 1.0 and not any(abs(float(k) - 1.0) < 1e-9 for k in self.data.get("labelled", {})):
+            labelled = train
+        else:
+            key = fraction_key(self.data.get("labelled", {}), fraction)
+            labelled = np.array(sorted(self._row[i] for i in self.data["labelled"][key]), dtype=np.int64)
+        if labels is not None:
+            labelled = labelled[labels[labelled] >= 0]
+        if not np.isin(labelled, train).all():
+            raise SplitError("the split file's labelled subset is not inside its training side; delete the split "
+                             "file to rebuild it")
+        held = np.union1d(val, test)
+        if np.intersect1d(train, held).size or np.intersect1d(val, test).size:
+            raise SplitError("the split file's train/val/test sides overlap; delete it to rebuild it")
+        unlabeled = np.setdiff1d(train, labelled)
+        if labels is not None:  # images without a label that no side holds are unlabeled training data
+            unlabeled = np.union1d(unlabeled, np.setdiff1d(np.flatnonzero(labels < 0), held))
+        rows = {"labelled": labelled, "unlabeled": unlabeled, "val": val, "test": test}
+        assert not np.intersect1d(np.union1d(labelled, unlabeled), held).size  # the test side stays untouched
+        return rows
+
+
+def split_rows(ids, labels: Optional[np.ndarray], split: dict, fraction: float,
+               redraw_seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """``Split(split, ids, labels).rows(fraction, redraw_seed)``: a split dict's cache rows per side."""
+    return Split(split, ids, labels).rows(fraction, redraw_seed)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ssl_derm.errors import ConfigError
+
 SYNTH_CLASSES = ("bcc", "df", "melanoma", "nevus")  # alphabetical: the same indices load_dataset gives
 _P = np.array([0.2, 0.15, 0.25, 0.4])  # class frequencies (imbalanced, like real archives)
 _CHUNK = 32  # images per vectorised batch; fixed so output never depends on memory settings
@@ -171,7 +173,7 @@ def _render(idx: np.ndarray, les: dict, size: int, rng: np.random.Generator):
 
 def _generate(n: int, size: int, seed: int):
     if n <= 0 or size < 8:
-        raise ValueError(f"synthetic set needs n > 0 and size >= 8, got n={n}, size={size}")
+        raise ConfigError(f"synthetic set needs n > 0 and size >= 8, got n={n}, size={size}")
     les = _lesion_params(n, np.random.default_rng(seed))
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)

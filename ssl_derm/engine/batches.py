@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import torch
 
+from ssl_derm.errors import ConfigError
+
 
 class CacheBatches:
     """Infinite iterator of (B, 3, S, S) uint8 batches on ``device``.
@@ -25,7 +27,7 @@ class CacheBatches:
         self.images = images
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size * world:
-            raise ValueError(f"train.batch_size={batch_size} x {world} rank(s) is larger than the {len(self.indices)} "
+            raise ConfigError(f"train.batch_size={batch_size} x {world} rank(s) is larger than the {len(self.indices)} "
                              "usable images; lower train.batch_size or add images")
         self.batch_size = batch_size
         self.device = torch.device(device)

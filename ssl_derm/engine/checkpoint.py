@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class CheckpointError(RuntimeError):
-    pass
+from ssl_derm.errors import CheckpointError
 
 
 def save_checkpoint(path, state: dict) -> Path:

@@ -15,10 +15,7 @@ from ssl_derm.engine import distributed as D
 from ssl_derm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ssl_derm.engine.logger import Logger
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss...); the message says what to do."""
+from ssl_derm.errors import TrainingError
 
 
 class _Step(nn.Module):

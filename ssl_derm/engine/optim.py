@@ -6,6 +6,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from ssl_derm.config import TrainConfig
+from ssl_derm.errors import ConfigError
 
 
 def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
@@ -18,7 +19,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, lay
         return create_optimizer_v2(model, opt=cfg.optimizer, lr=scaled_lr(cfg, world_size),
                                    weight_decay=cfg.weight_decay, layer_decay=layer_decay)
     except (ValueError, AssertionError) as e:
-        raise ValueError(f"train.optimizer='{cfg.optimizer}' is not usable ({e}); try adamw, sgd, lars or lamb") from None
+        raise ConfigError(f"train.optimizer='{cfg.optimizer}' is not usable ({e}); try adamw, sgd, lars or lamb") from None
 
 
 def build_scheduler(optimizer, cfg: TrainConfig) -> CosineLRScheduler:

@@ -1,4 +1,4 @@
-"""``ssl-derm finetune`` config: the shared sections plus the split and the protocol's own knobs.
+"""``ssl-derm finetune`` config: the shared sections, the split, and the chosen protocol's own settings.
 
 Loaded with :func:`ssl_derm.config.load_config`, so unknown keys are errors; :func:`check_finetune_config`
 adds the checks for values with a closed set of choices or a range.
@@ -15,12 +15,12 @@ from ssl_derm.config import (
     EncoderConfig,
     TrainConfig,
     load_config,
+    plugin,
 )
 from ssl_derm.evaluate.features import TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
-THRESHOLD_MODES = ("fixed", "freematch")
 
 
 @dataclass
@@ -33,47 +33,73 @@ class SplitSection:
 
 
 @dataclass
-class ProtocolSection:
-    name: str = "knn"  # knn | linear | labelprop | finetune | fixmatch | meanteacher | fewmask_seg
+class ProtocolSettings:
+    """What every protocol's settings hold. Each protocol declares its settings beside its code
+    (``evaluate/<name>.py``), built from this and the shared groups below (one level), and registers them
+    with itself, so ``protocol.*`` is checked against the chosen protocol."""
+
+    name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | fewmask_seg
+    feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
+
+    def check(self) -> None:
+        """Range and choice checks of every shared group this class holds; a protocol adds its own."""
+        for key, (ok, what) in _SHARED_RULES.items():
+            if hasattr(self, key) and not ok(getattr(self, key)):
+                raise ConfigError(f"config key 'protocol.{key}': {what}, got {getattr(self, key)!r}")
+
+
+@dataclass
+class Balanced:
     balance: str = "none"  # none | weighted_loss | balanced_sampler
-    feature_batch_size: int = 256  # frozen-feature extraction batch
-    # frozen features (kNN, linear, label spreading): pooled outputs of the last n stages concatenated
-    # (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips)
+
+
+@dataclass
+class FrozenFeatures:
+    """Frozen features (kNN, linear, label spreading): pooled outputs of the last n stages concatenated
+    (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips)."""
+
     feature_stages: int = 1
     feature_tta: str = "none"
-    eval_every: int = 100  # steps between validation passes (model selection only)
-    # weighted kNN (DINO eval_knn): cosine similarity, exp(sim / T) votes of the k nearest
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    # linear probe: logistic regression on standardised frozen features; C picked on the val side
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression on standardised frozen features; C picked on the val side."""
+
     linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     linear_max_iter: int = 2000
-    # label spreading on frozen features, then the linear probe on labelled + pseudo-labelled images
-    labelprop_k: int = 10  # neighbours of the kNN graph
-    labelprop_alpha: float = 0.2  # how far spread labels may move off the given ones (sklearn LabelSpreading)
-    labelprop_threshold: float = 0.0  # pseudo-labels with a lower confidence are dropped (each is weighted by it)
-    # finetuning
+
+
+@dataclass
+class Trained:
+    """A network trained on the labelled side with model selection on val (finetune, FixMatch, mean teacher)."""
+
+    eval_every: int = 100  # steps between validation passes (model selection only)
     llrd: float = 1.0  # layer-wise learning-rate decay (timm layer_decay); 1 turns it off
     # random | linear_probe: LP-FT (Kumar et al. 2022): the head starts as the linear probe fitted on
     # the frozen features (C picked on val, as protocol `linear`), so finetuning starts from the probe
-    # and the initial state is a model-selection candidate too (finetune, FixMatch, mean teacher)
+    # and the initial state is a model-selection candidate too
     head_init: str = "random"
     label_smoothing: float = 0.0
-    # semi-supervised (FixMatch, mean teacher)
-    threshold: float = 0.95  # FixMatch: pseudo-labels only where the weak view's confidence reaches this
-    # fixed: `threshold` throughout | freematch: FreeMatch's self-adaptive thresholds (Wang et al. 2023), from
-    # 1/K up to the model's own EMA confidence, scaled per class; short budgets and few labels, where a fixed
-    # 0.95 is rarely reached and the unlabeled images go unused
-    threshold_mode: str = "fixed"
-    threshold_momentum: float = 0.999  # freematch: EMA momentum of the confidence estimates (per step)
+
+
+@dataclass
+class SemiSupervised:
     mu: int = 7  # unlabeled images per labelled image in a step
     lambda_u: float = 1.0  # weight of the unlabeled loss
-    ema: float = 0.999  # mean teacher: EMA decay of the teacher
-    rampup_steps: int = 0  # mean teacher: sigmoid ramp-up of lambda_u over these steps
-    # few-mask segmentation
-    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
-    seg_freeze_encoder: bool = False
-    seg_threshold: float = 0.5  # probability threshold of the predicted mask
+
+
+_SHARED_RULES = {
+    "feature_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "balance": (lambda v: v in BALANCE_CHOICES, f"must be one of {', '.join(BALANCE_CHOICES)}"),
+    "feature_stages": (lambda v: v >= 1, "must be >= 1 (1 = the pooled output)"),
+    "feature_tta": (lambda v: v in TTA_CHOICES, f"must be one of {', '.join(TTA_CHOICES)}"),
+    "linear_C": (lambda v: bool(v) and all(c > 0 for c in v), "give one or more positive values"),
+    "eval_every": (lambda v: v >= 1, "must be >= 1"),
+    "llrd": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1] (1 = no decay)"),
+    "head_init": (lambda v: v in HEAD_INIT_CHOICES, f"must be one of {', '.join(HEAD_INIT_CHOICES)}"),
+    "mu": (lambda v: v >= 1, "must be >= 1 unlabeled image per labelled one"),
+}
 
 
 @dataclass
@@ -88,49 +114,17 @@ class FinetuneConfig:
                                                                    warmup_steps=20, ckpt_every=0))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     split: SplitSection = field(default_factory=SplitSection)
-    protocol: ProtocolSection = field(default_factory=ProtocolSection)
+    protocol: ProtocolSettings = plugin("protocol", "knn")
 
 
 def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """Range and choice checks that the generic loader cannot know about; returns ``cfg``."""
-    p = cfg.protocol
-    if p.balance not in BALANCE_CHOICES:
-        raise ConfigError(f"config key 'protocol.balance': {p.balance!r} is not one of {', '.join(BALANCE_CHOICES)}")
     if not 0.0 < cfg.split.fraction <= 1.0:
         raise ConfigError(f"config key 'split.fraction': must be in (0, 1], got {cfg.split.fraction}")
-    if not 0.0 <= p.threshold <= 1.0:
-        raise ConfigError(f"config key 'protocol.threshold': must be in [0, 1], got {p.threshold}")
-    if p.threshold_mode not in THRESHOLD_MODES:
-        raise ConfigError(f"config key 'protocol.threshold_mode': must be one of {', '.join(THRESHOLD_MODES)}, "
-                          f"got '{p.threshold_mode}'")
-    if not 0.0 <= p.threshold_momentum < 1.0:
-        raise ConfigError(f"config key 'protocol.threshold_momentum': must be in [0, 1), got {p.threshold_momentum}")
-    if p.mu < 1:
-        raise ConfigError(f"config key 'protocol.mu': must be >= 1 unlabeled image per labelled one, got {p.mu}")
-    if p.feature_stages < 1:
-        raise ConfigError(f"config key 'protocol.feature_stages': must be >= 1 (1 = the pooled output), got {p.feature_stages}")
-    if p.feature_tta not in TTA_CHOICES:
-        raise ConfigError(f"config key 'protocol.feature_tta': {p.feature_tta!r} is not one of {', '.join(TTA_CHOICES)}")
-    if p.head_init not in HEAD_INIT_CHOICES:
-        raise ConfigError(f"config key 'protocol.head_init': {p.head_init!r} is not one of {', '.join(HEAD_INIT_CHOICES)}")
-    if not 0.0 < p.llrd <= 1.0:
-        raise ConfigError(f"config key 'protocol.llrd': must be in (0, 1] (1 = no decay), got {p.llrd}")
-    if not 0.0 <= p.ema < 1.0:
-        raise ConfigError(f"config key 'protocol.ema': must be in [0, 1), got {p.ema}")
-    if p.knn_k < 1 or p.knn_temperature <= 0:
-        raise ConfigError(f"config keys 'protocol.knn_k'/'protocol.knn_temperature' must be positive, got {p.knn_k}/{p.knn_temperature}")
-    if not p.linear_C or any(c <= 0 for c in p.linear_C):
-        raise ConfigError(f"config key 'protocol.linear_C': give one or more positive values, got {p.linear_C}")
-    if p.labelprop_k < 1 or not 0.0 < p.labelprop_alpha < 1.0 or not 0.0 <= p.labelprop_threshold <= 1.0:
-        raise ConfigError("config keys 'protocol.labelprop_k'/'labelprop_alpha'/'labelprop_threshold' need k >= 1, "
-                          f"0 < alpha < 1 and 0 <= threshold <= 1, got {p.labelprop_k}/{p.labelprop_alpha}/{p.labelprop_threshold}")
-    if p.eval_every < 1:
-        raise ConfigError(f"config key 'protocol.eval_every': must be >= 1, got {p.eval_every}")
-    if not p.seg_decoder_channels or any(c < 1 for c in p.seg_decoder_channels):
-        raise ConfigError(f"config key 'protocol.seg_decoder_channels': give positive widths, got {p.seg_decoder_channels}")
+    cfg.protocol.check()
     return cfg
 
 
-def load_finetune_config(path=None, overrides=(), base=None) -> FinetuneConfig:
-    """YAML + ``key.sub=value`` overrides -> a checked :class:`FinetuneConfig`."""
-    return check_finetune_config(load_config(FinetuneConfig, path, overrides, base))
+def load_finetune_config(path=None, overrides=(), base=None, lenient: bool = False) -> FinetuneConfig:
+    """YAML + ``key.sub=value`` overrides -> a checked :class:`FinetuneConfig` (``lenient``: see ``load_config``)."""
+    return check_finetune_config(load_config(FinetuneConfig, path, overrides, base, lenient))

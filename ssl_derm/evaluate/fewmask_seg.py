@@ -8,6 +8,7 @@ the best state (mean Dice); the test side is scored once with :mod:`ssl_derm.eva
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import List
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
+from ssl_derm.errors import ConfigError, EncoderError, TrainingError
+from ssl_derm.evaluate.config import ProtocolSettings
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.registry import register
 
@@ -60,7 +63,7 @@ class SegModel(nn.Module):
         super().__init__()
         self.backbone = encoder.model
         if not hasattr(self.backbone, "forward_intermediates"):
-            raise ValueError(f"encoder.name '{encoder.name}' has no forward_intermediates in timm; few-mask "
+            raise EncoderError(f"encoder.name '{encoder.name}' has no forward_intermediates in timm; few-mask "
                              "segmentation needs one (resnet*, convnext*, vit_* and most timm models have it)")
         self.indices = 4 if encoder.is_vit else None  # ViT: last four blocks; CNN: every stage
         with torch.no_grad():
@@ -121,12 +124,27 @@ def score_masks(pred: np.ndarray, gt: np.ndarray, ids) -> dict:
     return seg_metrics.score_dataset(pred, gt, ids)
 
 
-@register("protocol", "fewmask_seg")
+@dataclass
+class FewMaskSegSettings(ProtocolSettings):
+    name: str = "fewmask_seg"
+    eval_every: int = 100  # steps between validation passes (model selection only)
+    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    seg_freeze_encoder: bool = False
+    seg_threshold: float = 0.5  # probability threshold of the predicted mask
+
+    def check(self) -> None:
+        super().check()
+        if not self.seg_decoder_channels or any(c < 1 for c in self.seg_decoder_channels):
+            raise ConfigError(f"config key 'protocol.seg_decoder_channels': give positive widths, got {self.seg_decoder_channels}")
+
+
+
+@register("protocol", "fewmask_seg", settings=FewMaskSegSettings)
 def run_fewmask_seg(ctx) -> dict:
     cfg, p, t, dev = ctx.cfg, ctx.cfg.protocol, ctx.cfg.train, ctx.device
     masks = ctx.dataset.masks
     if masks is None:
-        raise ValueError("protocol fewmask_seg needs masks: set data.masks to the folder of <id>.png lesion masks")
+        raise ConfigError("protocol fewmask_seg needs masks: set data.masks to the folder of <id>.png lesion masks")
     from ssl_derm.augment import normalize
 
     lab = ctx.rows["labelled"]
@@ -149,7 +167,7 @@ def run_fewmask_seg(ctx) -> dict:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.amp and dev.type == "cuda"):
             loss = dice_bce_loss(model(normalize(x, cfg.augment)), m)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the segmentation loss is {loss.item()} at step {step}; lower train.lr (now {t.lr})")
+            raise TrainingError(f"the segmentation loss is {loss.item()} at step {step}; lower train.lr (now {t.lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.clip_grad > 0:

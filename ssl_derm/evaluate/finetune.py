@@ -2,10 +2,19 @@
 layer-wise LR decay (``protocol.llrd``), weak augmentation, model selection on val."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, Trained
 from ssl_derm.evaluate.train import ClassifierTrainer
 from ssl_derm.registry import register
 
 
-@register("protocol", "finetune")
+@dataclass
+class FinetuneSettings(Trained, Balanced, LinearProbe, ProtocolSettings):
+    name: str = "finetune"
+
+
+
+@register("protocol", "finetune", settings=FinetuneSettings)
 def run_finetune_protocol(ctx) -> dict:
     return ClassifierTrainer(ctx).run()

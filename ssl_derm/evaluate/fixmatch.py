@@ -12,13 +12,19 @@ much probability mass the model gives that class. FreeMatch's fairness regularis
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_derm.errors import ConfigError
+from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
 from ssl_derm.registry import register
+
+THRESHOLD_MODES = ("fixed", "freematch")
 
 
 def fixmatch_unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold):
@@ -109,7 +115,29 @@ class FixMatchTrainer(ClassifierTrainer):
         return loss_x + p.lambda_u * loss_u, logs
 
 
-@register("protocol", "fixmatch")
+@dataclass
+class FixMatchSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolSettings):
+    name: str = "fixmatch"
+    threshold: float = 0.95  # pseudo-labels only where the weak view's confidence reaches this
+    # fixed: `threshold` throughout | freematch: FreeMatch's self-adaptive thresholds (Wang et al. 2023), from
+    # 1/K up to the model's own EMA confidence, scaled per class; short budgets and few labels, where a fixed
+    # 0.95 is rarely reached and the unlabeled images go unused
+    threshold_mode: str = "fixed"
+    threshold_momentum: float = 0.999  # freematch: EMA momentum of the confidence estimates (per step)
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"config key 'protocol.threshold': must be in [0, 1], got {self.threshold}")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ConfigError(f"config key 'protocol.threshold_mode': must be one of {', '.join(THRESHOLD_MODES)}, "
+                              f"got '{self.threshold_mode}'")
+        if not 0.0 <= self.threshold_momentum < 1.0:
+            raise ConfigError(f"config key 'protocol.threshold_momentum': must be in [0, 1), got {self.threshold_momentum}")
+
+
+
+@register("protocol", "fixmatch", settings=FixMatchSettings)
 def run_fixmatch(ctx) -> dict:
     trainer = FixMatchTrainer(ctx)
     out = trainer.run()

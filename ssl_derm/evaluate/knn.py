@@ -5,11 +5,14 @@ scikit-learn's KNeighborsClassifier has no exponential-similarity vote, so it is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ssl_derm.errors import ConfigError, SplitError
+from ssl_derm.evaluate.config import Balanced, FrozenFeatures, ProtocolSettings
 from ssl_derm.registry import register
 
 
@@ -24,7 +27,7 @@ def weighted_knn_probs(train_feats: torch.Tensor, train_labels: torch.Tensor, qu
     each class's votes (inverse class frequency counters the majority class's many neighbours).
     """
     if len(train_feats) == 0:
-        raise ValueError("weighted kNN needs at least one labelled training image")
+        raise SplitError("weighted kNN needs at least one labelled training image")
     train = torch.nn.functional.normalize(train_feats.float(), dim=1)
     query = torch.nn.functional.normalize(query_feats.float(), dim=1)
     labels = torch.as_tensor(train_labels, dtype=torch.long, device=train.device)
@@ -58,7 +61,22 @@ def inverse_frequency(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return w
 
 
-@register("protocol", "knn")
+@dataclass
+class KNNSettings(Balanced, FrozenFeatures, ProtocolSettings):
+    name: str = "knn"
+    # weighted kNN (DINO eval_knn): cosine similarity, exp(sim / T) votes of the k nearest
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
+    def check(self) -> None:
+        super().check()
+        if self.knn_k < 1 or self.knn_temperature <= 0:
+            raise ConfigError(f"config keys 'protocol.knn_k'/'protocol.knn_temperature' must be positive, "
+                              f"got {self.knn_k}/{self.knn_temperature}")
+
+
+
+@register("protocol", "knn", settings=KNNSettings)
 def run_knn(ctx) -> dict:
     """Weighted kNN of val and test images against the labelled training images' frozen features."""
     p = ctx.cfg.protocol

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from ssl_derm.config import load_config, to_dict
+from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import FinetuneConfig
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.run import load_data_and_split, run_finetune
@@ -47,9 +48,9 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
     known = names("protocol")
     bad = [p for p in protocols if p not in known]
     if bad:
-        raise ValueError(f"unknown protocol(s) {', '.join(bad)}; available: {', '.join(known)}")
+        raise ConfigError(f"unknown protocol(s) {', '.join(bad)}; available: {', '.join(known)}")
     if "pretrained" in inits and (not checkpoint or not Path(checkpoint).exists()):
-        raise ValueError(f"--checkpoint '{checkpoint}' does not exist; give the encoder.safetensors of `ssl-derm pretrain`")
+        raise ConfigError(f"--checkpoint '{checkpoint}' does not exist; give the encoder.safetensors of `ssl-derm pretrain`")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache()
@@ -60,9 +61,9 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     cdir = out / "cells" / cell_id(init, protocol, fraction, seed)
                     if (cdir / "metrics.json").is_file():
                         continue
-                    cfg = load_config(FinetuneConfig, base=to_dict(base_cfg),
-                                      overrides=list((protocol_overrides or {}).get(protocol, ())))
-                    cfg.protocol.name = protocol
+                    # lenient: the base protocol's own keys do not carry over to another protocol
+                    cfg = load_config(FinetuneConfig, base=to_dict(base_cfg), lenient=True, overrides=[
+                        f"protocol.name={protocol}", *(protocol_overrides or {}).get(protocol, ())])
                     cfg.split.fraction = float(fraction)
                     cfg.seed = int(seed)
                     cfg.encoder.checkpoint = str(checkpoint) if init == "pretrained" else "none"

@@ -17,12 +17,15 @@ and a good way to tell whether a pretrained encoder's neighbourhoods carry the c
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.semi_supervised import LabelSpreading
 
+from ssl_derm.errors import ConfigError, SplitError
+from ssl_derm.evaluate.config import Balanced, FrozenFeatures, LinearProbe, ProtocolSettings
 from ssl_derm.evaluate.knn import inverse_frequency
 from ssl_derm.evaluate.linear import assert_unchanged, fit_linear, predict_probs, select_by_val, snapshot
 from ssl_derm.registry import register
@@ -53,14 +56,30 @@ def spread_labels(x_lab: np.ndarray, y_lab: np.ndarray, x_unl: np.ndarray, n_cla
     return dist.argmax(1).astype(np.int64), dist.max(1)
 
 
-@register("protocol", "labelprop")
+@dataclass
+class LabelPropSettings(Balanced, FrozenFeatures, LinearProbe, ProtocolSettings):
+    name: str = "labelprop"
+    labelprop_k: int = 10  # neighbours of the kNN graph
+    labelprop_alpha: float = 0.2  # how far spread labels may move off the given ones (sklearn LabelSpreading)
+    labelprop_threshold: float = 0.0  # pseudo-labels with a lower confidence are dropped (each is weighted by it)
+
+    def check(self) -> None:
+        super().check()
+        if self.labelprop_k < 1 or not 0.0 < self.labelprop_alpha < 1.0 or not 0.0 <= self.labelprop_threshold <= 1.0:
+            raise ConfigError("config keys 'protocol.labelprop_k'/'labelprop_alpha'/'labelprop_threshold' need k >= 1, "
+                              f"0 < alpha < 1 and 0 <= threshold <= 1, got {self.labelprop_k}/{self.labelprop_alpha}/"
+                              f"{self.labelprop_threshold}")
+
+
+
+@register("protocol", "labelprop", settings=LabelPropSettings)
 def run_labelprop(ctx) -> dict:
     p = ctx.cfg.protocol
     before = snapshot(ctx.encoder)
     k_cls = ctx.n_classes
     y_lab = ctx.labels("labelled")
     if len(np.unique(y_lab)) < 2:
-        raise ValueError(f"label spreading needs labelled images of at least two classes; split.fraction="
+        raise SplitError(f"label spreading needs labelled images of at least two classes; split.fraction="
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
     balanced = p.balance != "none"
     # one extraction per side: the graph takes the L2-normalised rows, the probe the raw ones

@@ -7,6 +7,7 @@ encoder's weights did not change: a frozen-feature protocol that moved them woul
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -15,6 +16,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from ssl_derm.errors import SplitError
+from ssl_derm.evaluate.config import Balanced, FrozenFeatures, LinearProbe, ProtocolSettings
 from ssl_derm.evaluate.metrics import classification_metrics
 from ssl_derm.registry import register
 
@@ -77,7 +80,7 @@ def fit_probe(ctx, feats: dict) -> tuple:
     p = ctx.cfg.protocol
     y_lab = ctx.labels("labelled")
     if len(np.unique(y_lab)) < 2:
-        raise ValueError(f"the linear probe needs labelled images of at least two classes; split.fraction="
+        raise SplitError(f"the linear probe needs labelled images of at least two classes; split.fraction="
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
     C, search, (scaler, clf) = select_by_val(
         p.linear_C, lambda C: fit_linear(feats["labelled"], y_lab, C, p.balance != "none", p.linear_max_iter, ctx.cfg.seed),
@@ -100,7 +103,13 @@ def probe_as_linear_layer(scaler, clf, n_classes: int) -> tuple:
     return weight, bias
 
 
-@register("protocol", "linear")
+@dataclass
+class LinearSettings(Balanced, FrozenFeatures, LinearProbe, ProtocolSettings):
+    name: str = "linear"
+
+
+
+@register("protocol", "linear", settings=LinearSettings)
 def run_linear(ctx) -> dict:
     before = snapshot(ctx.encoder)
     feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val", "test")}

@@ -6,11 +6,14 @@ The teacher (timm's ModelEmaV3) is the model that is selected on val and scored 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
+from ssl_derm.errors import ConfigError
+from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.fixmatch import unlabeled_rows
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
@@ -61,7 +64,20 @@ class MeanTeacherTrainer(ClassifierTrainer):
         return self.teacher.module
 
 
-@register("protocol", "meanteacher")
+@dataclass
+class MeanTeacherSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolSettings):
+    name: str = "meanteacher"
+    ema: float = 0.999  # EMA decay of the teacher
+    rampup_steps: int = 0  # sigmoid ramp-up of lambda_u over these steps
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"config key 'protocol.ema': must be in [0, 1), got {self.ema}")
+
+
+
+@register("protocol", "meanteacher", settings=MeanTeacherSettings)
 def run_meanteacher(ctx) -> dict:
     trainer = MeanTeacherTrainer(ctx)
     out = trainer.run()

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from ssl_derm.errors import SplitError
+
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
     """Scores of predicted class probabilities.
@@ -28,7 +30,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Seque
     if probs.ndim != 2 or probs.shape != (len(y_true), k):
         raise ValueError(f"probs has shape {probs.shape}; expected ({len(y_true)}, {k}) for {k} classes")
     if len(y_true) == 0:
-        raise ValueError("no samples to score: the evaluation side of the split is empty")
+        raise SplitError("no samples to score: the evaluation side of the split is empty")
     if y_true.min() < 0 or y_true.max() >= k:
         raise ValueError(f"labels must lie in [0, {k}); got {y_true.min()}..{y_true.max()} (unlabelled images cannot be scored)")
     y_pred = probs.argmax(1)

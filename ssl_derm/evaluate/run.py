@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from ssl_derm.encoders import create_encoder
+from ssl_derm.errors import DataError, SplitError
 from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
-from ssl_derm.evaluate.context import Context, split_rows
+from ssl_derm.data.splits import Split
+from ssl_derm.evaluate.context import Context
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png, summary_line
 from ssl_derm.registry import get
@@ -28,17 +30,12 @@ SEG_PROTOCOLS = ("fewmask_seg",)
 
 
 def load_data_and_split(cfg: FinetuneConfig):
-    """(dataset, split dict) from ``cfg.data`` and the split file (made once, then reused)."""
-    from ssl_derm.data import load_dataset, load_or_make_split, split_for, split_path
+    """(dataset, :class:`Split`) from ``cfg.data`` and the split file (made once, then reused)."""
+    from ssl_derm.data import load_dataset
 
     seg = cfg.protocol.name in SEG_PROTOCOLS
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
-    if ds.labels is None:  # masks without class labels: one pseudo-class, so the split is lesion-grouped only
-        split = load_or_make_split(split_path(cfg.data, ds, seed=cfg.split.seed), ds.ids, np.zeros(len(ds.ids)),
-                                   ds.lesion_ids, cfg.data.test_frac, cfg.data.val_frac, cfg.split.seed)
-    else:
-        split = split_for(ds, cfg.data, seed=cfg.split.seed)
-    return ds, split
+    return ds, Split.for_dataset(ds, cfg.data, seed=cfg.split.seed)
 
 
 def encoder_key(cfg: FinetuneConfig) -> str:
@@ -48,7 +45,7 @@ def encoder_key(cfg: FinetuneConfig) -> str:
     return f"{cfg.encoder.name}@{cfg.data.image_size}:{src}"
 
 
-def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dict] = None,
+def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split, dict, None] = None,
                  feature_cache: Optional[FeatureCache] = None, quiet: bool = False) -> dict:
     """Run ``cfg.protocol.name`` and write its results into ``out_dir``; returns the metrics dict.
 
@@ -65,9 +62,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
     if dataset is None or split is None:
         dataset, split = load_data_and_split(cfg)
     if int(dataset.images.shape[1]) != cfg.data.image_size:
-        raise ValueError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
-    rows = split_rows(dataset.ids, dataset.labels, split, cfg.split.fraction,
-                      redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
+        raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
+    rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate).to(device)
@@ -87,7 +83,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
         "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
                     "image_size": cfg.data.image_size},
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
-        "balance": cfg.protocol.balance, "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
+        "balance": getattr(cfg.protocol, "balance", "none"), "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
     })
     write_metrics(out, metrics)
     if not quiet:
@@ -105,7 +101,7 @@ def _metrics(ctx: Context, result: dict, logger) -> dict:
     classes = ctx.dataset.classes
     probs = result["probs"]
     if "test" not in probs:
-        raise ValueError("the split's test side is empty: nothing to score; raise data.test_frac")
+        raise SplitError("the split's test side is empty: nothing to score; raise data.test_frac")
     test = classification_metrics(ctx.labels("test"), probs["test"], classes)
     metrics = dict(test)
     if "val" in probs:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
+from ssl_derm.errors import ConfigError, SplitError, TrainingError
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.knn import inverse_frequency
 from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer, snapshot
@@ -52,7 +53,7 @@ class ClassifierTrainer:
         p, t = ctx.cfg.protocol, ctx.cfg.train
         lab = ctx.rows["labelled"]
         if len(lab) == 0:
-            raise ValueError(f"split.fraction={ctx.cfg.split.fraction} leaves no labelled training image")
+            raise SplitError(f"split.fraction={ctx.cfg.split.fraction} leaves no labelled training image")
         self.labels = np.asarray(ctx.dataset.labels, dtype=np.int64)
         self.model = ctx.encoder.model
         self.model.reset_classifier(ctx.n_classes)
@@ -77,7 +78,7 @@ class ClassifierTrainer:
         weight, bias = probe_as_linear_layer(scaler, clf, self.ctx.n_classes)
         head = self.model.get_classifier()
         if not isinstance(head, torch.nn.Linear) or tuple(head.weight.shape) != weight.shape:
-            raise ValueError(f"protocol.head_init=linear_probe needs a linear head on the pooled features; "
+            raise ConfigError(f"protocol.head_init=linear_probe needs a linear head on the pooled features; "
                              f"{self.ctx.encoder.name} has {type(head).__name__}; use protocol.head_init=random")
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight))
@@ -118,7 +119,7 @@ class ClassifierTrainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, logs = self.loss(step)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss is {loss.item()} at step {step}; lower train.lr "
+                raise TrainingError(f"the training loss is {loss.item()} at step {step}; lower train.lr "
                                          f"(now {t.lr}) or raise train.warmup_steps")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import copy
+from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
@@ -16,13 +17,10 @@ from lightly.models.utils import deactivate_requires_grad, get_at_index
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
-from ssl_derm.config import MethodConfig
+from ssl_derm.config import MethodSettings
 from ssl_derm.encoders import Encoder
 from ssl_derm.registry import get
-
-
-class MethodError(ValueError):
-    """A method cannot run with this encoder, config or input; the message says what to change."""
+from ssl_derm.errors import MethodError
 
 
 class Method(nn.Module, abc.ABC):
@@ -33,7 +31,7 @@ class Method(nn.Module, abc.ABC):
     # BYOL-style methods): the engine then converts BatchNorm to SyncBatchNorm under DDP.
     sync_batchnorm_needed: bool = False
 
-    def __init__(self, encoder: Encoder, cfg: MethodConfig, max_steps: int):
+    def __init__(self, encoder: Encoder, cfg: MethodSettings, max_steps: int):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
@@ -56,6 +54,22 @@ class Method(nn.Module, abc.ABC):
             need = f"at least {n}" if at_least else str(n)
             raise MethodError(f"method '{self.cfg.name}' takes {need} views, got {len(views)}; "
                               f"use augment.preset={self.default_preset} (or leave augment.preset empty)")
+
+
+@dataclass
+class Projector:
+    """Settings of a projection MLP (SimCLR, MoCo v3, BYOL, DINO); mixed into their settings."""
+
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+
+
+@dataclass
+class Momentum:
+    """Settings of a momentum teacher (MoCo v3, BYOL, DINO): EMA start, cosine schedule to the end value."""
+
+    momentum: float = 0.99
+    momentum_end: float = 1.0
 
 
 def make_teacher(module: nn.Module) -> nn.Module:
@@ -141,7 +155,7 @@ def vit_tokens(encoder: Encoder, images: Tensor, idx_keep: Tensor = None, mask: 
     return vit.norm(vit.blocks(x))
 
 
-def build_method(cfg: MethodConfig, encoder: Encoder, max_steps: int) -> Method:
+def build_method(cfg: MethodSettings, encoder: Encoder, max_steps: int) -> Method:
     """The registered method ``cfg.name`` around ``encoder``."""
     try:
         cls = get("method", cfg.name)

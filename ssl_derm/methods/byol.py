@@ -1,16 +1,25 @@
 """BYOL: an online encoder + projector + predictor regresses a momentum teacher's projection."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import update_momentum
 
-from ssl_derm.methods.base import Method, fp32, make_teacher
+from ssl_derm.config import MethodSettings
+from ssl_derm.methods.base import Method, Momentum, Projector, fp32, make_teacher
 from ssl_derm.registry import register
 
 
-@register("method", "byol")
+@dataclass
+class BYOLSettings(Projector, Momentum, MethodSettings):
+    name: str = "byol"
+    pred_hidden_dim: int = 2048  # predictor MLP
+
+
+@register("method", "byol", settings=BYOLSettings)
 class BYOL(Method):
     """views: [x0, x1] (B,3,H,W). Loss: symmetric negative cosine similarity in [-1, 1]."""
 

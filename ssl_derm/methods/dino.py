@@ -7,16 +7,30 @@ The teacher temperature warms up linearly from ``warmup_teacher_temp`` to ``teac
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-from ssl_derm.methods.base import Method, allow_any_input_size, fp32, make_teacher
+from ssl_derm.config import MethodSettings
+from ssl_derm.methods.base import Method, Momentum, Projector, allow_any_input_size, fp32, make_teacher
 from ssl_derm.registry import register
 
 
-@register("method", "dino")
+@dataclass
+class DINOSettings(Projector, Momentum, MethodSettings):
+    name: str = "dino"
+    dino_out_dim: int = 4096  # width of the weight-normalised output layer (proj_dim is its bottleneck)
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+
+
+@register("method", "dino", settings=DINOSettings)
 class DINO(Method):
     """views: [global0, global1, local0, ...]; globals (B,3,H,W), locals (B,3,h,w) of any one size."""
 

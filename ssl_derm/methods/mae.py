@@ -2,12 +2,15 @@
 (lightly's MaskedVisionTransformerDecoderTIMM) predicts the per-patch normalised pixels of the rest."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM
 from lightly.models.utils import get_at_index, patchify, repeat_token, set_at_index
 from torch import nn
 
+from ssl_derm.config import MethodSettings
 from ssl_derm.methods.base import Method, MethodError, fp32, plain_vit, vit_tokens
 from ssl_derm.registry import register
 
@@ -17,7 +20,15 @@ def decoder_heads(dim: int) -> int:
     return next((h for h in (16, 8, 4, 2) if dim % h == 0 and dim // h >= 32), 1)
 
 
-@register("method", "mae")
+@dataclass
+class MAESettings(MethodSettings):
+    name: str = "mae"
+    mask_ratio: float = 0.75  # share of patches the encoder never sees
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+
+
+@register("method", "mae", settings=MAESettings)
 class MAE(Method):
     """views: [x] (B,3,H,W) at the encoder's image size. Loss: MSE on masked patches only."""
 

@@ -6,13 +6,16 @@ queries), so the few lines of the loss live here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import concat_all_gather, update_momentum
 
-from ssl_derm.methods.base import Method, fp32, make_teacher
+from ssl_derm.config import MethodSettings
+from ssl_derm.methods.base import Method, Momentum, Projector, fp32, make_teacher
 from ssl_derm.registry import register
 
 
@@ -29,7 +32,14 @@ def moco_v3_loss(q, k, temperature: float):
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
-@register("method", "mocov3")
+@dataclass
+class MoCoV3Settings(Projector, Momentum, MethodSettings):
+    name: str = "mocov3"
+    pred_hidden_dim: int = 2048  # predictor MLP
+    temperature: float = 0.1
+
+
+@register("method", "mocov3", settings=MoCoV3Settings)
 class MoCoV3(Method):
     """views: [x0, x1] (B,3,H,W). Loss: ctr(q0, k1) + ctr(q1, k0)."""
 

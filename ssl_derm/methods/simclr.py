@@ -1,15 +1,24 @@
 """SimCLR: two views, a projection MLP and the NT-Xent loss with negatives from every rank."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
-from ssl_derm.methods.base import Method, fp32
+from ssl_derm.config import MethodSettings
+from ssl_derm.methods.base import Method, Projector, fp32
 from ssl_derm.registry import register
 
 
-@register("method", "simclr")
+@dataclass
+class SimCLRSettings(Projector, MethodSettings):
+    name: str = "simclr"
+    temperature: float = 0.1  # NT-Xent
+
+
+@register("method", "simclr", settings=SimCLRSettings)
 class SimCLR(Method):
     """views: [x0, x1], each (B,3,H,W). Both views go through the encoder as one batch of 2B."""
 

@@ -8,15 +8,25 @@ feature map (mobilenetv3's conv_head) get no gradient and are frozen (see ``free
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_derm.config import MethodSettings
 from ssl_derm.methods.base import Method, MethodError, fp32, freeze_unused, plain_vit, vit_tokens
 from ssl_derm.registry import register
 
 
-@register("method", "simmim")
+@dataclass
+class SimMIMSettings(MethodSettings):
+    name: str = "simmim"
+    simmim_mask_ratio: float = 0.6
+    mask_patch_size: int = 32  # mask unit in pixels
+
+
+@register("method", "simmim", settings=SimMIMSettings)
 class SimMIM(Method):
     """views: [x] (B,3,H,W), H and W multiples of ``mask_patch_size``. Loss: mean L1 over masked pixels."""
 

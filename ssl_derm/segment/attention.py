@@ -8,13 +8,18 @@ Models without a CLS token use the mean attention each patch receives.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_derm.errors import ConfigError, EncoderError
 from ssl_derm.registry import register
-from ssl_derm.segment.base import Prepared, Segmenter
+from ssl_derm.segment.base import Segmenter
+from ssl_derm.segment.config import SegmenterSettings
 from ssl_derm.segment.colour import uint8_batch
+from ssl_derm.segment.prep import Prepared
 
 
 @torch.no_grad()
@@ -38,7 +43,7 @@ def cls_attention(encoder, images: np.ndarray, aug_cfg) -> torch.Tensor:
         attn_mod.fused_attn = fused
         model.train(was)
     if not seen:
-        raise ValueError(f"encoder '{encoder.name}': could not read attention from blocks[-1].attn")
+        raise EncoderError(f"encoder '{encoder.name}': could not read attention from blocks[-1].attn")
     a = seen[-1].float().mean(1)  # (N, T, T)
     npt = getattr(model, "num_prefix_tokens", 1)
     patches = a[:, 0, npt:] if npt > 0 else a.mean(1)
@@ -56,7 +61,18 @@ def mass_threshold(score: np.ndarray, mass: float) -> np.ndarray:
     return keep.reshape(score.shape)
 
 
-@register("segmenter", "vit_attention")
+@dataclass
+class ViTAttentionSettings(SegmenterSettings):
+    method: str = "vit_attention"
+    attention_mass: float = 0.6  # keep the patches holding this share of the CLS attention (DINO)
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.attention_mass < 1:
+            raise ConfigError(f"config key 'segment.attention_mass': must be in (0, 1), got {self.attention_mass}")
+
+
+@register("segmenter", "vit_attention", settings=ViTAttentionSettings)
 class ViTAttention(Segmenter):
     needs_encoder = True
     needs_vit = True

@@ -11,72 +11,43 @@ Per image, with no labels and nothing learnt across images:
 4. the shared clean-up: the central component, holes filled.
 
 The lesion score is the posterior of the lesion class (equal priors), a sigmoid of the log-likelihood
-ratio. The same EM finishes other methods' masks when ``segment.refine_em`` is set.
+ratio. The same EM (``segment/em.py``) finishes other methods' masks when ``segment.refine_em`` is set.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
+from ssl_derm.errors import ConfigError
 from ssl_derm.registry import register
-from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.base import Segmenter
+from ssl_derm.segment.config import SegmenterSettings
+from ssl_derm.segment.em import em_split, mahalanobis
+from ssl_derm.segment.prep import Prepared, smooth_lab
 from ssl_derm.segment.prior import otsu_threshold
-
-REG = 1.0  # added to covariance diagonals (Lab units^2): keeps flat-colour classes invertible
-MIN_PIXELS = 10
-
-
-def _gauss(f: np.ndarray, sel: np.ndarray):
-    """Mean (C,) and regularised covariance (C, C) of the columns ``sel`` of ``f`` (C, P)."""
-    s = f[:, sel]
-    return s.mean(1), np.cov(s) + REG * np.eye(f.shape[0])
-
-
-def _nll(f: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood (up to a constant) of every column of ``f`` under N(mu, cov)."""
-    d = f - mu[:, None]
-    return 0.5 * (np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d) + np.linalg.slogdet(cov)[1])
-
-
-def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Two-Gaussian classification EM. f: (C, P) features; valid, init: bool (P,).
-
-    Returns (lesion posterior float (P,), lesion bool (P,)); pixels outside ``valid`` are 0 / False.
-    """
-    m = init & valid
-    post = m.astype(np.float64)
-    for _ in range(iters):
-        if m.sum() < MIN_PIXELS or (valid & ~m).sum() < MIN_PIXELS:
-            break
-        llr = _nll(f, *_gauss(f, valid & ~m)) - _nll(f, *_gauss(f, m))
-        post = 1.0 / (1.0 + np.exp(-np.clip(llr, -30, 30)))
-        m = (llr > 0) & valid
-    return np.where(valid, post, 0.0), m
 
 
 def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Mahalanobis distance to the ring's colour Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
-    mu, cov = _gauss(f, ring)
-    d = f - mu[:, None]
-    dist = np.sqrt(np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d))
+    dist = mahalanobis(f, ring)
     return dist, (dist > otsu_threshold(dist[valid])) & valid
 
 
-def em_refine(prep: Prepared, masks: np.ndarray, s) -> Tuple[np.ndarray, np.ndarray]:
-    """Refine masks bool (N, S, S) of any method with the colour EM. -> (scores, masks)."""
-    lab = smooth_lab(prep.lab, s.smooth_sigma)
-    n, c, size, _ = lab.shape
-    scores = np.zeros((n, size, size), np.float32)
-    out = np.zeros((n, size, size), bool)
-    for i in range(n):
-        f, v = lab[i].reshape(c, -1), prep.valid[i].ravel()
-        post, m = em_split(f, v, masks[i].ravel(), max(s.em_iters, 1))
-        scores[i], out[i] = post.reshape(size, size), m.reshape(size, size)
-    return scores, out
+@dataclass
+class ContrastEMSettings(SegmenterSettings):
+    """contrast_em uses the shared keys only: ``smooth_sigma`` and ``em_iters`` (0: the contrast alone)."""
+
+    method: str = "contrast_em"
+
+    def check(self) -> None:
+        super().check()
+        if self.em_iters < 0:
+            raise ConfigError(f"config key 'segment.em_iters': must be >= 0, got {self.em_iters}")
 
 
-@register("segmenter", "contrast_em")
+@register("segmenter", "contrast_em", settings=ContrastEMSettings)
 class ContrastEM(Segmenter):
     def segment(self, images: np.ndarray, prep: Prepared):
         lab = smooth_lab(prep.lab, self.s.smooth_sigma)

@@ -9,14 +9,19 @@ is the softmax mass of the lesion clusters.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_derm.errors import ConfigError
 from ssl_derm.registry import register
-from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.base import Segmenter
+from ssl_derm.segment.config import SegmenterSettings
 from ssl_derm.segment.colour import uint8_batch
 from ssl_derm.segment.gharawi_net import GharawiNet, clustering_losses
+from ssl_derm.segment.prep import Prepared, smooth_lab
 from ssl_derm.segment.prior import choose_lesion_clusters
 
 MOMENTUM = 0.9
@@ -43,7 +48,33 @@ def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
         model.train(was)
 
 
-@register("segmenter", "gharawi")
+@dataclass
+class GharawiSettings(SegmenterSettings):
+    """Hybrid CNN/Transformer features + contextual attention + differentiable clustering."""
+
+    method: str = "gharawi"
+    max_clusters: int = 8  # width of the cluster head (argmax labels may use fewer)
+    min_clusters: int = 3  # stop early once this few clusters remain
+    feat_dim: int = 32
+    transformer_layers: int = 1
+    heads: int = 4
+    iters: int = 40  # optimisation steps per image (per_image) or per batch
+    work_size: int = 64  # the clustering runs at this size (px), its responses are upsampled to the cache size
+    lr: float = 0.1
+    position_weight: float = 0.0  # scale of the x, y inputs of the pixel branch (0: colour only, as Kim et al.)
+    spatial_weight: float = 1.0  # weight of the spatial-consistency (L1 response difference) loss
+    per_image: bool = True  # optimise a fresh model per image; false: one model per batch
+
+    def check(self) -> None:
+        super().check()
+        self.at_least(1, "min_clusters", "feat_dim", "heads", "work_size")
+        self.at_least(2, "max_clusters")  # skin and lesion
+        if self.feat_dim % self.heads:
+            raise ConfigError(f"config key 'segment.feat_dim' ({self.feat_dim}) must be divisible by "
+                              f"'segment.heads' ({self.heads})")
+
+
+@register("segmenter", "gharawi", settings=GharawiSettings)
 class Gharawi(Segmenter):
     needs_encoder = True
 

@@ -7,6 +7,8 @@ share of lesion clusters among a pixel's 3x3 neighbours' labels after smoothing,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,8 +17,10 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from ssl_derm.registry import register
-from ssl_derm.segment.base import Prepared, Segmenter, smooth_lab
+from ssl_derm.segment.base import Segmenter
+from ssl_derm.segment.config import SegmenterSettings
 from ssl_derm.segment.colour import uint8_batch
+from ssl_derm.segment.prep import Prepared, smooth_lab
 from ssl_derm.segment.prior import choose_lesion_clusters
 
 MAX_FIT_POINTS = 4096  # k-means is fitted on a random subset of pixels, then labels every pixel
@@ -37,7 +41,17 @@ def lesion_from_labels(labels: np.ndarray, prep: Prepared, i: int, lab: np.ndarr
     return ndi.uniform_filter(m.astype(np.float32), 3), m
 
 
-@register("segmenter", "kmeans_color")
+@dataclass
+class KMeansColourSettings(SegmenterSettings):
+    method: str = "kmeans_color"
+    n_clusters: int = 2
+
+    def check(self) -> None:
+        super().check()
+        self.at_least(2, "n_clusters")  # skin and lesion
+
+
+@register("segmenter", "kmeans_color", settings=KMeansColourSettings)
 class KMeansColour(Segmenter):
     """k-means on smoothed Lab colour of the field of view."""
 
@@ -73,7 +87,19 @@ def dense_features(encoder, images: np.ndarray, aug_cfg, grid: int, device) -> t
     return torch.cat(maps, 1).cpu()
 
 
-@register("segmenter", "kmeans_features")
+@dataclass
+class KMeansFeatureSettings(SegmenterSettings):
+    method: str = "kmeans_features"
+    n_clusters: int = 2
+    feature_size: int = 32  # grid the dense features are resized to
+
+    def check(self) -> None:
+        super().check()
+        self.at_least(2, "n_clusters")
+        self.at_least(1, "feature_size")
+
+
+@register("segmenter", "kmeans_features", settings=KMeansFeatureSettings)
 class KMeansFeatures(Segmenter):
     """k-means on the encoder's dense features (pretrained with ``encoder.checkpoint``, else random)."""
 

@@ -7,10 +7,14 @@ left out, so the baseline stays the textbook one; clean-up follows ``segment.com
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ssl_derm.registry import register
-from ssl_derm.segment.base import Prepared, Segmenter
+from ssl_derm.segment.base import Segmenter
+from ssl_derm.segment.config import SegmenterSettings
+from ssl_derm.segment.prep import Prepared
 from ssl_derm.segment.prior import otsu_threshold
 
 GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
@@ -35,11 +39,18 @@ class _Otsu(Segmenter):
         return otsu_dark(images.astype(np.float32) @ self.weights)
 
 
-@register("segmenter", "otsu_gray")
+@dataclass
+class OtsuSettings(SegmenterSettings):
+    """Otsu uses the shared keys only (configs/segment/otsu_*.yaml pick component: largest)."""
+
+    method: str = "otsu_gray"
+
+
+@register("segmenter", "otsu_gray", settings=OtsuSettings)
 class OtsuGray(_Otsu):
     weights = GRAY
 
 
-@register("segmenter", "otsu_blue")
+@register("segmenter", "otsu_blue", settings=OtsuSettings)
 class OtsuBlue(_Otsu):
     weights = np.array([0.0, 0.0, 1.0], np.float32)

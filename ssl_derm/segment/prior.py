@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ssl_derm.segment.em import gaussian_nll
+
 CENTRAL_SIGMA = 0.3  # width of the centrality prior, in image sides
 
 
@@ -45,16 +47,6 @@ def skin_ring(valid: np.ndarray, inner: float, outer: float) -> np.ndarray:
     d = ndi.distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
     ring = valid & (d > inner) & (d <= outer)
     return ring if ring.sum() >= 20 else valid
-
-
-def gaussian_nll(f: np.ndarray, sel: np.ndarray, reg: float = 1.0) -> np.ndarray:
-    """Negative log-likelihood (up to a constant) of each column of f (C, P) under the Gaussian fitted
-    to the columns ``sel`` (covariance + ``reg`` on the diagonal, so flat colours stay invertible)."""
-    s = f[:, sel]
-    mu = s.mean(1)
-    cov = (np.cov(s) if s.shape[1] > 1 else np.zeros((f.shape[0], f.shape[0]))) + reg * np.eye(f.shape[0])
-    d = f - mu[:, None]
-    return 0.5 * (np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d) + np.linalg.slogdet(cov)[1])
 
 
 def choose_lesion_clusters(labels: np.ndarray, feats: np.ndarray, valid: np.ndarray, ring: np.ndarray) -> np.ndarray:

@@ -22,11 +22,15 @@ from ssl_derm.data import load_dataset
 from ssl_derm.data.dataset import SYNTHETIC, synthetic_folder
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine.logger import Logger
+from ssl_derm.errors import DataError
 from ssl_derm.evaluate.seg_metrics import METRICS
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_metrics
 from ssl_derm.segment.base import build_segmenter, method_name, segmenter_class
+from ssl_derm.segment.cleanup import clean_masks
 from ssl_derm.segment.config import SegmentConfig, check_segment_config
+from ssl_derm.segment.em import em_refine
 from ssl_derm.segment.overlay import save_overlay_grid
+from ssl_derm.segment.prep import prepare
 from ssl_derm.segment.scoring import score_predictions, write_masks
 
 
@@ -40,7 +44,7 @@ def resolve_data(cfg: SegmentConfig):
         masks_dir = masks_dir or str(root / "masks")
     data.masks, data.labels = None, None  # the segmenters must never see masks
     if masks_dir is not None and not Path(masks_dir).is_dir():
-        raise ValueError(f"data.masks '{masks_dir}' is not a folder; give the folder of <id>.png masks or leave it unset")
+        raise DataError(f"data.masks '{masks_dir}' is not a folder; give the folder of <id>.png masks or leave it unset")
     return data, masks_dir
 
 
@@ -49,6 +53,23 @@ def _rows(n: int, cfg: SegmentConfig) -> np.ndarray:
     if 0 < k < n:
         return np.sort(np.random.default_rng(cfg.seed).choice(n, k, replace=False))
     return np.arange(n)
+
+
+def predict_batch(segmenter, images: np.ndarray):
+    """The steps of every segmenter: prepare -> segment -> refine (``segment.refine_em``) -> clean up.
+
+    uint8 (N, S, S, 3) -> (scores float32 (N, S, S) in [0, 1], masks bool (N, S, S))."""
+    s = segmenter.s
+    images = np.asarray(images)
+    if len(images) == 0:
+        size = images.shape[1] if images.ndim == 4 else 0
+        return np.zeros((0, size, size), np.float32), np.zeros((0, size, size), bool)
+    prep = prepare(images, s)
+    scores, masks = segmenter.segment(images, prep)
+    if s.refine_em:
+        scores, masks = em_refine(prep, masks, s)
+    masks = clean_masks(masks & prep.valid, s.component, s.fill_holes)
+    return np.clip(scores, 0, 1).astype(np.float32), masks
 
 
 def predict_all(segmenter, images: np.ndarray, rows: np.ndarray, batch_size: int):
@@ -60,7 +81,7 @@ def predict_all(segmenter, images: np.ndarray, rows: np.ndarray, batch_size: int
     for i in tqdm(range(0, len(rows), batch_size), desc=f"segment ({len(rows)} images)", dynamic_ncols=True):
         batch = np.asarray(images[rows[i:i + batch_size]])
         t0 = time.perf_counter()
-        scores[i:i + batch_size], masks[i:i + batch_size] = segmenter.predict(batch)
+        scores[i:i + batch_size], masks[i:i + batch_size] = predict_batch(segmenter, batch)
         seconds += time.perf_counter() - t0
     return scores, masks, seconds
 

@@ -1,0 +1,91 @@
+"""Config sections that belong to a plug-in: ``method``, ``protocol``, ``segment`` and ``augment``.
+
+Such a section's dataclass is the settings class that the chosen plug-in registered with itself
+(``@register("protocol", "fixmatch", settings=FixMatchSettings)``), so ``cfg.protocol`` is a
+``FixMatchSettings`` when ``protocol.name`` is ``fixmatch`` and ``protocol.threshold`` is an error for
+``knn``. The top-level config declares the section with :func:`plugin`; the loader
+(:func:`ssl_derm.config.load_config`) builds it with :func:`plugin_section`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Dict, Optional
+
+from ssl_derm.errors import ConfigError, UnknownNameError
+
+# the key inside each kind's section that names the plug-in
+SELECTOR = {"method": "name", "protocol": "name", "segmenter": "method", "preset": "preset"}
+
+
+def plugin(kind: str, default: str, aliases: Optional[Dict[str, str]] = None, optional: bool = False,
+           base: Optional[type] = None):
+    """A dataclass field whose value is the settings of the registered ``kind`` named in its section.
+
+    ``aliases``: names that stand for a registered one (segment.method=default); ``optional``: an empty
+    name is allowed and means ``base`` (augment.preset="" = the method's own preset); ``base``: the class
+    of a plug-in that registered no settings of its own."""
+    meta = {"plugin": kind, "key": SELECTOR[kind], "aliases": dict(aliases or {}), "optional": optional, "base": base}
+    return field(default_factory=lambda: plugin_settings(kind, default, meta=meta), metadata=meta)
+
+
+def _settings_class(kind: str, name: str, meta: dict, declared: Optional[type], key: str) -> type:
+    from ssl_derm import registry
+
+    if meta.get("optional") and name == "":
+        return declared
+    target = meta.get("aliases", {}).get(name, name)
+    try:
+        registry.get(kind, target)
+    except UnknownNameError as e:
+        extra = "".join(f"{a}, " for a in meta.get("aliases", {}))
+        raise UnknownNameError(f"config key '{key}': {e}".replace("available: ", "available: " + extra)) from None
+    cls = registry.settings_class(kind, target) or declared
+    if cls is None:
+        raise ConfigError(f"{kind} '{target}' registered no settings class; register it with settings=...")
+    return cls
+
+
+def _all_keys(kind: str, declared: Optional[type]) -> set:
+    """Every key that some plug-in of ``kind`` (or the declared base) accepts."""
+    from ssl_derm import registry
+
+    classes = [registry.settings_class(kind, n) for n in registry.names(kind)] + [declared]
+    return {f.name for c in classes if c is not None for f in dataclasses.fields(c)}
+
+
+def plugin_section(f_or_meta, declared: Optional[type], values: dict, current, key: str, lenient: bool = False):
+    """Build the settings of the plug-in that ``values`` (or else ``current``) names; unknown keys are
+    errors that list the chosen plug-in's keys (with ``lenient``, keys of its kind's other plug-ins are
+    dropped instead)."""
+    from ssl_derm.config import _coerce, _from_dict
+
+    meta = f_or_meta.metadata if isinstance(f_or_meta, dataclasses.Field) else f_or_meta
+    kind, sel = meta["plugin"], meta["key"]
+    declared = meta.get("base") or declared
+    name = _coerce(values.get(sel, getattr(current, sel, "")), str, f"{key}.{sel}")
+    cls = _settings_class(kind, name, meta, declared, f"{key}.{sel}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    if lenient:
+        others = _all_keys(kind, declared) - allowed
+        values = {k: v for k, v in values.items() if k not in others}
+    unknown = sorted(k for k in values if k not in allowed)
+    if unknown:
+        what = f"{kind} '{name}'" if name else f"the section '{key}'"
+        raise ConfigError(f"unknown config key '{key}.{unknown[0]}' for {what}; allowed keys here: "
+                          f"{', '.join(sorted(allowed))}")
+    obj = _from_dict(cls, {k: v for k, v in values.items() if k != sel}, key + ".")
+    setattr(obj, sel, name)
+    return obj
+
+
+def plugin_settings(kind: str, name: str, values: Optional[dict] = None, lenient: bool = False,
+                    meta: Optional[dict] = None):
+    """The settings of plug-in ``name`` of ``kind`` from ``values``, checked as a config section would be
+    (``plugin_settings("method", "simclr", {"proj_dim": 16})``)."""
+    meta = meta or {"plugin": kind, "key": SELECTOR[kind], "aliases": {}, "optional": False}
+    section = {"method": "method", "protocol": "protocol", "segmenter": "segment", "preset": "augment"}[kind]
+    obj = plugin_section(meta, None, {**(values or {}), meta["key"]: name}, None, section, lenient)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
