@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _protocol_config(args):
+    """--config, or else configs/finetune/<protocol.name>.yaml when an override picks the protocol, so
+    ``protocol.name=knn`` alone does not inherit the linear probe's keys (linear.yaml without one)."""
+    if args.config != _default("finetune/linear.yaml"):
+        return args.config
+    picked = [o.split("=", 1)[1].strip() for o in args.overrides if o.startswith("protocol.name=")]
+    return (_default(f"finetune/{picked[-1]}.yaml") or args.config) if picked else args.config
+
+
 def _run(args) -> int:
     from ssl_derm.config import load_config
 
@@ -92,7 +101,7 @@ def _run(args) -> int:
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.evaluate.run import run_finetune
 
-        run_finetune(load_config(FinetuneConfig, args.config, args.overrides), args.out)
+        run_finetune(load_config(FinetuneConfig, _protocol_config(args), args.overrides), args.out)
         return 0
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig

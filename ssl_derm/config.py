@@ -284,6 +284,6 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = plugin("preset", "", optional=True, base=AugmentConfig)  # "": the method's own preset
     method: MethodSettings = plugin("method", "simclr")
     monitor: MonitorConfig = field(default_factory=MonitorConfig)

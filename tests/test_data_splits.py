@@ -88,3 +88,41 @@ def test_split_bad_inputs():
         make_split(["a", "b", "c"], [0, 1, 0], test_frac=0.2)
     s = make_split(["a", "b", "c"], [0, 1, -1], test_frac=0, val_frac=0)
     assert s["train"] == ["a", "b"] and s["unlabeled"] == ["c"] and s["labelled"]["0.01"] == ["a", "b"]
+
+
+def _bound_split(tmp_path, table):
+    from ssl_derm.data.splits import Split
+
+    ids, labels, lesions = table
+    data = load_or_make_split(tmp_path / "s.json", ids, labels, lesions, seed=0)
+    return Split(data, ids, labels, tmp_path / "s.json"), ids, labels
+
+
+def test_split_maps_side_fraction_and_seed_to_rows(tmp_path, table):
+    from ssl_derm.data.splits import SplitError, split_rows
+
+    split, ids, labels = _bound_split(tmp_path, table)
+    rows = split.rows(0.1)
+    assert {k: list(v) for k, v in rows.items()} == {k: list(v) for k, v in split_rows(ids, labels, split.data, 0.1).items()}
+    assert [ids[r] for r in rows["test"]] == sorted(split.data["test"], key=ids.index)
+    assert set(rows["labelled"]) <= set(split.side_rows("train"))
+    redrawn = split.rows(0.1, redraw_seed=5)
+    assert (redrawn["test"] == rows["test"]).all() and len(redrawn["labelled"]) == len(rows["labelled"])
+    assert set(redrawn["labelled"]) != set(rows["labelled"])
+    with pytest.raises(SplitError, match="available fractions"):
+        split.rows(0.3)
+    outside = split.rows_outside("test")
+    assert len(outside) + len(rows["test"]) == len(ids) and not set(outside) & set(rows["test"])
+
+
+def test_split_read_for_exclusion_names_the_key(tmp_path, table):
+    from ssl_derm.data.splits import Split, SplitError
+
+    split, ids, _ = _bound_split(tmp_path, table)
+    other = Split.read(tmp_path / "s.json", ids[:50] + ["extra"])  # another dataset: ids need not match
+    assert len(other.rows_outside("test")) == 51 - len(set(ids[:50]) & set(split.data["test"]))
+    with pytest.raises(SplitError, match="data.exclude_split.*does not exist"):
+        Split.read(tmp_path / "nope.json", ids)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SplitError, match="no 'test' ids"):
+        Split.read(tmp_path / "bad.json", ids)

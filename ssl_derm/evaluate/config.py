@@ -112,7 +112,7 @@ class FinetuneConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3,
                                                                    warmup_steps=20, ckpt_every=0))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = plugin("preset", "", optional=True, base=AugmentConfig)  # "": the method's own preset
     split: SplitSection = field(default_factory=SplitSection)
     protocol: ProtocolSettings = plugin("protocol", "knn")
 

@@ -82,7 +82,7 @@ class SegmentConfig:
     selftrain: SelfTrainSection = field(default_factory=SelfTrainSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000, batch_size=32, lr=2e-3,
                                                                    warmup_steps=50, ckpt_every=0, weight_decay=1e-4))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = plugin("preset", "", optional=True, base=AugmentConfig)  # "": the method's own preset
 
 
 def check_segment_config(cfg: SegmentConfig) -> SegmentConfig:
