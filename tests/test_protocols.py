@@ -56,7 +56,7 @@ def _cfg(protocol, **extra):
             "protocol.mu=1", "protocol.feature_batch_size=64", "protocol.linear_C=[1.0]", "split.fraction=0.25",
             "protocol.seg_decoder_channels=[32,16,16,8,8]"]
     over += [f"{k}={v}" for k, v in extra.items()]
-    return load_finetune_config(None, over)
+    return load_finetune_config(None, over, lenient=True)  # each protocol takes the keys it has
 
 
 def test_all_protocols_registered():
@@ -238,7 +238,7 @@ def test_freematch_uses_unlabeled_images_where_a_fixed_threshold_does_not(data, 
     thr = free["info"]["final_thresholds"]
     assert set(thr) == set(SYNTH_CLASSES) and all(0 < v < 1 for v in thr.values())
     with pytest.raises(ConfigError, match="protocol.threshold_mode.*freematch"):
-        load_finetune_config(None, ["protocol.threshold_mode=flexmatch"])
+        load_finetune_config(None, ["protocol.name=fixmatch", "protocol.threshold_mode=flexmatch"])
 
 
 def test_labelprop_pseudo_labels_the_unlabeled_images(data, tmp_path):
@@ -337,7 +337,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="protocol.feature_stages"):
         load_finetune_config(None, ["protocol.feature_stages=0"])
     with pytest.raises(ConfigError, match="protocol.head_init.*linear_probe"):
-        load_finetune_config(None, ["protocol.head_init=probe"])
+        load_finetune_config(None, ["protocol.name=finetune", "protocol.head_init=probe"])
 
 
 def test_label_efficiency_table(data, tmp_path):
