@@ -70,18 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _protocol_config(args):
-    """--config, or else configs/finetune/<protocol.name>.yaml when an override picks the protocol, so
-    ``protocol.name=knn`` alone does not inherit the linear probe's keys (linear.yaml without one)."""
-    if args.config != _default("finetune/linear.yaml"):
-        return args.config
+def load_run_config(cls, args, default_rel: str):
+    """The command's config: ``--config`` is checked strictly; the keys of the default file (``default_rel``
+    under configs/) are read leniently, so an override that picks another plug-in (``method.name=byol`` over
+    simclr_resnet18.yaml) drops the default plug-in's own keys instead of failing on them, while an override
+    of another plug-in's key is still an error. For finetune the default is
+    configs/finetune/<protocol.name>.yaml where that file exists."""
+    from ssl_derm.config import load_config
+
+    path, default = args.config, _default(default_rel)
+    if path != default:
+        return load_config(cls, path, args.overrides)
     picked = [o.split("=", 1)[1].strip() for o in args.overrides if o.startswith("protocol.name=")]
-    return (_default(f"finetune/{picked[-1]}.yaml") or args.config) if picked else args.config
+    if picked and default_rel.startswith("finetune/"):
+        path = _default(f"finetune/{picked[-1]}.yaml") or path
+    return load_config(cls, path, args.overrides, lenient="file")
 
 
 def _run(args) -> int:
-    from ssl_derm.config import load_config
-
     if args.command == "data":
         if args.data_command == "synth":
             from ssl_derm.data import write_synthetic
@@ -95,19 +101,19 @@ def _run(args) -> int:
         from ssl_derm.config import PretrainConfig
         from ssl_derm.pretrain import run_pretrain
 
-        run_pretrain(load_config(PretrainConfig, args.config, args.overrides), args.out)
+        run_pretrain(load_run_config(PretrainConfig, args, "pretrain/simclr_resnet18.yaml"), args.out)
         return 0
     if args.command == "finetune":
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.evaluate.run import run_finetune
 
-        run_finetune(load_config(FinetuneConfig, _protocol_config(args), args.overrides), args.out)
+        run_finetune(load_run_config(FinetuneConfig, args, "finetune/linear.yaml"), args.out)
         return 0
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.evaluate.label_efficiency import run_label_efficiency
 
-        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
         run_label_efficiency(cfg, args.checkpoint, [float(f) for f in args.fractions.split(",")],
                              args.protocols.split(","), [int(s) for s in args.seeds.split(",")], args.out)
         return 0
@@ -115,7 +121,7 @@ def _run(args) -> int:
         from ssl_derm.segment.config import SegmentConfig
         from ssl_derm.segment.run import run_segment
 
-        run_segment(load_config(SegmentConfig, args.config, args.overrides), args.out)
+        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out)
         return 0
     if args.command == "sweep":
         from ssl_derm.sweep import run_sweep

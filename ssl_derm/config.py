@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 import yaml
 
 from ssl_derm.errors import ConfigError
-from ssl_derm.plugins import plugin, plugin_section, plugin_settings  # noqa: F401  (re-exported)
+from ssl_derm.plugins import plugin, plugin_section, plugin_settings, prune_foreign  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -220,21 +220,25 @@ def read_yaml(path) -> dict:
     return data
 
 
-def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenient: bool = False):
+def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenient=False):
     """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides, checking every key.
 
     ``lenient``: in a plug-in section, drop keys that the chosen plug-in lacks but another plug-in of its
     kind has (a sweep or a table that switches protocols or methods over one base config); a key that no
-    plug-in has is still an error."""
+    plug-in has is still an error. ``True`` drops them wherever they come from; ``"file"`` only from
+    ``base`` and the YAML file, so an override of another plug-in's key is still an error."""
     data: dict = {}
     if base:
         data = _merge(data, base)
     if path:
         data = _merge(data, read_yaml(path))
+    over: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
-        set_nested(data, keys, value)
-    cfg = _from_dict(cls, data, lenient=lenient)
+        set_nested(over, keys, value)
+    if lenient == "file":
+        data = prune_foreign(cls, data, _merge(data, over))
+    cfg = _from_dict(cls, _merge(data, over), lenient=lenient is True)
     validate(cfg)
     return cfg
 

@@ -54,6 +54,22 @@ def _all_keys(kind: str, declared: Optional[type]) -> set:
     return {f.name for c in classes if c is not None for f in dataclasses.fields(c)}
 
 
+def prune_foreign(cls, data: dict, merged: dict) -> dict:
+    """``data`` without the plug-in-section keys that the plug-in chosen in ``merged`` (``data`` plus
+    overrides) lacks but another plug-in of its kind has; ``cls``: the top-level config class."""
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if "plugin" not in f.metadata or not isinstance(out.get(f.name), dict):
+            continue
+        meta, sel = f.metadata, f.metadata["key"]
+        section = merged.get(f.name) if isinstance(merged.get(f.name), dict) else {}
+        name = section.get(sel, getattr(f.default_factory(), sel))
+        chosen = _settings_class(meta["plugin"], str(name), meta, meta.get("base"), f"{f.name}.{sel}")
+        foreign = _all_keys(meta["plugin"], meta.get("base")) - {g.name for g in dataclasses.fields(chosen)}
+        out[f.name] = {k: v for k, v in out[f.name].items() if k not in foreign}
+    return out
+
+
 def plugin_section(f_or_meta, declared: Optional[type], values: dict, current, key: str, lenient: bool = False):
     """Build the settings of the plug-in that ``values`` (or else ``current``) names; unknown keys are
     errors that list the chosen plug-in's keys (with ``lenient``, keys of its kind's other plug-ins are

@@ -21,9 +21,10 @@ from ssl_derm.errors import UnknownNameError
 
 _REGISTRY: Dict[str, Dict[str, object]] = {}
 _SETTINGS: Dict[str, Dict[str, Optional[type]]] = {}
+_LOADED: set = set()
 
-# Modules imported lazily the first time a kind is looked up, so that registration happens
-# without every caller having to import every plug-in module.
+# Packages whose modules are all imported the first time a kind is looked up, so that registration
+# happens without every caller having to import every plug-in module.
 _PLUGIN_MODULES = {
     "method": "ssl_derm.methods",
     "preset": "ssl_derm.augment",
@@ -51,11 +52,18 @@ def register(kind: str, name: str, settings: Optional[type] = None) -> Callable:
 
 
 def _ensure_loaded(kind: str) -> None:
+    """Import the kind's package and every module in it, so a new plug-in file registers itself without
+    an edit anywhere else."""
     mod = _PLUGIN_MODULES.get(kind)
-    if mod is not None:
-        import importlib
+    if mod is None or kind in _LOADED:
+        return
+    import importlib
+    import pkgutil
 
-        importlib.import_module(mod)
+    _LOADED.add(kind)
+    pkg = importlib.import_module(mod)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{mod}.{info.name}")
 
 
 def names(kind: str) -> list:

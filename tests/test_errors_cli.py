@@ -42,3 +42,21 @@ def test_user_errors_keep_their_builtin_bases():
     assert issubclass(ConfigError, ValueError) and issubclass(DataError, ValueError)
     assert issubclass(SplitError, DataError) and all(issubclass(c, UserError) for c in (ConfigError, DataError))
     assert ConfigError.exit_code == 2 and DataError.exit_code == 1
+
+
+def test_default_config_gives_way_to_the_chosen_plugin(tmp_path):
+    """Without --config, an override that picks another plug-in does not inherit the default file's
+    plug-in keys; with --config the file is checked strictly."""
+    from ssl_derm.cli import build_parser, load_run_config
+    from ssl_derm.config import PretrainConfig
+    from ssl_derm.evaluate.config import FinetuneConfig
+
+    args = build_parser().parse_args(["pretrain", "--out", str(tmp_path), "method.name=byol"])
+    assert type(load_run_config(PretrainConfig, args, "pretrain/simclr_resnet18.yaml").method).__name__ == "BYOLSettings"
+    args = build_parser().parse_args(["finetune", "--out", str(tmp_path), "protocol.name=fixmatch"])
+    cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
+    assert cfg.protocol.name == "fixmatch" and cfg.protocol.mu == 7 and cfg.train.max_steps == 2000  # fixmatch.yaml
+    args = build_parser().parse_args(["finetune", "--config", "configs/finetune/linear.yaml", "--out", str(tmp_path),
+                                      "protocol.name=knn"])
+    with pytest.raises(ConfigError, match="protocol.linear_C.*knn"):
+        load_run_config(FinetuneConfig, args, "finetune/linear.yaml")

@@ -68,3 +68,11 @@ def test_plugin_range_checks_stay():
         load_finetune_config(None, ["protocol.name=fixmatch", "protocol.threshold=1.5"])
     with pytest.raises(ConfigError, match="segment.feat_dim"):
         load_config(SegmentConfig, None, ["segment.method=gharawi", "segment.feat_dim=30", "segment.heads=4"])
+
+
+def test_lenient_file_keeps_overrides_strict():
+    """lenient="file": the file's keys of other plug-ins are dropped, an override of one is still an error."""
+    cfg = load_config(FinetuneConfig, "configs/finetune/knn.yaml", ["protocol.name=fixmatch"], lenient="file")
+    assert cfg.protocol.name == "fixmatch" and not hasattr(cfg.protocol, "knn_k")
+    with pytest.raises(ConfigError, match="protocol.threshold.*knn"):
+        load_config(FinetuneConfig, "configs/finetune/knn.yaml", ["protocol.threshold=0.5"], lenient="file")

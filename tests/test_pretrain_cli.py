@@ -1,4 +1,5 @@
 """`ssl-derm pretrain` end to end: outputs, every method's config, timm loading of the export, kill + resume."""
+import dataclasses
 import json
 import os
 import signal
@@ -13,20 +14,22 @@ import torch
 
 from ssl_derm.cli import main
 from ssl_derm.encoders import create_encoder
-from ssl_derm.registry import names
+from ssl_derm.registry import names, settings_class
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
 
 
-def _tiny(tmp_path, **extra):
+def _tiny(tmp_path, method="simclr", **extra):
+    """Tiny-run overrides; of the method.* keys only those ``method`` has (another method's key is an error)."""
     keys = {"device": "cpu", "data.synthetic_n": 48, "data.image_size": 32, "data.cache_dir": str(tmp_path / "cache"),
             "train.max_steps": 2, "train.batch_size": 8, "method.proj_hidden_dim": 32, "method.proj_dim": 16,
             "method.pred_hidden_dim": 32, "method.dino_out_dim": 64, "method.decoder_dim": 32,
             "method.decoder_depth": 1, "augment.n_local_crops": 2, "train.log_every": 1, "train.image_log_every": 1,
             "monitor.every_steps": 1, "monitor.max_images": 40}
     keys.update(extra)
-    return [f"{k}={v}" for k, v in keys.items()]
+    own = {f.name for f in dataclasses.fields(settings_class("method", method))}
+    return [f"{k}={v}" for k, v in keys.items() if not k.startswith("method.") or k.split(".", 1)[1] in own]
 
 
 def _config_for(method: str) -> Path:
@@ -43,7 +46,7 @@ def _config_for(method: str) -> Path:
 @pytest.mark.parametrize("method", names("method"))
 def test_every_method_config_writes_the_run_folder(tmp_path, method):
     out = tmp_path / "run"
-    overrides = _tiny(tmp_path)
+    overrides = _tiny(tmp_path, method)
     cfg = _config_for(method)
     if "vit" in cfg.stem or "swin" in cfg.stem:
         overrides.append("encoder.name=vit_tiny_patch16_224")
@@ -134,7 +137,7 @@ def test_dino_exports_its_teacher_when_asked(tmp_path):
 
     out = tmp_path / "run"
     assert main(["pretrain", "--config", str(ROOT / "configs/pretrain/dino_resnet18.yaml"), "--out", str(out),
-                 *_tiny(tmp_path, **{"monitor.every_steps": 0, "train.max_steps": 3})]) == 0
+                 *_tiny(tmp_path, "dino", **{"monitor.every_steps": 0, "train.max_steps": 3})]) == 0
     exported = load_file(str(out / "encoder.safetensors"))
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
     teacher = {k[len("teacher_encoder.model."):]: v for k, v in state.items() if k.startswith("teacher_encoder.model.")}

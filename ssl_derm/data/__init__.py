@@ -11,11 +11,11 @@ from ssl_derm.data.cache import ImageCache, default_cache_dir
 from ssl_derm.data.check import CheckReport, check_data, run_check
 from ssl_derm.data.dataset import Dataset, load_dataset
 from ssl_derm.data.sources import DataError, find_masks, list_images, read_labels
-from ssl_derm.data.splits import FRACTIONS, load_or_make_split, make_split, split_for, split_path
+from ssl_derm.data.splits import FRACTIONS, Split, load_or_make_split, make_split, split_for, split_path
 from ssl_derm.data.synth import SYNTH_CLASSES, synth_arrays, write_synthetic
 
 __all__ = [
     "CheckReport", "DataError", "Dataset", "FRACTIONS", "ImageCache", "SYNTH_CLASSES", "check_data",
     "default_cache_dir", "find_masks", "list_images", "load_dataset", "load_or_make_split", "make_split",
-    "read_labels", "run_check", "split_for", "split_path", "synth_arrays", "write_synthetic",
+    "read_labels", "run_check", "Split", "split_for", "split_path", "synth_arrays", "write_synthetic",
 ]

@@ -9,7 +9,6 @@ Sides (``rows[side]``, int64 arrays of cache rows, from :meth:`ssl_derm.data.spl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from pathlib import Path
 from typing import Any, Dict, Optional
 

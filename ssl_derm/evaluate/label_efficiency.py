@@ -62,7 +62,7 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     if (cdir / "metrics.json").is_file():
                         continue
                     # lenient: the base protocol's own keys do not carry over to another protocol
-                    cfg = load_config(FinetuneConfig, base=to_dict(base_cfg), lenient=True, overrides=[
+                    cfg = load_config(FinetuneConfig, base=to_dict(base_cfg), lenient="file", overrides=[
                         f"protocol.name={protocol}", *(protocol_overrides or {}).get(protocol, ())])
                     cfg.split.fraction = float(fraction)
                     cfg.seed = int(seed)
