@@ -9,15 +9,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ssl_derm.engine.hooks import Hook
 from ssl_derm.evaluate.features import extract_features
 from ssl_derm.evaluate.knn import weighted_knn_predict
 
 
-class KNNMonitor:
-    """Call with the step; every ``every`` steps returns {"knn_top1": acc, "knn_balanced_acc": bacc}."""
+class KNNMonitor(Hook):
+    """An engine hook: at step 0 and every ``monitor.every_steps`` steps, {"knn_top1", "knn_balanced_acc"}
+    go to TensorBoard (``monitor/``) and ``history`` (saved in checkpoints)."""
 
-    def __init__(self, encoder, dataset, split: dict, cfg, aug_cfg, device):
+    name = "knn_monitor"
+
+    def __init__(self, encoder, dataset, split: dict, cfg, aug_cfg, device, logger=None):
         self.encoder, self.dataset, self.cfg, self.aug_cfg, self.device = encoder, dataset, cfg, aug_cfg, device
+        self.logger = logger
         row = {i: r for r, i in enumerate(dataset.ids)}
         rng = np.random.default_rng(0)
         ref = np.array([row[i] for i in split["train"]])
@@ -26,10 +31,19 @@ class KNNMonitor:
         self.qry = rng.permutation(qry)[: max(cfg.max_images // 4, 1)]
         self.history = []
 
-    def __call__(self, step: int):
-        if step % self.cfg.every_steps != 0 and step != 0:
-            return None
-        return self.evaluate(step)
+    def on_start(self, engine) -> None:
+        if engine.start == 0:
+            self.evaluate(0)
+
+    def after_step(self, engine, done: int) -> None:
+        if done % self.cfg.every_steps == 0:
+            self.evaluate(done)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
 
     def evaluate(self, step: int) -> dict:
         labels = torch.as_tensor(self.dataset.labels)
@@ -42,4 +56,6 @@ class KNNMonitor:
         recalls = [float((pred[y == c] == c).float().mean()) for c in range(n_cls) if (y == c).any()]
         res = {"knn_top1": acc, "knn_balanced_acc": float(np.mean(recalls))}
         self.history.append({"step": step, **res})
+        if self.logger is not None:
+            self.logger.scalars(res, step, prefix="monitor/")
         return res
