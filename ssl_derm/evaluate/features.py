@@ -20,7 +20,10 @@ def rows_to_batch(images, rows: np.ndarray, device) -> torch.Tensor:
     order = np.argsort(rows, kind="stable")
     x = torch.from_numpy(np.ascontiguousarray(images[rows[order]]))
     inv = torch.from_numpy(np.argsort(order, kind="stable"))
-    return x[inv].permute(0, 3, 1, 2).contiguous().to(device)
+    x = x[inv].permute(0, 3, 1, 2).contiguous()
+    if torch.device(device).type == "cuda":  # pinned + non_blocking: the host does not wait for the GPU
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 TTA_CHOICES = ("none", "d4")
