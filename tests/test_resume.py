@@ -158,6 +158,7 @@ def test_finetune_cli_survives_sigkill(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from_step"] >= done > 0
     # --force discards the checkpoints and starts over
-    res = subprocess.run([*cmd[:4], "--force", *cmd[4:]], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([*cmd[:4], "--force", *cmd[4:-1], "train.max_steps=6"], capture_output=True, text=True,
+                         env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 0
