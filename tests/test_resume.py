@@ -56,13 +56,13 @@ def same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def data():
-    from tests.test_protocols import data as make  # the same tiny synthetic set as the protocol tests
+    from test_protocols import data as make  # the same tiny synthetic set as the protocol tests
 
     return make.__wrapped__()
 
 
 def _ft(protocol, **extra):
-    from tests.test_protocols import _cfg
+    from test_protocols import _cfg
 
     over = {"train.max_steps": 9, "train.ckpt_every": 3, "protocol.eval_every": 4, **extra}
     return _cfg(protocol, **over)
@@ -99,7 +99,7 @@ def test_changed_config_refuses_to_resume(data, tmp_path):
 
 
 def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkeypatch):
-    from tests.test_segment_run import folder as make_folder
+    from test_segment_run import folder as make_folder
     from ssl_derm.config import load_config
     from ssl_derm.segment.config import SegmentConfig
     from ssl_derm.segment.run import run_segment

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ssl_derm.runs import flatten
+
 # keys that may change between a run and its resume: budget, logging and checkpoint frequency
 RESUMABLE_KEYS = ("train.max_steps", "train.ckpt_every", "train.log_every", "train.image_log_every",
                   "train.resume", "train.num_threads", "train.dist_timeout_min", "monitor.every_steps")
@@ -17,16 +19,6 @@ RESUMABLE_KEYS = ("train.max_steps", "train.ckpt_every", "train.log_every", "tra
 
 class ConfigMismatchError(RuntimeError):
     """The config differs from the one the checkpoint was written with."""
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def config_differences(old: dict, new: dict) -> list:
