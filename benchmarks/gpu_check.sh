@@ -45,10 +45,16 @@ done
 # 4. FixMatch and self-training on the GPU (short)
 run fixmatch_bf16 "$PY" -m ssl_derm.cli finetune --config configs/finetune/fixmatch.yaml --out "$OUT/fixmatch" \
   "${DATA[@]}" encoder.name=resnet18 encoder.checkpoint=none train.max_steps=100 train.ckpt_every=50 device=cuda
-# 5. throughput: the step ceiling, the full ssl-derm path and lightly's standard pipeline
+# 5. train.compile with a momentum teacher: the schedule values stay outside the compiled encoder, so
+#    recompilations stay at a handful (TORCH_LOGS=recompiles prints each one into the log)
+TORCH_LOGS=recompiles run compile_byol "$PY" -m ssl_derm.cli pretrain --config configs/pretrain/byol_resnet18.yaml \
+  --out "$OUT/compile_byol" "${DATA[@]}" train.max_steps=30 train.batch_size=128 train.compile=true \
+  monitor.every_steps=0 device=cuda
+echo "compile_byol recompilations: $(grep -c 'Recompiling' "$OUT/compile_byol.log")" >>"$OUT/summary.txt"
+# 6. throughput: the step ceiling, the full ssl-derm path and lightly's standard pipeline
 run throughput "$PY" -m ssl_derm.cli bench throughput --method simclr --encoder resnet50 --image-size 224 \
   --batch-size 256 --out "$OUT/throughput.json"
-# 6. the engine's overhead against a bare loop (CPU figure, for the record next to the GPU ones)
+# 7. the engine's overhead against a bare loop (CPU figure, for the record next to the GPU ones)
 run engine_overhead "$PY" benchmarks/engine_overhead.py --steps 100 --repeats 3
 grep -h "img/s\|ratio\|balanced_acc\|engine / bare" "$OUT"/*.log >>"$OUT/summary.txt" 2>/dev/null
 cat "$OUT/summary.txt"
