@@ -17,7 +17,7 @@ from torch import nn
 from ssl_derm.config import to_dict
 from ssl_derm.engine import BestState, Engine, Stateful
 from ssl_derm.engine.precision import Precision, resolve_precision
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.evaluate.features import rows_to_batch, to_device
 from ssl_derm.registry import register
 
 
@@ -149,7 +149,7 @@ def run_fewmask_seg(ctx) -> dict:
     def step_fn(module, step: int, micro: int):
         rows = rng.choice(lab, size=t.batch_size, replace=len(lab) < t.batch_size)
         x = rows_to_batch(ctx.dataset.images, rows, dev)
-        m = torch.from_numpy(np.ascontiguousarray(masks[rows]))[:, None].to(dev, non_blocking=True)
+        m = to_device(torch.from_numpy(np.ascontiguousarray(masks[rows]))[:, None], dev)
         x, m = flip_rotate(x, m, gen)
         if p.seg_freeze_encoder:
             model.backbone.eval()  # frozen BatchNorm statistics too

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.evaluate.features import rows_to_batch, to_device
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
 
@@ -133,7 +133,7 @@ class FixMatchTrainer(ClassifierTrainer):
         self.mask_rate.add(mask.mean())
         # pseudo-label quality, for monitoring only (never trained on): NaN when no labelled-known image
         # passed; computed on the device, without a host sync
-        true = torch.from_numpy(self.labels[urows]).to(self.device, non_blocking=True)
+        true = to_device(torch.from_numpy(self.labels[urows]), self.device)
         sel = ((mask > 0) & (true >= 0)).float()
         hits = ((lw.argmax(1) == true).float() * sel).sum()
         logs["pseudo_label_acc"] = torch.where(sel.sum() > 0, hits / sel.sum().clamp_min(1), torch.nan)

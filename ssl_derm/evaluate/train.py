@@ -20,7 +20,7 @@ from ssl_derm.config import to_dict
 from ssl_derm.engine import BestState, Engine
 from ssl_derm.engine import distributed as D
 from ssl_derm.engine.precision import Precision, resolve_precision
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.evaluate.features import rows_to_batch, to_device
 from ssl_derm.evaluate.knn import inverse_frequency
 from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer
 from ssl_derm.evaluate.metrics import classification_metrics
@@ -104,7 +104,7 @@ class ClassifierTrainer:
     def labelled_batch(self):
         """(B, 3, S, S) uint8 and (B,) int64 labels on the device."""
         rows = self.labelled.take(self.cfg.train.batch_size)
-        return rows_to_batch(self.ctx.dataset.images, rows, self.device), torch.from_numpy(self.labels[rows]).to(self.device)
+        return rows_to_batch(self.ctx.dataset.images, rows, self.device), to_device(torch.from_numpy(self.labels[rows]), self.device)
 
     def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=self.class_weights,

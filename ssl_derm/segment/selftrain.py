@@ -26,6 +26,7 @@ from ssl_derm.augment import normalize
 from ssl_derm.config import to_dict
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import Engine, Stateful
+from ssl_derm.evaluate.features import to_device
 from ssl_derm.evaluate.fewmask_seg import SegModel
 from ssl_derm.segment.cleanup import clean_masks
 from ssl_derm.segment.colour import scaled_px
@@ -86,9 +87,9 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
 
     def step_fn(module, step: int, micro: int):
         pos = np.sort(gen.choice(train_pos, min(t.batch_size, len(train_pos)), replace=False))
-        x = torch.from_numpy(np.asarray(images[rows[pos]])).permute(0, 3, 1, 2).to(device).float().div_(255)
-        y = torch.from_numpy(masks[pos]).float()[:, None].to(device)
-        w = torch.from_numpy(weights[pos])[:, None].to(device)
+        x = to_device(torch.from_numpy(np.asarray(images[rows[pos]])), device).permute(0, 3, 1, 2).float().div_(255)
+        y = to_device(torch.from_numpy(masks[pos])[:, None], device).float()
+        w = to_device(torch.from_numpy(weights[pos])[:, None], device)
         x, y, w = _resize(x, st.image_size, "bilinear"), _resize(y, st.image_size, "nearest"), _resize(w, st.image_size, "nearest")
         with torch.autocast(device.type, enabled=False):  # kornia's sampling grid stays float32
             x, y, w = aug(x, y, w)
