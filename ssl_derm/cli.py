@@ -14,10 +14,13 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _add_run_args(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+def _add_run_args(p: argparse.ArgumentParser, default_config: str | None = None, force: bool = False) -> None:
     p.add_argument("--config", default=default_config, help="YAML config file" +
                    (f" (default: {default_config})" if default_config else ""))
     p.add_argument("--out", required=True, help="output folder for this run")
+    if force:
+        p.add_argument("--force", action="store_true", help="discard the checkpoints in --out and start over "
+                       "(without it a run resumes from <out>/checkpoints, and refuses if the config changed)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
 
 
@@ -41,10 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks")
     p.add_argument("--labels")
 
-    _add_run_args(sub.add_parser("pretrain", help="self-supervised pretraining"), _default("pretrain/simclr_resnet18.yaml"))
+    _add_run_args(sub.add_parser("pretrain", help="self-supervised pretraining"), _default("pretrain/simclr_resnet18.yaml"), force=True)
     _add_run_args(sub.add_parser("finetune", help="kNN / linear / finetune / semi-supervised / few-mask segmentation"),
-                  _default("finetune/linear.yaml"))
-    _add_run_args(sub.add_parser("segment", help="annotation-free lesion segmentation"), _default("segment/default.yaml"))
+                  _default("finetune/linear.yaml"), force=True)
+    _add_run_args(sub.add_parser("segment", help="annotation-free lesion segmentation"), _default("segment/default.yaml"),
+                  force=True)
     p = sub.add_parser("label-efficiency", help="pretrained vs random init across label fractions")
     _add_run_args(p, _default("finetune/linear.yaml"))
     p.add_argument("--checkpoint", required=True, help="exported encoder (encoder.safetensors)")
@@ -88,6 +92,11 @@ def load_run_config(cls, args, default_rel: str):
 
 
 def _run(args) -> int:
+    if getattr(args, "force", False) and os.environ.get("RANK", "0") == "0":
+        from ssl_derm.engine.resume import discard_checkpoints
+
+        discard_checkpoints(args.out)
+
     if args.command == "data":
         if args.data_command == "synth":
             from ssl_derm.data import write_synthetic

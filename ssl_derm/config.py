@@ -52,13 +52,17 @@ class TrainConfig:
     optimizer: str = "adamw"  # any timm optimizer name: adamw, lars, sgd, lamb...
     warmup_steps: int = 50
     clip_grad: float = 3.0  # 0 disables
-    amp: bool = True  # bf16 autocast on CUDA
-    ckpt_every: int = 200
+    precision: str = "auto"  # bf16 | fp16 (with a GradScaler) | fp32 | auto: bf16 on CUDA, fp32 on the CPU
+    amp: Optional[bool] = None  # deprecated alias: true = precision auto, false = fp32 (use train.precision)
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step (gradient accumulation)
+    channels_last: bool = False  # NHWC memory format for CNNs on the GPU
+    ckpt_every: int = 200  # 0: no checkpoints (and no resume) for this run
     log_every: int = 10
     image_log_every: int = 500
     compile: bool = False  # torch.compile the model
     resume: bool = True  # continue from <out>/checkpoints/last.pt when present
     num_threads: int = 0  # CPU threads; 0 = torch default
+    dist_timeout_min: int = 60  # torchrun process-group timeout: rank 0 may build a large cache meanwhile
 
 
 @dataclass
@@ -250,7 +254,8 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-_CHOICES = {"on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda"), "export": ("student", "teacher")}
+_CHOICES = {"on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda"), "export": ("student", "teacher"),
+            "precision": ("auto", "bf16", "fp16", "fp32")}
 
 
 def validate(cfg, prefix: str = "") -> None:
@@ -267,6 +272,8 @@ def validate(cfg, prefix: str = "") -> None:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(_CHOICES[f.name])}")
         elif f.name in ("image_size", "batch_size") and v <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {v}")
+        elif f.name in ("accumulate", "dist_timeout_min") and v < 1:
+            raise ConfigError(f"config key '{key}': must be >= 1, got {v}")
         elif f.name in ("max_steps",) and v < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {v}")
 

@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 # Sized so that the whole demo stays within 5 minutes on 2 CPU cores.
 BUDGETS = {
-    "full": {"n": 1200, "size": 48, "pretrain_steps": 200, "batch": 64, "seeds": [0, 1], "seg_n": 200},
+    "full": {"n": 1000, "size": 40, "pretrain_steps": 160, "batch": 64, "seeds": [0, 1], "seg_n": 150},
     "quick": {"n": 160, "size": 32, "pretrain_steps": 4, "batch": 16, "seeds": [0], "seg_n": 24},
 }
 
@@ -62,7 +62,9 @@ def run_demo(out="runs/demo", data: str | None = None, quick: bool = False) -> P
         scfg = load_config(SegmentConfig, cfg_path, _as_overrides(data_keys) + [f"segment.max_images={b['seg_n']}"])
         seg[name] = run_segment(scfg, out / "segment" / name)
 
-    print("[2/2] pretraining (SimCLR, resnet18), then few-label classification: pretrained vs random init")
+    t_seg = time.time() - t0
+    print(f"[2/2] pretraining (SimCLR, resnet18), then few-label classification: pretrained vs random init "
+          f"(segmentation took {t_seg:.0f} s)")
     sweep_file = out / "label_efficiency.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "out": str(out / "label_efficiency"),

@@ -10,16 +10,21 @@ import numpy as np
 import torch
 
 from ssl_derm.data.splits import Split
+from ssl_derm.engine.hooks import Hook
 from ssl_derm.evaluate.features import extract_features
 from ssl_derm.evaluate.knn import weighted_knn_predict
 
 
-class KNNMonitor:
-    """Call with the step; every ``every`` steps returns {"knn_top1": acc, "knn_balanced_acc": bacc}."""
+class KNNMonitor(Hook):
+    """An engine hook: at step 0 and every ``monitor.every_steps`` steps, {"knn_top1", "knn_balanced_acc"}
+    go to TensorBoard (``monitor/``) and ``history`` (saved in checkpoints)."""
 
-    def __init__(self, encoder, dataset, split, cfg, aug_cfg, device):
+    name = "knn_monitor"
+
+    def __init__(self, encoder, dataset, split, cfg, aug_cfg, device, logger=None):
         """``split``: a :class:`~ssl_derm.data.splits.Split` of ``dataset`` (or its split dict)."""
         self.encoder, self.dataset, self.cfg, self.aug_cfg, self.device = encoder, dataset, cfg, aug_cfg, device
+        self.logger = logger
         split = Split.of(split, dataset)
         rng = np.random.default_rng(0)
         ref, qry = split.side_rows("train"), split.side_rows("val")
@@ -27,10 +32,19 @@ class KNNMonitor:
         self.qry = rng.permutation(qry)[: max(cfg.max_images // 4, 1)]
         self.history = []
 
-    def __call__(self, step: int):
-        if step % self.cfg.every_steps != 0 and step != 0:
-            return None
-        return self.evaluate(step)
+    def on_start(self, engine) -> None:
+        if engine.start == 0:
+            self.evaluate(0)
+
+    def after_step(self, engine, done: int) -> None:
+        if done % self.cfg.every_steps == 0:
+            self.evaluate(done)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
 
     def evaluate(self, step: int) -> dict:
         labels = torch.as_tensor(self.dataset.labels)
@@ -43,4 +57,6 @@ class KNNMonitor:
         recalls = [float((pred[y == c] == c).float().mean()) for c in range(n_cls) if (y == c).any()]
         res = {"knn_top1": acc, "knn_balanced_acc": float(np.mean(recalls))}
         self.history.append({"step": step, **res})
+        if self.logger is not None:
+            self.logger.scalars(res, step, prefix="monitor/")
         return res

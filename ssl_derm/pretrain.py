@@ -16,7 +16,10 @@ from ssl_derm.config import PretrainConfig
 from ssl_derm.data import load_dataset
 from ssl_derm.data.splits import Split
 from ssl_derm.encoders import create_encoder, export_encoder
-from ssl_derm.engine import CacheBatches, Logger, fit
+from torch import nn
+
+from ssl_derm.config import to_dict
+from ssl_derm.engine import CacheBatches, Engine, Every, Hook, Logger
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError
 from ssl_derm.methods import build_method
@@ -44,8 +47,33 @@ def export_target(method, which: str):
     return method.encoder
 
 
+class _Step(nn.Module):
+    """Routes DDP's forward to ``method.training_step`` so its gradient-sync hooks fire."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, views, step):
+        return self.method.training_step(views, step)
+
+
+class _MethodHooks(Hook):
+    """The method's own after-step work (momentum teachers) and, every ``train.image_log_every``
+    steps, the first views as image grids (rank 0)."""
+
+    def __init__(self, method, last_views: dict, logger, every: int, denorm):
+        self.method, self.last_views, self.logger, self.every, self.denorm = method, last_views, logger, every, denorm
+
+    def after_step(self, engine, done: int) -> None:
+        self.method.on_step_end(done - 1)
+        if self.logger is not None and self.every and (done - 1) % self.every == 0 and engine.main:
+            for i, v in enumerate(self.last_views.get("views", [])[:2]):
+                self.logger.image_grid(f"views/{i}", self.denorm(v[:16]), done - 1)
+
+
 def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
-    device = D.init_distributed(resolve_device(cfg.device))
+    device = D.init_distributed(resolve_device(cfg.device), cfg.train.dist_timeout_min)
     main = D.is_main()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -71,21 +99,37 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
                            rank=D.rank(), world=D.world_size(), indices=rows)
     logger = Logger(out, enabled=main)
 
-    monitor = None
-    if use_monitor:
+    hooks = [_MethodHooks(method, views_box := {}, logger, cfg.train.image_log_every,
+                          lambda v: denormalize(v, cfg.augment))]
+    knn = None
+    if use_monitor and main:  # rank 0 only; its history is saved in the checkpoints
         from ssl_derm.monitor import KNNMonitor
 
-        knn = KNNMonitor(exported, dataset, split, cfg.monitor, cfg.augment, device)
-        monitor = knn if main else None
+        knn = KNNMonitor(exported, dataset, split, cfg.monitor, cfg.augment, device, logger)
+        hooks.append(knn)
+    acc = cfg.train.accumulate
 
+    def step_fn(module, step: int, micro: int):
+        x = batches.get(step * acc + micro)
+        with torch.no_grad():
+            views = augment(x)
+        views_box["views"] = views
+        loss, logs = module(views, step)
+        return loss, {**logs, "batch_size": x.shape[0]}
+
+    engine = Engine(method, cfg.train, device, forward=_Step(method), hooks=hooks, config=to_dict(cfg),
+                    ckpt_dir=out / "checkpoints", logger=logger, name="pretrain",
+                    sync_batchnorm=getattr(method, "sync_batchnorm_needed", False),
+                    compile_modules=[m for m in (method.encoder, getattr(method, "teacher_encoder", None)) if m is not None])
+    ok = False
     try:
-        summary = fit(method, batches, augment, cfg.train, out, device, logger=logger, monitor=monitor,
-                      denormalize=lambda v: denormalize(v, cfg.augment))
+        summary = engine.fit(step_fn)
         metrics = {"method": cfg.method.name, "encoder": cfg.encoder.name, "image_size": cfg.data.image_size,
                    "n_images": len(rows), "n_excluded": len(dataset.ids) - len(rows), "preset": preset, "world_size": D.world_size(), **summary}
-        if monitor is not None:
+        metrics["resumed_from_step"] = summary["resumed_from"]
+        if knn is not None:
             if not knn.history or knn.history[-1]["step"] != cfg.train.max_steps:
-                logger.scalars(knn.evaluate(cfg.train.max_steps), cfg.train.max_steps, prefix="monitor/")
+                knn.evaluate(cfg.train.max_steps)
             metrics["knn_monitor"] = knn.history
         if main:
             path = export_encoder(exported, out / "encoder.safetensors")
@@ -95,9 +139,11 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
             metrics["encoder_file"] = str(path)
             write_metrics(out, metrics)
             print(f"pretrain: {cfg.method.name}/{cfg.encoder.name} {summary['steps']} steps, final loss "
-                  f"{summary['final_loss']:.4f}, {summary['img_per_s']:.1f} img/s; encoder -> {path}")
+                  f"{summary['final_loss']:.4f}, {summary.get('img_per_s', 0.0):.1f} img/s; encoder -> {path}")
+        ok = True
         return metrics
     finally:
         batches.close()
         logger.close()
-        D.barrier()
+        if ok:  # after a failure the other ranks are not at this barrier: waiting here would hang the job
+            D.barrier()

@@ -37,20 +37,10 @@ import numpy as np
 import yaml
 
 from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
-from ssl_derm.runs import write_json
+from ssl_derm.runs import flatten, write_json
 
 _TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
              "finetune", "segment", "grid"}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _overrides(flat: dict) -> list:
@@ -90,10 +80,10 @@ def plan_cells(spec: dict) -> list:
     cells = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo))
-        pre = _flatten(spec.get("common", {}))
-        pre.update(_flatten(spec.get("pretrain", {}).get("set", {})))
-        dst = _flatten(spec.get("common", {}))
-        dst.update(_flatten(spec.get(down, {}).get("set", {})))
+        pre = flatten(spec.get("common", {}))
+        pre.update(flatten(spec.get("pretrain", {}).get("set", {})))
+        dst = flatten(spec.get("common", {}))
+        dst.update(flatten(spec.get(down, {}).get("set", {})))
         for k, v in values.items():
             if k == "init":
                 continue

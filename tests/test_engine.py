@@ -4,29 +4,24 @@ import torch
 from torch import nn
 
 from ssl_derm.config import TrainConfig
-from ssl_derm.engine import CacheBatches, CheckpointError, TrainingError, fit, load_checkpoint, save_checkpoint
+from ssl_derm.engine import (CacheBatches, CheckpointError, ConfigMismatchError, Engine, Every, TrainingError,
+                             load_checkpoint, save_checkpoint)
 from ssl_derm.engine.checkpoint import rng_state, set_rng_state
 
 
 class TinyMethod(nn.Module):
-    """A regression toy with the method interface: the engine is tested apart from any SSL method."""
-
-    default_preset = "eval"
+    """A regression toy: the engine is tested apart from any SSL method."""
 
     def __init__(self, nan_at=None):
         super().__init__()
         self.encoder = nn.Linear(3 * 8 * 8, 4)
         self.nan_at = nan_at
 
-    def training_step(self, views, step):
-        x = views[0].flatten(1)
-        loss = self.encoder(x).pow(2).mean() + 0.01 * torch.randn(()).abs()  # consumes RNG: resume must restore it
+    def forward(self, x, step):
+        loss = self.encoder(x.flatten(1)).pow(2).mean() + 0.01 * torch.randn(()).abs()  # consumes RNG: resume must restore it
         if self.nan_at is not None and step >= self.nan_at:
             loss = loss * float("nan")
-        return loss, {"sq": float(loss.detach())}
-
-    def on_step_end(self, step):
-        pass
+        return loss
 
 
 def _images(n=32):
@@ -79,31 +74,122 @@ def test_batches_deterministic_and_sharded():
         CacheBatches(imgs[:3], 4, "cpu")
 
 
-def _train(tmp_path, cfg, method=None, monitor=None):
+def _train(out, cfg, method=None, hooks=(), config=None):
     torch.manual_seed(0)
     m = method or TinyMethod()
-    return m, fit(m, CacheBatches(_images(), cfg.batch_size, "cpu", seed=0), _augment, cfg, tmp_path,
-                  torch.device("cpu"), monitor=monitor)
+    batches = CacheBatches(_images(), cfg.batch_size, "cpu", seed=0)
+
+    def step_fn(module, step, micro):
+        return module(batches.get(step).float() / 255.0, step), {"batch_size": cfg.batch_size}
+
+    engine = Engine(m, cfg, "cpu", hooks=hooks, ckpt_dir=out / "checkpoints", config=config or {"train": vars(cfg)})
+    return m, engine.fit(step_fn)
+
+
+class Kill(Exception):
+    pass
+
+
+def _kill_at(k):
+    def fn(done):
+        if done == k:
+            raise Kill
+    return Every(fn, 1)
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     full, summary = _train(tmp_path / "full", _cfg())
-    assert summary["steps"] == 6 and np.isfinite(summary["final_loss"])
-
-    def kill(step):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "killed", _cfg(), monitor=kill)
+    assert summary["steps"] == 6 and np.isfinite(summary["final_loss"]) and summary["resumed_from"] == 0
+    with pytest.raises(Kill):
+        _train(tmp_path / "killed", _cfg(), hooks=[_kill_at(5)])
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"] == 3
     torch.manual_seed(123)  # a different process state: everything must come from the checkpoint
-    resumed = TinyMethod()
-    s2 = fit(resumed, CacheBatches(_images(), 4, "cpu", seed=0), _augment, _cfg(), tmp_path / "killed",
-             torch.device("cpu"))
+    resumed, s2 = _train(tmp_path / "killed", _cfg())
     assert s2["resumed_from"] == 3
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.equal(a, b)
+    assert s2["loss_history"] == summary["loss_history"] and s2["final_loss"] == summary["final_loss"]
+    # a finished run loaded again: same weights and the same summary, not NaN and an empty history
+    again, s3 = _train(tmp_path / "killed", _cfg())
+    assert s3["resumed_from"] == 6 and s3["final_loss"] == summary["final_loss"]
+    assert s3["loss_history"] == summary["loss_history"]
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), again.state_dict().values()))
+
+
+def test_resume_with_a_changed_config_stops_naming_the_keys(tmp_path):
+    _train(tmp_path, _cfg(), config={"train": {"lr": 0.1, "max_steps": 6}, "seed": 0})
+    with pytest.raises(ConfigMismatchError) as e:
+        _train(tmp_path, _cfg(lr=0.2, max_steps=8), config={"train": {"lr": 0.2, "max_steps": 8}, "seed": 1})
+    msg = str(e.value)
+    assert "train.lr" in msg and "seed" in msg and "max_steps" not in msg and "--force" in msg
+    # the step budget alone may change: the run continues
+    _, s = _train(tmp_path, _cfg(max_steps=8), config={"train": {"lr": 0.1, "max_steps": 8}, "seed": 0})
+    assert s["resumed_from"] == 6 and s["steps"] == 8
+
+
+def _one_update(model, cfg, batches):
+    """Weights after one engine step; ``batches[micro]`` (B, D) float inputs."""
+    def step_fn(module, step, micro):
+        return module(batches[micro]).pow(2).mean(), {}
+
+    Engine(model, cfg, "cpu", progress=False).fit(step_fn)
+    return model.weight.detach().clone()
+
+
+def test_accumulation_matches_one_big_batch():
+    """2 micro-batches of 4 give the update of one batch of 8 (a model without batch statistics)."""
+    x = torch.randn(8, 5)
+    torch.manual_seed(0)
+    base = nn.Linear(5, 3)
+    big = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, warmup_steps=0, clip_grad=0.0), [x])
+    acc = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, accumulate=2, warmup_steps=0, clip_grad=0.0),
+                      [x[:4], x[4:]])
+    assert torch.allclose(big, acc, atol=1e-7) and not torch.equal(big, base.weight)
+
+
+class Scale(nn.Module):
+    """y = w * x elementwise: no op that autocast lowers, so fp16 autocast computes in float32 here."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(-1, 1, 5))
+
+    def forward(self, x):
+        return self.weight * x
+
+
+def test_fp16_grad_scaler_step_equals_the_plain_step():
+    """The loss scale is a power of two, so scaling and unscaling the gradients is exact."""
+    x = torch.randn(8, 5)
+    plain = _one_update(Scale(), _cfg(max_steps=1, warmup_steps=0, clip_grad=1.0), [x])
+    scaled = Scale()
+    cfg = _cfg(max_steps=1, warmup_steps=0, clip_grad=1.0, precision="fp16")
+    eng_out = _one_update(scaled, cfg, [x])
+    assert torch.equal(plain, eng_out)
+
+
+def test_fp16_autocast_update_close_to_fp32():
+    x = torch.randn(8, 5)
+    torch.manual_seed(0)
+    base = nn.Linear(5, 3)
+    a = _one_update(_copy(base), _cfg(max_steps=1, warmup_steps=0), [x])
+    b = _one_update(_copy(base), _cfg(max_steps=1, warmup_steps=0, precision="fp16"), [x])
+    assert torch.allclose(a, b, atol=1e-2) and torch.isfinite(b).all()
+
+
+def test_amp_alias_maps_onto_precision():
+    from ssl_derm.engine.precision import resolve_precision
+
+    with pytest.warns(FutureWarning, match="train.precision"):
+        assert resolve_precision(_cfg(amp=False), torch.device("cuda")) == "fp32"
+    assert resolve_precision(_cfg(), torch.device("cuda")) == "bf16"
+    assert resolve_precision(_cfg(), torch.device("cpu")) == "fp32"
+
+
+def _copy(m):
+    import copy
+
+    return copy.deepcopy(m)
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
@@ -114,3 +200,28 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_checkpoint_loads_on_the_cpu_with_each_ranks_rng(tmp_path):
+    _train(tmp_path, _cfg())
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert len(ckpt["ranks"]) == 1 and ckpt["ranks"][0]["rng"]["numpy"]["keys"].device.type == "cpu"
+    assert ckpt["config"]["train"]["max_steps"] == 6
+    steps = [s["step"] for s in ckpt["optimizer"]["state"].values() if "step" in s]
+    assert steps and all(torch.as_tensor(s).device.type == "cpu" for s in steps)
+
+
+def test_prefetch_errors_reach_the_main_thread():
+    class Broken:
+        shape = (40, 8, 8, 3)
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, rows):
+            raise OSError("read error on the cache file")
+
+    b = CacheBatches(Broken(), 4, "cpu", seed=0)
+    with pytest.raises(OSError, match="read error"):
+        b._prefetched(0)
+    b.close()

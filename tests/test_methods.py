@@ -137,3 +137,17 @@ def test_sync_batchnorm_flags_and_presets():
     presets = {n: get("method", n).default_preset for n in names("method")}
     assert presets == {"simclr": "two_view", "mocov3": "two_view", "byol": "two_view", "dino": "multi_crop",
                        "mae": "masked", "simmim": "masked"}
+
+
+def test_mae_freezes_vit_parts_it_never_uses():
+    """A timm ViT with an fc_norm (avg-pool ViTs) would crash DDP under MAE: the norm never gets a
+    gradient. MAE freezes what its forward does not use, as SimMIM does."""
+    torch.manual_seed(0)
+    encoder = create_encoder(VIT, 32)
+    encoder.model.fc_norm = torch.nn.LayerNorm(encoder.model.embed_dim)  # what an avg-pool ViT has
+    m = build_method(tiny_cfg("mae"), encoder, max_steps=2)
+    assert any(n.startswith("model.fc_norm") for n in m.frozen)
+    loss, _ = m.training_step(build_preset(m.default_preset, AugmentConfig(), 32)(images()), 0)
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -2,8 +2,11 @@
 
 Sampling is a seeded permutation per epoch, so the batch at a given step is the same after a resume.
 Under DDP each rank takes its own share (``rank::world``) of every permutation. When the whole cache
-fits comfortably on the GPU it is copied there once and batches are gathered on the device; otherwise
-a background thread reads the memmap into pinned memory and copies it ahead (non_blocking).
+fits in this rank's GPU budget (``resident_fraction`` of the device's total memory, and no more than
+half of what is free now, so activations keep room) it is copied there once, in chunks straight from
+the memmap (no full copy in host RAM per rank), and batches are gathered on the device; otherwise a
+background thread reads the memmap into pinned memory and copies it ahead (non_blocking). A read
+error in that thread is raised in the main thread.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class CacheBatches:
     """
 
     def __init__(self, images, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
-                 indices=None, resident_fraction: float = 0.3, prefetch: int = 3):
+                 indices=None, resident_fraction: float = 0.25, prefetch: int = 3):
         self.images = images
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size * world:
@@ -36,15 +39,22 @@ class CacheBatches:
         self.resident = None
         if self.device.type == "cuda":
             nbytes = len(self.indices) * int(np.prod(images.shape[1:]))
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if nbytes < resident_fraction * free:
+            free, total = torch.cuda.mem_get_info(self.device)
+            if nbytes < min(resident_fraction * total, 0.5 * free):
                 # this rank's share only would need re-gathering each epoch; the whole set is simpler and fits
-                self.resident = torch.from_numpy(np.ascontiguousarray(images[np.sort(self.indices)])).to(self.device)
+                self.resident = self._upload(np.sort(self.indices))
                 self._row_of = {int(r): i for i, r in enumerate(np.sort(self.indices))}
         self.prefetch = prefetch
         self._queue = None
         self._thread = None
         self._next_step = None
+
+    def _upload(self, rows: np.ndarray, chunk: int = 1024) -> torch.Tensor:
+        """images[rows] -> one uint8 tensor on the device, copied ``chunk`` rows at a time."""
+        out = torch.empty((len(rows),) + tuple(self.images.shape[1:]), dtype=torch.uint8, device=self.device)
+        for i in range(0, len(rows), chunk):
+            out[i:i + chunk].copy_(torch.from_numpy(np.ascontiguousarray(self.images[rows[i:i + chunk]])))
+        return out
 
     def indices_at(self, step: int) -> np.ndarray:
         """Rows of the cache that form this rank's batch at ``step`` (deterministic)."""
@@ -75,7 +85,16 @@ class CacheBatches:
         if self._queue is None or step != self._next_step:
             self._start(step)
         self._next_step = step + 1
-        got_step, x = self._queue.get()
+        while True:
+            try:
+                got_step, x = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():  # died without a word: never wait forever
+                    raise RuntimeError("the batch prefetch thread stopped unexpectedly") from None
+        if isinstance(x, BaseException):
+            self.close()
+            raise x
         assert got_step == step, (got_step, step)
         return x.to(self.device, non_blocking=True)
 
@@ -85,9 +104,16 @@ class CacheBatches:
         stop = threading.Event()
         self._stop = stop
 
+        q = self._queue
+
         def work(s=step):
             while not stop.is_set():
-                self._queue.put((s, self._host_batch(s)))
+                try:
+                    item = self._host_batch(s)
+                except BaseException as e:  # handed to the main thread, which raises it
+                    q.put((s, e))
+                    return
+                q.put((s, item))
                 s += 1
 
         self._thread = threading.Thread(target=work, daemon=True)

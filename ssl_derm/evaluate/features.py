@@ -11,6 +11,14 @@ import numpy as np
 import torch
 
 
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory without blocking, so the host does
+    not wait for the GPU to finish the work already queued."""
+    if torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def rows_to_batch(images, rows: np.ndarray, device) -> torch.Tensor:
     """Cache rows -> (B, 3, S, S) uint8 on ``device``, in the order of ``rows``.
 
@@ -20,7 +28,7 @@ def rows_to_batch(images, rows: np.ndarray, device) -> torch.Tensor:
     order = np.argsort(rows, kind="stable")
     x = torch.from_numpy(np.ascontiguousarray(images[rows[order]]))
     inv = torch.from_numpy(np.argsort(order, kind="stable"))
-    return x[inv].permute(0, 3, 1, 2).contiguous().to(device)
+    return to_device(x[inv].permute(0, 3, 1, 2).contiguous(), device)
 
 
 TTA_CHOICES = ("none", "d4")

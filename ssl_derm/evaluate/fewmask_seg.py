@@ -7,7 +7,6 @@ the best state (mean Dice); the test side is scored once with :mod:`ssl_derm.eva
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List
 
@@ -16,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_derm.engine.optim import build_optimizer, build_scheduler
-from ssl_derm.errors import ConfigError, EncoderError, TrainingError
+from ssl_derm.config import to_dict
+from ssl_derm.engine import BestState, Engine, Stateful
+from ssl_derm.engine.precision import Precision, resolve_precision
+from ssl_derm.errors import ConfigError, EncoderError
 from ssl_derm.evaluate.config import ProtocolSettings
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.evaluate.features import rows_to_batch, to_device
 from ssl_derm.registry import register
 
 
@@ -101,8 +102,9 @@ def flip_rotate(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator):
 
 
 @torch.no_grad()
-def predict_masks(model, images, rows, aug_cfg, device, batch_size: int, threshold: float) -> np.ndarray:
-    """(len(rows), S, S) uint8 {0,1} predicted masks."""
+def predict_masks(model, images, rows, aug_cfg, device, batch_size: int, threshold: float,
+                  precision: str = "auto") -> np.ndarray:
+    """(len(rows), S, S) uint8 {0,1} predicted masks; ``precision`` as ``train.precision``."""
     from ssl_derm.augment import normalize
 
     was = model.training
@@ -110,11 +112,17 @@ def predict_masks(model, images, rows, aug_cfg, device, batch_size: int, thresho
     out = []
     for i in range(0, len(rows), batch_size):
         x = normalize(rows_to_batch(images, rows[i:i + batch_size], device), aug_cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with _eval_precision(precision, device).autocast():
             prob = model(x).float().sigmoid()
         out.append((prob[:, 0] >= threshold).to(torch.uint8).cpu().numpy())
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.uint8)
+
+
+def _eval_precision(kind: str, device) -> Precision:
+    if kind == "auto":
+        kind = "bf16" if device.type == "cuda" else "fp32"
+    return Precision(kind, device)
 
 
 def score_masks(pred: np.ndarray, gt: np.ndarray, ids) -> dict:
@@ -151,46 +159,41 @@ def run_fewmask_seg(ctx) -> dict:
     model = SegModel(ctx.encoder, p.seg_decoder_channels, ctx.image_size).to(dev).train()
     if p.seg_freeze_encoder:
         model.backbone.requires_grad_(False)
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ids = np.asarray(ctx.dataset.ids)
-    best, best_state, best_step, history = -math.inf, None, 0, []
-    for step in range(t.max_steps):
+    kind = resolve_precision(t, dev)
+
+    def step_fn(module, step: int, micro: int):
         rows = rng.choice(lab, size=t.batch_size, replace=len(lab) < t.batch_size)
         x = rows_to_batch(ctx.dataset.images, rows, dev)
-        m = torch.from_numpy(np.ascontiguousarray(masks[rows]))[:, None].to(dev)
+        m = to_device(torch.from_numpy(np.ascontiguousarray(masks[rows]))[:, None], dev)
         x, m = flip_rotate(x, m, gen)
         if p.seg_freeze_encoder:
             model.backbone.eval()  # frozen BatchNorm statistics too
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.amp and dev.type == "cuda"):
-            loss = dice_bce_loss(model(normalize(x, cfg.augment)), m)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the segmentation loss is {loss.item()} at step {step}; lower train.lr (now {t.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-        optimizer.step()
-        scheduler.step_update(step + 1)
-        if step % max(t.log_every, 1) == 0:
-            ctx.log("train/loss", float(loss.detach()), step)
-        if len(ctx.rows["val"]) and ((step + 1) % p.eval_every == 0 or step + 1 == t.max_steps):
-            val = ctx.rows["val"]
-            pred = predict_masks(model, ctx.dataset.images, val, cfg.augment, dev, p.feature_batch_size, p.seg_threshold)
-            score = score_masks(pred, np.asarray(masks[val]), ids[val])["mean"]["dice"]
-            ctx.log("val/dice", score, step + 1)
-            history.append({"step": step + 1, "val_dice": score})
-            if score > best:
-                best, best_step = score, step + 1
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        return dice_bce_loss(module(normalize(x, cfg.augment)), m), {"batch_size": len(rows)}
+
+    def val_dice() -> float:
+        val = ctx.rows["val"]
+        pred = predict_masks(model, ctx.dataset.images, val, cfg.augment, dev, p.feature_batch_size,
+                             p.seg_threshold, kind)
+        return score_masks(pred, np.asarray(masks[val]), ids[val])["mean"]["dice"]
+
+    best = (BestState(val_dice, lambda: model, p.eval_every, "val_dice", log=ctx.log, log_tag="val/dice")
+            if len(ctx.rows["val"]) else None)
+    engine = Engine(model, t, dev, hooks=[best] if best else [], config=to_dict(cfg),
+                    rank_state={"rows": Stateful(rng), "flips": Stateful(gen)},
+                    ckpt_dir=ctx.out_dir / "checkpoints" if t.ckpt_every else None, logger=ctx.logger,
+                    name="fewmask_seg", sync_batchnorm=True)
+    summary = engine.fit(step_fn)
+    if best is not None:
+        best.restore()
     test = ctx.rows["test"]
-    pred = predict_masks(model, ctx.dataset.images, test, cfg.augment, dev, p.feature_batch_size, p.seg_threshold)
+    pred = predict_masks(model, ctx.dataset.images, test, cfg.augment, dev, p.feature_batch_size, p.seg_threshold, kind)
     scores = score_masks(pred, np.asarray(masks[test]), ids[test])
     # scored on the cache's masks (data.image_size square), not at each image's original size
-    info = {"n_masks_used": int(len(lab)), "best_step": best_step, "val_history": history,
-            "best_val_dice": None if best_state is None else best, "scored_at_px": ctx.image_size}
+    info = {"n_masks_used": int(len(lab)), "best_step": best.step if best else 0,
+            "val_history": best.history if best else [],
+            "best_val_dice": None if best is None or best.state is None else best.best, "scored_at_px": ctx.image_size,
+            "resumed_from_step": summary["resumed_from"]}
     return {"seg": scores, "info": info, "pred_masks": pred}

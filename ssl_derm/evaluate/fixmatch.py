@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.evaluate.features import rows_to_batch
-from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
+from ssl_derm.evaluate.features import rows_to_batch, to_device
+from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
 
 THRESHOLD_MODES = ("fixed", "freematch")
@@ -68,6 +68,32 @@ class SelfAdaptiveThreshold:
     def thresholds(self) -> torch.Tensor:
         return self.tau * self.p / self.p.max()
 
+    def state_dict(self) -> dict:
+        return {"tau": self.tau.cpu(), "p": self.p.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tau, self.p = state["tau"].to(self.tau.device), state["p"].to(self.p.device)
+
+
+class MaskRate:
+    """Running sum of the per-step share of unlabeled images above the threshold, kept on the device
+    (reading it each step would make the host wait for the GPU)."""
+
+    def __init__(self, device):
+        self.sum = torch.zeros((), device=device)
+        self.last = torch.zeros((), device=device)
+        self.n = 0
+
+    def add(self, rate: torch.Tensor) -> None:
+        self.sum, self.last, self.n = self.sum + rate.detach().float(), rate.detach().float(), self.n + 1
+
+    def state_dict(self) -> dict:
+        return {"sum": self.sum.cpu(), "last": self.last.cpu(), "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.sum.device
+        self.sum, self.last, self.n = state["sum"].to(dev), state["last"].to(dev), int(state["n"])
+
 
 def unlabeled_rows(ctx) -> tuple:
     """(rows, note): the unlabeled side, or the labelled images themselves when nothing is left
@@ -82,11 +108,15 @@ class FixMatchTrainer(ClassifierTrainer):
     def __init__(self, ctx):
         super().__init__(ctx)
         rows, self.note = unlabeled_rows(ctx)
-        self.unlabeled = IndexStream(rows, ctx.cfg.seed + 1)
-        self.mask_rates = []  # share of unlabeled images above the threshold, per step
+        self.unlabeled = IndexStream(rows, rank_seed(ctx.cfg.seed + 1))
+        self.mask_rate = MaskRate(self.device)
         p = ctx.cfg.protocol
         self.sat = (SelfAdaptiveThreshold(ctx.n_classes, p.threshold_momentum, self.device)
                     if p.threshold_mode == "freematch" else None)
+
+    def rank_state(self) -> dict:
+        state = {**super().rank_state(), "unlabeled": self.unlabeled, "mask_rate": self.mask_rate}
+        return {**state, "sat": self.sat} if self.sat is not None else state
 
     def loss(self, step: int):
         p = self.cfg.protocol
@@ -94,7 +124,7 @@ class FixMatchTrainer(ClassifierTrainer):
         urows = self.unlabeled.take(p.mu * len(y))
         xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
         weak, strong = self.views(torch.cat([xl, xu]))[:2]  # one augmentation call for both groups
-        logits = self.model(torch.cat([weak, strong[len(y):]]))  # [labelled weak | unlabeled weak | unlabeled strong]
+        logits = self.net(torch.cat([weak, strong[len(y):]]))  # [labelled weak | unlabeled weak | unlabeled strong]
         lx, lw, ls = logits[:len(y)], logits[len(y):len(y) + len(urows)], logits[len(y) + len(urows):]
         loss_x = self.supervised_loss(lx, y)
         threshold = p.threshold
@@ -102,16 +132,17 @@ class FixMatchTrainer(ClassifierTrainer):
             self.sat.update(lw.softmax(1))
             threshold = self.sat.thresholds()
         loss_u, mask = fixmatch_unlabeled_loss(lw, ls, threshold)
-        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean()}
+        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean(),
+                "batch_size": len(y) + len(urows)}
         if self.sat is not None:
             logs["threshold_global"] = self.sat.tau
-        self.mask_rates.append(float(mask.mean()))
-        true = torch.from_numpy(self.labels[urows]).to(self.device)
-        known = true >= 0
-        if mask.sum() > 0 and known.any():  # pseudo-label quality, for monitoring only (never trained on)
-            sel = (mask > 0) & known
-            if sel.any():
-                logs["pseudo_label_acc"] = (lw.argmax(1)[sel] == true[sel]).float().mean()
+        self.mask_rate.add(mask.mean())
+        # pseudo-label quality, for monitoring only (never trained on): NaN when no labelled-known image
+        # passed; computed on the device, without a host sync
+        true = to_device(torch.from_numpy(self.labels[urows]), self.device)
+        sel = ((mask > 0) & (true >= 0)).float()
+        hits = ((lw.argmax(1) == true).float() * sel).sum()
+        logs["pseudo_label_acc"] = torch.where(sel.sum() > 0, hits / sel.sum().clamp_min(1), torch.nan)
         return loss_x + p.lambda_u * loss_u, logs
 
 
@@ -143,8 +174,9 @@ def run_fixmatch(ctx) -> dict:
     out = trainer.run()
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
     # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
-    out["info"]["mean_mask_rate"] = float(np.mean(trainer.mask_rates)) if trainer.mask_rates else 0.0
-    out["info"]["last_mask_rate"] = trainer.mask_rates[-1] if trainer.mask_rates else 0.0
+    rate = trainer.mask_rate
+    out["info"]["mean_mask_rate"] = float(rate.sum) / rate.n if rate.n else 0.0
+    out["info"]["last_mask_rate"] = float(rate.last) if rate.n else 0.0
     if trainer.sat is not None:
         out["info"]["final_thresholds"] = dict(zip(ctx.dataset.classes, trainer.sat.thresholds().tolist()))
     if trainer.note:

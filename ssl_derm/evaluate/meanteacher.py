@@ -16,7 +16,8 @@ from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
 from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.fixmatch import unlabeled_rows
-from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream
+from ssl_derm.engine import Hook
+from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
 
 
@@ -33,11 +34,29 @@ def sigmoid_rampup(step: int, length: int) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
+class TeacherUpdate(Hook):
+    """EMA update of the teacher after each optimiser step; the teacher is saved in checkpoints."""
+
+    name = "teacher"
+
+    def __init__(self, ema: ModelEmaV3, model: torch.nn.Module):
+        self.ema, self.model = ema, model
+
+    def after_step(self, engine, done: int) -> None:
+        self.ema.update(self.model, step=done - 1)
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.ema.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.module.load_state_dict(state["teacher"])
+
+
 class MeanTeacherTrainer(ClassifierTrainer):
     def __init__(self, ctx):
         super().__init__(ctx)
         rows, self.note = unlabeled_rows(ctx)
-        self.unlabeled = IndexStream(rows, ctx.cfg.seed + 1)
+        self.unlabeled = IndexStream(rows, rank_seed(ctx.cfg.seed + 1))
         # warm-up of the decay: early on the teacher follows the student closely, so a short run's
         # teacher is not dominated by the random initial weights
         self.teacher = ModelEmaV3(self.model, decay=ctx.cfg.protocol.ema, use_warmup=True)
@@ -49,19 +68,27 @@ class MeanTeacherTrainer(ClassifierTrainer):
         xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
         weak, strong = self.views(torch.cat([xl, xu]))[:2]
         weak_u, strong_u = weak[len(y):], strong[len(y):]
-        logits = self.model(torch.cat([weak[:len(y)], strong_u]))
+        logits = self.net(torch.cat([weak[:len(y)], strong_u]))
         with torch.no_grad():
             teacher_u = self.teacher.module(weak_u)
         loss_x = self.supervised_loss(logits[:len(y)], y)
         loss_u = consistency_loss(logits[len(y):], teacher_u)
         w = p.lambda_u * sigmoid_rampup(step, p.rampup_steps)
-        return loss_x + w * loss_u, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "consistency_weight": w}
+        return loss_x + w * loss_u, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "consistency_weight": w,
+                                     "batch_size": len(y) + len(xu)}
 
-    def on_step_end(self, step: int) -> None:
-        self.teacher.update(self.model, step=step)
+    def hooks(self) -> list:
+        return [TeacherUpdate(self.teacher, self.model)]
+
+    def rank_state(self) -> dict:
+        return {**super().rank_state(), "unlabeled": self.unlabeled}
 
     def eval_model(self) -> torch.nn.Module:
         return self.teacher.module
+
+    def after_fit(self) -> None:
+        # the selected teacher is the trained classifier: ctx.encoder.model holds it for export
+        self.model.load_state_dict(self.teacher.module.state_dict())
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ssl_derm.encoders import create_encoder
+from ssl_derm.engine import distributed as D
 from ssl_derm.errors import DataError, SplitError
 from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
 from ssl_derm.data.splits import Split
@@ -54,27 +55,34 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     """
     check_finetune_config(cfg)
     protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
-    out = prepare_out_dir(out_dir, cfg)
+    device = D.init_distributed(resolve_device(cfg.device), cfg.train.dist_timeout_min)  # under torchrun
+    main = D.is_main()
+    out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.device)
     t0 = time.time()
     if dataset is None or split is None:
+        if not main:  # rank 0 first: it writes the cache and the split file that the others then read
+            D.barrier()
         dataset, split = load_data_and_split(cfg)
+        if main:
+            D.barrier()
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
     rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate).to(device)
+    if D.world_size() > 1:  # the same initial weights on every rank, then each rank its own augmentations
+        seed_everything(cfg.seed + 1000 * D.rank())
     from ssl_derm.engine.logger import Logger
 
-    logger = Logger(out)
+    logger = Logger(out, enabled=main)
     ctx = Context(cfg=cfg, encoder=encoder, device=device, dataset=dataset, rows=rows, out_dir=out,
                   logger=logger, feature_cache=feature_cache, cache_key=encoder_key(cfg))
     try:
         result = protocol(ctx)
-        metrics = _metrics(ctx, result, logger)
+        metrics = _metrics(ctx, result, logger) if main else {}
     finally:
         logger.close()
     metrics.update({
@@ -84,7 +92,11 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
                     "image_size": cfg.data.image_size},
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": getattr(cfg.protocol, "balance", "none"), "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
+        "resumed_from_step": int(result.get("info", {}).get("resumed_from_step", 0)),
+        "world_size": D.world_size(),
     })
+    if not main:
+        return metrics
     write_metrics(out, metrics)
     if not quiet:
         head = f"[{cfg.protocol.name} {cfg.split.fraction:g} seed={cfg.seed} " \

@@ -1,14 +1,14 @@
-"""The supervised training loop that finetune, FixMatch and mean teacher share.
+"""Supervised finetuning on the engine, and the base that FixMatch and mean teacher extend.
 
 The encoder's timm model gets a K-way head (``reset_classifier``), so timm's optimiser factory can
-apply layer-wise LR decay through the model's own ``group_matcher``. Every ``protocol.eval_every``
-steps the val side is scored and the best state (val balanced accuracy) is kept; the test side is
-only predicted after training, with that state. Subclasses override :meth:`loss` (and, for a
-teacher, :meth:`eval_model` and :meth:`on_step_end`): one level of base class.
+apply layer-wise LR decay through the model's own ``group_matcher``. The engine
+(:class:`ssl_derm.engine.Engine`) runs the steps; a :class:`~ssl_derm.engine.BestState` hook scores
+the val side every ``protocol.eval_every`` steps and keeps the best state (val balanced accuracy);
+the test side is only predicted after training, with that state. Subclasses override :meth:`loss`
+(and, for a teacher, :meth:`eval_model` and :meth:`hooks`): one level of base class.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Optional
 
@@ -16,11 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_derm.engine.optim import build_optimizer, build_scheduler
-from ssl_derm.errors import ConfigError, SplitError, TrainingError
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.config import to_dict
+from ssl_derm.engine import BestState, Engine
+from ssl_derm.engine import distributed as D
+from ssl_derm.engine.precision import Precision, resolve_precision
+from ssl_derm.errors import ConfigError, SplitError
+from ssl_derm.evaluate.features import rows_to_batch, to_device
 from ssl_derm.evaluate.knn import inverse_frequency
-from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer, snapshot
+from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer
 from ssl_derm.evaluate.metrics import classification_metrics
 
 
@@ -42,6 +45,19 @@ class IndexStream:
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
+    def state_dict(self) -> dict:
+        """The generator and the unread rest of the epoch: a resumed run draws the same rows."""
+        return {"rng": self.rng.bit_generator.state, "buf": torch.from_numpy(self._buf.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._buf = state["buf"].numpy().astype(np.int64)
+
+
+def rank_seed(seed: int) -> int:
+    """Each DDP rank draws its own batches (rank 0 keeps the single-process seed)."""
+    return seed + 1000 * D.rank()
+
 
 class ClassifierTrainer:
     """Plain supervised finetuning on the labelled side (weak views), with model selection on val."""
@@ -59,15 +75,15 @@ class ClassifierTrainer:
         self.model.reset_classifier(ctx.n_classes)
         self.head_info = self.init_head_from_probe() if p.head_init == "linear_probe" else {}
         self.model.to(self.device).train()
-        self.optimizer = build_optimizer(self.model, t, layer_decay=p.llrd if p.llrd < 1.0 else None)
-        self.scheduler = build_scheduler(self.optimizer, t)
+        self.net = self.model  # what loss() calls: the DDP-wrapped model while the engine runs
         self.views = build_preset(ctx.cfg.augment.preset or "weak_strong", ctx.cfg.augment, ctx.image_size).to(self.device)
         w = inverse_frequency(self.labels[lab], ctx.n_classes)
         self.class_weights = torch.tensor(w, dtype=torch.float32, device=self.device) if p.balance == "weighted_loss" else None
         probs = w[self.labels[lab]] / w[self.labels[lab]].sum() if p.balance == "balanced_sampler" else None
-        self.labelled = IndexStream(lab, ctx.cfg.seed, probs)
-        self.amp = t.amp and self.device.type == "cuda"
+        self.labelled = IndexStream(lab, rank_seed(ctx.cfg.seed), probs)
+        self.precision = Precision(resolve_precision(t, self.device), self.device)  # for predict()
         self.history = []
+        self.best: Optional[BestState] = None
 
     def init_head_from_probe(self) -> dict:
         """LP-FT: fit the linear probe on the encoder's frozen features (before any update) and copy it
@@ -89,7 +105,7 @@ class ClassifierTrainer:
     def labelled_batch(self):
         """(B, 3, S, S) uint8 and (B,) int64 labels on the device."""
         rows = self.labelled.take(self.cfg.train.batch_size)
-        return rows_to_batch(self.ctx.dataset.images, rows, self.device), torch.from_numpy(self.labels[rows]).to(self.device)
+        return rows_to_batch(self.ctx.dataset.images, rows, self.device), to_device(torch.from_numpy(self.labels[rows]), self.device)
 
     def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=self.class_weights,
@@ -98,59 +114,61 @@ class ClassifierTrainer:
     def loss(self, step: int):
         """(scalar loss, logs) for one step; subclasses add an unlabeled term."""
         x, y = self.labelled_batch()
-        logits = self.model(self.views(x)[0])
+        logits = self.net(self.views(x)[0])
         loss = self.supervised_loss(logits, y)
-        return loss, {"loss_x": loss.detach()}
+        return loss, {"loss_x": loss.detach(), "batch_size": len(y)}
 
     def eval_model(self) -> torch.nn.Module:
         return self.model
 
-    def on_step_end(self, step: int) -> None:
-        pass
+    def hooks(self) -> list:
+        """Hooks that run before validation after each step (a teacher's EMA update)."""
+        return []
 
-    # ------------------------------------------------------------------ loop
+    def rank_state(self) -> dict:
+        """Per-rank samplers and statistics saved in checkpoints."""
+        return {"labelled": self.labelled}
+
+    # ------------------------------------------------------------------ training
     def fit(self) -> dict:
-        t, p = self.cfg.train, self.cfg.protocol
-        best = {"score": -math.inf, "state": None, "step": 0}
+        t, p, ctx = self.cfg.train, self.cfg.protocol, self.ctx
         t0 = time.time()
-        if self.head_info and len(self.ctx.rows["val"]):  # LP-FT: the probe itself is the step-0 candidate
-            self.select(0, best)
-        for step in range(t.max_steps):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss, logs = self.loss(step)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss is {loss.item()} at step {step}; lower train.lr "
-                                         f"(now {t.lr}) or raise train.warmup_steps")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-            self.optimizer.step()
-            self.scheduler.step_update(step + 1)
-            self.on_step_end(step)
-            if step % max(t.log_every, 1) == 0 or step + 1 == t.max_steps:
-                self.ctx.log("train/loss", float(loss.detach()), step)
-                self.ctx.log("train/lr", self.optimizer.param_groups[-1]["lr"], step)
-                for k, v in logs.items():
-                    self.ctx.log(f"train/{k}", float(v), step)
-            if len(self.ctx.rows["val"]) and ((step + 1) % p.eval_every == 0 or step + 1 == t.max_steps):
-                score = self.select(step + 1, best)
-                print(f"  [{p.name}] step {step + 1}/{t.max_steps} loss {float(loss.detach()):.4f} "
-                      f"val balanced_acc {score:.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if best["state"] is not None:
-            self.eval_model().load_state_dict(best["state"])
-        return {"best_step": best["step"], "best_val_balanced_accuracy": None if best["state"] is None else best["score"],
-                "val_history": self.history, "steps": t.max_steps, **self.head_info}
 
-    def select(self, step: int, best: dict) -> float:
-        """Score the eval model on val at ``step``, log it, and keep a copy of its weights in ``best``
-        when it beats ``best["score"]``; returns the score."""
-        score = self.val_score()
-        self.ctx.log("val/balanced_accuracy", score, step)
-        self.history.append({"step": step, "val_balanced_accuracy": score})
-        if score > best["score"]:
-            best.update(score=score, step=step, state=snapshot(self.eval_model()))  # a copy, not an alias
-        return score
+        def report(done: int, score: float) -> None:
+            if D.is_main():
+                print(f"  [{p.name}] step {done}/{t.max_steps} val balanced_acc {score:.4f} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+
+        if len(ctx.rows["val"]):  # LP-FT: the probe itself is the step-0 candidate
+            self.best = BestState(self.val_score, self.eval_model, p.eval_every, "val_balanced_accuracy",
+                                  log=ctx.log, log_tag="val/balanced_accuracy", at_start=bool(self.head_info),
+                                  report=report)
+        engine = Engine(self.model, t, self.device, hooks=self.hooks() + ([self.best] if self.best else []),
+                        rank_state=self.rank_state(), config=to_dict(self.cfg),
+                        ckpt_dir=ctx.out_dir / "checkpoints" if t.ckpt_every else None,
+                        logger=ctx.logger if D.is_main() else None, name=p.name,
+                        layer_decay=p.llrd if p.llrd < 1.0 else None, sync_batchnorm=True)
+
+        def step_fn(module, step: int, micro: int):
+            self.net = module
+            return self.loss(step)
+
+        try:
+            summary = engine.fit(step_fn)
+        finally:
+            self.net = self.model
+        best = self.best
+        if best is not None:
+            best.restore()
+            self.history = best.history
+        self.after_fit()
+        return {"best_step": best.step if best else 0,
+                "best_val_balanced_accuracy": None if best is None or best.state is None else best.best,
+                "val_history": self.history, "steps": t.max_steps, "resumed_from_step": summary["resumed_from"],
+                **self.head_info}
+
+    def after_fit(self) -> None:
+        """After the best state is back: subclasses copy a teacher into ``ctx.encoder.model``."""
 
     def val_score(self) -> float:
         probs = self.predict(self.ctx.rows["val"])
@@ -168,7 +186,7 @@ class ClassifierTrainer:
         bs = self.cfg.protocol.feature_batch_size
         for i in range(0, len(rows), bs):
             x = normalize(rows_to_batch(self.ctx.dataset.images, rows[i:i + bs], self.device), self.cfg.augment)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with self.precision.autocast():
                 out.append(model(x).float().softmax(1).cpu())
         model.train(was)
         return torch.cat(out).numpy() if out else np.zeros((0, self.ctx.n_classes))

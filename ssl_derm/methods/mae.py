@@ -11,7 +11,7 @@ from lightly.models.utils import get_at_index, patchify, repeat_token, set_at_in
 from torch import nn
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.methods.base import Method, MethodError, fp32, plain_vit, vit_tokens
+from ssl_derm.methods.base import Method, MethodError, fp32, freeze_unused, plain_vit, vit_tokens
 from ssl_derm.registry import register
 
 
@@ -44,6 +44,9 @@ class MAE(Method):
         if not 0.0 < cfg.mask_ratio < 1.0:
             raise MethodError(f"config key 'method.mask_ratio': {cfg.mask_ratio} must be in (0, 1)")
         super().__init__(encoder, cfg, max_steps)
+        # timm ViT parts after the token sequence (fc_norm, head) never get a gradient here; DDP needs
+        # every trainable parameter to get one, so they are frozen as SimMIM does
+        self.frozen = freeze_unused(encoder, dense=True)
         vit = encoder.model
         self.patch_size = int(vit.patch_embed.patch_size[0])
         self.num_patches = int(vit.patch_embed.num_patches)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_derm.config import TrainConfig
+from ssl_derm.engine import Engine, Hook
 from ssl_derm.errors import ConfigError
 from ssl_derm.registry import register
 from ssl_derm.segment.base import Segmenter
@@ -46,6 +48,17 @@ def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
         return keep or [maps[-1].float()]
     finally:
         model.train(was)
+
+
+class _FewClusters(Hook):
+    """Stops the fit once every image's argmax map uses at most ``n`` clusters."""
+
+    def __init__(self, n: int, box: dict):
+        self.n, self.box = n, box
+
+    def after_step(self, engine, done: int) -> None:
+        if max(len(torch.unique(t)) for t in self.box["target"]) <= self.n:
+            engine.stop = True
 
 
 @dataclass
@@ -84,16 +97,17 @@ class Gharawi(Segmenter):
         net = GharawiNet([lv.shape[1] for lv in levels], s.feat_dim, s.max_clusters, s.transformer_layers,
                          s.heads, s.position_weight).to(lab.device)
         opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=MOMENTUM)
-        net.train()
-        for _ in range(s.iters):
-            resp = net(lab, levels)
-            sim, spatial, target = clustering_losses(resp)
-            loss = sim + s.spatial_weight * spatial
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if max(len(torch.unique(t)) for t in target) <= s.min_clusters:
-                break
+        box = {}
+
+        def step_fn(module, step: int, micro: int):
+            sim, spatial, box["target"] = clustering_losses(module(lab, levels))
+            return sim + s.spatial_weight * spatial, {}
+
+        # the engine's step and precision path, light: fp32, a fixed LR, no clipping, checkpoints or logs
+        cfg = TrainConfig(max_steps=s.iters, clip_grad=0.0, precision="fp32", ckpt_every=0, resume=False,
+                          log_every=s.iters + 1)
+        Engine(net, cfg, lab.device, optimizer=opt, schedule=False, hooks=[_FewClusters(s.min_clusters, box)],
+               progress=False).fit(step_fn)
         with torch.no_grad():
             return net(lab, levels).softmax(1)
 

@@ -129,12 +129,14 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
 
     scores, masks, seconds = predict_all(segmenter, ds.images, rows, cfg.segment.batch_size)
     stages = {name: {"n_images": len(rows), "seconds_per_image": seconds / max(len(rows), 1)}}
+    resumed = 0
     results = {name: masks}  # masks of every stage are scored; scores are only needed by the next round
     for r in range(1, cfg.selftrain.rounds + 1):
         from ssl_derm.segment.selftrain import predict_round, train_round
 
         t0 = time.perf_counter()
-        model = train_round(cfg, ds.images, rows, scores, masks, device, logger, r)
+        model = train_round(cfg, ds.images, rows, scores, masks, device, logger, r, out_dir=out)
+        resumed = max(resumed, getattr(model, "resumed_from_step", 0))
         scores, masks = predict_round(model, cfg, ds.images, rows, device)
         stage = f"selftrain_{r}"
         stages[stage] = {"n_images": len(rows), "seconds_per_image": (time.perf_counter() - t0) / max(len(rows), 1)}
@@ -146,7 +148,7 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
     # --- scoring: the first time any mask file is read
     metrics = {"method": name, "image_size": ds.image_size, "n_images": len(rows),
                "encoder": cfg.encoder.name if encoder is not None or cfg.selftrain.rounds else None,
-               "encoder_checkpoint": cfg.encoder.checkpoint, "device": str(device)}
+               "encoder_checkpoint": cfg.encoder.checkpoint, "device": str(device), "resumed_from_step": resumed}
     small_images = np.asarray(ds.images[rows[overlay_rows]]) if overlay_rows else None
     for k, (stage, m) in enumerate(results.items()):
         true_small = None

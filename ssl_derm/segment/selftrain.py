@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from tqdm import tqdm
 
 from ssl_derm.augment import normalize
+from ssl_derm.config import to_dict
 from ssl_derm.encoders import create_encoder
-from ssl_derm.engine.optim import build_optimizer, build_scheduler
+from ssl_derm.engine import Engine, Stateful
+from ssl_derm.evaluate.features import to_device
 from ssl_derm.evaluate.fewmask_seg import SegModel
 from ssl_derm.segment.cleanup import clean_masks
 from ssl_derm.segment.colour import scaled_px
@@ -70,8 +71,10 @@ def weighted_bce_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.
 
 
 def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, masks: np.ndarray, device,
-                logger=None, round_idx: int = 1) -> SegModel:
-    """Fit a fresh SegModel on images[rows] (uint8 (N,S,S,3)) with pseudo scores/masks (n,S,S)."""
+                logger=None, round_idx: int = 1, out_dir=None) -> SegModel:
+    """Fit a fresh SegModel on images[rows] (uint8 (N,S,S,3)) with pseudo scores/masks (n,S,S) on the
+    engine; with ``out_dir`` and ``train.ckpt_every`` its checkpoints go to
+    ``<out_dir>/checkpoints/round<k>/``, so a killed round resumes (earlier rounds reload theirs)."""
     st, t = cfg.selftrain, cfg.train
     weights = loss_weights(scores, masks, st.ignore_band, st.boundary_px)
     gen = np.random.default_rng(cfg.seed + round_idx)
@@ -80,29 +83,25 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
         train_pos = np.sort(gen.choice(len(rows), st.max_images, replace=False))
     enc = create_encoder(cfg.encoder.name, st.image_size, cfg.encoder.checkpoint)
     model = SegModel(enc, st.decoder_widths, st.image_size).to(device).train()
-    opt = build_optimizer(model, t)
-    sched = build_scheduler(opt, t)
     aug = joint_augmentation(cfg.augment).to(device)
-    bar = tqdm(range(t.max_steps), desc=f"self-training round {round_idx}", dynamic_ncols=True, leave=False)
-    for step in bar:
+
+    def step_fn(module, step: int, micro: int):
         pos = np.sort(gen.choice(train_pos, min(t.batch_size, len(train_pos)), replace=False))
-        x = torch.from_numpy(np.asarray(images[rows[pos]])).permute(0, 3, 1, 2).to(device).float().div_(255)
-        y = torch.from_numpy(masks[pos]).float()[:, None].to(device)
-        w = torch.from_numpy(weights[pos])[:, None].to(device)
+        x = to_device(torch.from_numpy(np.asarray(images[rows[pos]])), device).permute(0, 3, 1, 2).float().div_(255)
+        y = to_device(torch.from_numpy(masks[pos])[:, None], device).float()
+        w = to_device(torch.from_numpy(weights[pos])[:, None], device)
         x, y, w = _resize(x, st.image_size, "bilinear"), _resize(y, st.image_size, "nearest"), _resize(w, st.image_size, "nearest")
-        x, y, w = aug(x, y, w)
-        loss = weighted_bce_dice(model(normalize(x.clamp(0, 1), cfg.augment)), y, w)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"self-training loss is {loss.item()} at step {step}; lower train.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-        opt.step()
-        sched.step_update(step + 1)
-        if logger is not None and step % max(t.log_every, 1) == 0:
-            logger.scalar(f"selftrain/round{round_idx}/loss", loss.item(), step)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        with torch.autocast(device.type, enabled=False):  # kornia's sampling grid stays float32
+            x, y, w = aug(x, y, w)
+        logits = module(normalize(x.clamp(0, 1), cfg.augment))
+        return weighted_bce_dice(logits.float(), y, w), {"batch_size": len(pos)}
+
+    ckpt = out_dir / "checkpoints" / f"round{round_idx}" if out_dir is not None and t.ckpt_every else None
+    engine = Engine(model, t, device, rank_state={"sampler": Stateful(gen)}, config=to_dict(cfg), ckpt_dir=ckpt,
+                    logger=logger, log_prefix=f"selftrain/round{round_idx}/", name=f"self-training round {round_idx}",
+                    sync_batchnorm=True)
+    engine.fit(step_fn)
+    model.resumed_from_step = engine.start
     return model.eval()
 
 

@@ -1,0 +1,52 @@
+"""Resume safety: a checkpoint continues only the run that wrote it.
+
+Every checkpoint stores the resolved config. On resume the new config is compared with it; keys that
+change only the step budget or how often things are logged and saved may differ, anything else
+(LR, batch, data, method...) would silently mix two experiments in one folder, so it stops the run.
+``--force`` discards the old checkpoints instead.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ssl_derm.errors import ConfigError
+
+from ssl_derm.runs import flatten
+
+# keys that may change between a run and its resume: budget, logging and checkpoint frequency
+RESUMABLE_KEYS = ("train.max_steps", "train.ckpt_every", "train.log_every", "train.image_log_every",
+                  "train.resume", "train.num_threads", "train.dist_timeout_min", "monitor.every_steps")
+
+
+class ConfigMismatchError(ConfigError):
+    """The config differs from the one the checkpoint was written with."""
+
+
+def config_differences(old: dict, new: dict) -> list:
+    """Sorted keys whose values differ between two resolved config dicts, less :data:`RESUMABLE_KEYS`."""
+    a, b = flatten(old or {}), flatten(new or {})
+    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
+
+
+def check_resume_config(path, old: dict, new: dict) -> None:
+    """Raise :class:`ConfigMismatchError` (one line, naming the keys) if the configs differ."""
+    if old is None or new is None:
+        return
+    diff = config_differences(old, new)
+    if diff:
+        a, b = flatten(old), flatten(new)
+        shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:6])
+        more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise ConfigMismatchError(f"cannot resume from {path}: the config differs from the checkpoint's in "
+                                  f"{shown}{more}; use --force or a new --out")
+
+
+def discard_checkpoints(out_dir) -> bool:
+    """``--force``: delete ``<out_dir>/checkpoints`` so the run starts over; True if there was one."""
+    ckpt = Path(out_dir) / "checkpoints"
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+        print(f"--force: removed the old checkpoints in {ckpt}; starting over")
+        return True
+    return False
