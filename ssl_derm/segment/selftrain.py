@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ssl_derm.augment import normalize
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
+from ssl_derm.errors import TrainingError
 from ssl_derm.evaluate.fewmask_seg import SegModel
 from ssl_derm.segment.cleanup import clean_masks
 from ssl_derm.segment.colour import scaled_px
@@ -93,7 +94,7 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
         x, y, w = aug(x, y, w)
         loss = weighted_bce_dice(model(normalize(x.clamp(0, 1), cfg.augment)), y, w)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"self-training loss is {loss.item()} at step {step}; lower train.lr")
+            raise TrainingError(f"self-training loss is {loss.item()} at step {step}; lower train.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.clip_grad:
