@@ -42,7 +42,7 @@ def export_target(method, which: str):
     if which == "teacher":
         if not hasattr(method, "teacher_encoder"):
             raise ConfigError(f"method.export=teacher: method '{method.cfg.name}' has no momentum teacher; "
-                             "use method.export=student")
+                              "use method.export=student")
         return method.teacher_encoder
     return method.encoder
 
@@ -85,7 +85,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         D.barrier()
     dataset = load_dataset(cfg.data)
     use_monitor = bool(cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1)
-    split = Split.for_dataset(dataset, cfg.data, seed=0) if use_monitor else None  # the split file the finetune protocols use
+    # the split file the finetune protocols use
+    split = Split.for_dataset(dataset, cfg.data, seed=0) if use_monitor else None
     if main:
         D.barrier()
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,

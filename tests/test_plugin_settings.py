@@ -76,3 +76,30 @@ def test_lenient_file_keeps_overrides_strict():
     assert cfg.protocol.name == "fixmatch" and not hasattr(cfg.protocol, "knn_k")
     with pytest.raises(ConfigError, match="protocol.threshold.*knn"):
         load_config(FinetuneConfig, "configs/finetune/knn.yaml", ["protocol.threshold=0.5"], lenient="file")
+
+
+def test_every_config_file_and_sweep_cell_loads(monkeypatch):
+    """Every YAML under configs/ loads into its command's config, and every cell of every sweep file builds
+    its configs (a sweep's shared keys reach the cells whose plug-in has them)."""
+    from pathlib import Path
+
+    from ssl_derm.sweep import _overrides, load_sweep, plan_cells
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # sweep files name their base configs relative to the repository
+    classes = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "segment": SegmentConfig}
+    for stage, cls in classes.items():
+        files = sorted((root / "configs" / stage).glob("*.yaml"))
+        assert files
+        for path in files:
+            assert dataclasses.is_dataclass(load_config(cls, path)), path
+    for path in sorted((root / "configs" / "sweeps").glob("*.yaml")):
+        spec = load_sweep(path)
+        down = spec["downstream"]
+        for cell in plan_cells(spec):
+            if cell["pretrain"] is not None:
+                load_config(PretrainConfig, spec["pretrain"].get("config"), _overrides(cell["pretrain"]), lenient=True)
+            cfg = load_config(classes[down], spec.get(down, {}).get("config"), _overrides(cell["downstream"]),
+                              lenient=True)
+            name = cell["values"].get(f"{down}.protocol.name")
+            assert name is None or cfg.protocol.name == name

@@ -141,3 +141,18 @@ def test_clean_up_picks_central_component_and_fills_holes():
     assert central[20, 20] and not central[0, 0]
     assert select_component(m, "largest")[0, 0]
     assert clean_mask(m, "all")[0, 0] and clean_mask(m, "all")[20, 20]
+
+
+def test_shared_modules_import_no_concrete_segmenter():
+    """base.py, prep.py and em.py sit below every segmenter: none of them imports one."""
+    import ast
+    import inspect
+
+    from ssl_derm.registry import get, names
+    from ssl_derm.segment import base, em, prep
+
+    concrete = {get("segmenter", n).__module__ for n in names("segmenter")}
+    for mod in (base, em, prep):
+        tree = ast.parse(inspect.getsource(mod))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & concrete, (mod.__name__, imported & concrete)

@@ -163,8 +163,7 @@ def split_for(dataset, data_cfg, seed: int = 0) -> dict:
     """The split of a loaded ``Dataset`` at ``split_path(data_cfg, dataset, seed)``, made once then reused."""
     if dataset.labels is None:
         raise DataError("a split needs labels: set data.labels to a CSV with columns image_id,label[,lesion_id]")
-    return load_or_make_split(split_path(data_cfg, dataset, seed), dataset.ids, dataset.labels, dataset.lesion_ids,
-                              data_cfg.test_frac, data_cfg.val_frac, seed)
+    return Split.for_dataset(dataset, data_cfg, seed).data
 
 
 def fraction_key(labelled: dict, fraction: float) -> str:

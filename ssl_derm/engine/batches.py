@@ -31,7 +31,7 @@ class CacheBatches:
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size * world:
             raise ConfigError(f"train.batch_size={batch_size} x {world} rank(s) is larger than the {len(self.indices)} "
-                             "usable images; lower train.batch_size or add images")
+                              "usable images; lower train.batch_size or add images")
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.seed, self.rank, self.world = seed, rank, world

@@ -65,7 +65,7 @@ class SegModel(nn.Module):
         self.backbone = encoder.model
         if not hasattr(self.backbone, "forward_intermediates"):
             raise EncoderError(f"encoder.name '{encoder.name}' has no forward_intermediates in timm; few-mask "
-                             "segmentation needs one (resnet*, convnext*, vit_* and most timm models have it)")
+                               "segmentation needs one (resnet*, convnext*, vit_* and most timm models have it)")
         self.indices = 4 if encoder.is_vit else None  # ViT: last four blocks; CNN: every stage
         with torch.no_grad():
             was = self.backbone.training

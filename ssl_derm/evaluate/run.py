@@ -69,7 +69,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
             D.barrier()
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
-    rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
+    redraw = cfg.seed if cfg.split.redraw_labelled else None
+    rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=redraw)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate).to(device)

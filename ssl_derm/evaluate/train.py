@@ -95,7 +95,7 @@ class ClassifierTrainer:
         head = self.model.get_classifier()
         if not isinstance(head, torch.nn.Linear) or tuple(head.weight.shape) != weight.shape:
             raise ConfigError(f"protocol.head_init=linear_probe needs a linear head on the pooled features; "
-                             f"{self.ctx.encoder.name} has {type(head).__name__}; use protocol.head_init=random")
+                              f"{self.ctx.encoder.name} has {type(head).__name__}; use protocol.head_init=random")
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight))
             head.bias.copy_(torch.from_numpy(bias))
