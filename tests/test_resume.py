@@ -94,8 +94,10 @@ def test_finetune_and_fixmatch_killed_and_resumed_match_uninterrupted(protocol, 
 def test_changed_config_refuses_to_resume(data, tmp_path):
     ds, split = data
     run_finetune(_ft("finetune"), tmp_path, dataset=ds, split=split, quiet=True)
+    before = (tmp_path / "config.yaml").read_text()
     with pytest.raises(Exception, match=r"train.lr .*--force"):
         run_finetune(_ft("finetune", **{"train.lr": 0.5}), tmp_path, dataset=ds, split=split, quiet=True)
+    assert (tmp_path / "config.yaml").read_text() == before  # the refused config is not left behind
 
 
 def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkeypatch):
