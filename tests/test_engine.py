@@ -142,7 +142,7 @@ def test_accumulation_matches_one_big_batch():
     torch.manual_seed(0)
     base = nn.Linear(5, 3)
     big = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, warmup_steps=0, clip_grad=0.0), [x])
-    acc = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, accumulate=2, warmup_steps=0, clip_grad=0.0),
+    acc = _one_update(_copy(base), _cfg(max_steps=1, batch_size=4, accumulate=2, warmup_steps=0, clip_grad=0.0),
                       [x[:4], x[4:]])
     assert torch.allclose(big, acc, atol=1e-7) and not torch.equal(big, base.weight)
 
