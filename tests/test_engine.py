@@ -225,3 +225,11 @@ def test_prefetch_errors_reach_the_main_thread():
     with pytest.raises(OSError, match="read error"):
         b._prefetched(0)
     b.close()
+
+
+def test_resident_cache_upload_in_chunks_keeps_rows():
+    """The whole-cache-on-GPU path copies chunk by chunk straight from the memmap (no full host copy)."""
+    imgs = _images(10)
+    rows = np.array([7, 1, 4, 9, 0])
+    out = CacheBatches(imgs, 4, "cpu")._upload(rows, chunk=2)
+    assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(imgs[rows]))
