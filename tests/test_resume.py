@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ssl_derm.engine import Engine, Every, load_checkpoint
-from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.run import run_finetune
 
 ROOT = Path(__file__).resolve().parent.parent
