@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 # Sized so that the whole demo stays within 5 minutes on 2 CPU cores.
 BUDGETS = {
-    "full": {"n": 1000, "size": 40, "pretrain_steps": 160, "batch": 64, "seeds": [0, 1], "seg_n": 150},
+    "full": {"n": 1200, "size": 48, "pretrain_steps": 200, "batch": 64, "seeds": [0, 1], "seg_n": 200},
     "quick": {"n": 160, "size": 32, "pretrain_steps": 4, "batch": 16, "seeds": [0], "seg_n": 24},
 }
 

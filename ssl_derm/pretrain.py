@@ -1,4 +1,4 @@
-"""``ssl-derm pretrain``: config -> data cache -> encoder + method -> fit -> exported encoder.
+"""``ssl-derm pretrain``: config -> data cache -> encoder + method -> the engine -> exported encoder.
 
 The run folder gets ``config.yaml``, ``version.json``, ``metrics.json``, ``checkpoints/last.pt``,
 ``tb/`` (TensorBoard) and ``encoder.safetensors`` (+ ``encoder.json``), which plain timm loads with
@@ -10,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ssl_derm.augment import build_preset, denormalize
-from ssl_derm.config import PretrainConfig
+from ssl_derm.config import PretrainConfig, to_dict
 from ssl_derm.data import load_dataset
 from ssl_derm.data.splits import Split
 from ssl_derm.encoders import create_encoder, export_encoder
-from torch import nn
-
-from ssl_derm.config import to_dict
-from ssl_derm.engine import CacheBatches, Engine, Every, Hook, Logger
+from ssl_derm.engine import CacheBatches, Engine, Hook, Logger
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError
 from ssl_derm.methods import build_method
@@ -100,8 +98,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
                            rank=D.rank(), world=D.world_size(), indices=rows)
     logger = Logger(out, enabled=main)
 
-    hooks = [_MethodHooks(method, views_box := {}, logger, cfg.train.image_log_every,
-                          lambda v: denormalize(v, cfg.augment))]
+    views_box = {}  # the step's views, for the image-logging hook
+    hooks = [_MethodHooks(method, views_box, logger, cfg.train.image_log_every, lambda v: denormalize(v, cfg.augment))]
     knn = None
     if use_monitor and main:  # rank 0 only; its history is saved in the checkpoints
         from ssl_derm.monitor import KNNMonitor

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ssl_derm import __version__
-from ssl_derm.config import dump_yaml
+from ssl_derm.config import dump_yaml, to_dict
 from ssl_derm.errors import DeviceError
 
 
@@ -32,8 +32,18 @@ def code_version() -> dict:
 
 
 def prepare_out_dir(out, cfg) -> Path:
-    """Create the run folder and write the resolved config and the code version into it."""
+    """Create the run folder and write the resolved config and the code version into it.
+
+    A folder with checkpoints that this run would resume keeps its config.yaml unless the configs agree
+    (up to the step budget and logging keys): a refused resume must not leave the new config behind."""
     out = Path(out)
+    train = getattr(cfg, "train", None)
+    if (out / "checkpoints").is_dir() and (out / "config.yaml").is_file() and getattr(train, "resume", False):
+        import yaml
+
+        from ssl_derm.engine.resume import check_resume_config
+
+        check_resume_config(out / "checkpoints", yaml.safe_load((out / "config.yaml").read_text()), to_dict(cfg))
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")
     write_json(out / "version.json", code_version())

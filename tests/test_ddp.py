@@ -67,8 +67,6 @@ def test_two_rank_finetune_with_gloo(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["resumed_from_step"] == 0 and m["info"]["steps"] == 4
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert len(ckpt["ranks"]) == 2 and ckpt["world_size"] == 2
-    # a longer budget resumes on both ranks
-    res = _torchrun([*args[:-3], "train.max_steps=6", *args[-2:]], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 4
+    assert len(ckpt["ranks"]) == 2 and ckpt["world_size"] == 2 and ckpt["step"] == 4
+    # each rank drew its own augmentations: their saved RNG states differ
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])

@@ -142,7 +142,7 @@ def test_accumulation_matches_one_big_batch():
     torch.manual_seed(0)
     base = nn.Linear(5, 3)
     big = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, warmup_steps=0, clip_grad=0.0), [x])
-    acc = _one_update(_copy(base), _cfg(max_steps=1, batch_size=8, accumulate=2, warmup_steps=0, clip_grad=0.0),
+    acc = _one_update(_copy(base), _cfg(max_steps=1, batch_size=4, accumulate=2, warmup_steps=0, clip_grad=0.0),
                       [x[:4], x[4:]])
     assert torch.allclose(big, acc, atol=1e-7) and not torch.equal(big, base.weight)
 
@@ -225,3 +225,11 @@ def test_prefetch_errors_reach_the_main_thread():
     with pytest.raises(OSError, match="read error"):
         b._prefetched(0)
     b.close()
+
+
+def test_resident_cache_upload_in_chunks_keeps_rows():
+    """The whole-cache-on-GPU path copies chunk by chunk straight from the memmap (no full host copy)."""
+    imgs = _images(10)
+    rows = np.array([7, 1, 4, 9, 0])
+    out = CacheBatches(imgs, 4, "cpu")._upload(rows, chunk=2)
+    assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(imgs[rows]))

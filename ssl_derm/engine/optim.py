@@ -10,8 +10,9 @@ from ssl_derm.errors import ConfigError
 
 
 def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
-    """Linear scaling rule: ``train.lr`` is the LR for a global batch of 256."""
-    return cfg.lr * cfg.batch_size * world_size / 256
+    """Linear scaling rule: ``train.lr`` is the LR for a global batch of 256 (batch_size x accumulated
+    micro-batches x ranks)."""
+    return cfg.lr * cfg.batch_size * max(getattr(cfg, "accumulate", 1), 1) * world_size / 256
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, layer_decay=None):
