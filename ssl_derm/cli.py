@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package (package data)
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
