@@ -175,4 +175,5 @@ def run_fewmask_seg(ctx) -> dict:
     # scored on the cache's masks (data.image_size square), not at each image's original size
     info = {"n_masks_used": int(len(lab)), "best_step": best_step, "val_history": history,
             "best_val_dice": None if best_state is None else best, "scored_at_px": ctx.image_size}
+    ctx.extras["export"] = {"model": model}  # the selected state, for ssl_derm.serve.export
     return {"seg": scores, "info": info, "pred_masks": pred}

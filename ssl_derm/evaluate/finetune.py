@@ -8,4 +8,7 @@ from ssl_derm.registry import register
 
 @register("protocol", "finetune")
 def run_finetune_protocol(ctx) -> dict:
-    return ClassifierTrainer(ctx).run()
+    trainer = ClassifierTrainer(ctx)
+    out = trainer.run()
+    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
+    return out

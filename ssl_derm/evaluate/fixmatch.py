@@ -113,6 +113,7 @@ class FixMatchTrainer(ClassifierTrainer):
 def run_fixmatch(ctx) -> dict:
     trainer = FixMatchTrainer(ctx)
     out = trainer.run()
+    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
     # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
     out["info"]["mean_mask_rate"] = float(np.mean(trainer.mask_rates)) if trainer.mask_rates else 0.0

@@ -79,6 +79,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
     try:
         result = protocol(ctx)
         metrics = _metrics(ctx, result, logger)
+        from ssl_derm.serve.export import export_protocol_run
+
+        export_protocol_run(ctx, out)  # model.safetensors + model.json, for `ssl-derm predict`
     finally:
         logger.close()
     metrics.update({
