@@ -144,8 +144,15 @@ def test_d4_views_undo_to_the_input():
 def test_unusable_model_folders_are_one_line_errors(synth, tmp_path, capsys):
     with pytest.raises(ModelFileError, match="has no model.json"):
         read_model_json(synth / "synth")
+    from ssl_derm.serve.export import save_model
+
     run = tmp_path / "run"
-    shutil.copytree(synth / "run_linear", run)
+    run.mkdir()
+    net = timm.create_model("test_resnet", num_classes=2)
+    save_model(run, net.state_dict(), {"kind": "classifier", "timm_name": "test_resnet", "image_size": SIZE,
+                                       "mean": [0.5] * 3, "std": [0.25] * 3, "classes": ["a", "b"], "num_classes": 2,
+                                       "head": "timm", "timm_create_kwargs": {}, "protocol": "finetune"})
+    assert load_model(run).predict(np.zeros((3, 40, 50, 3), np.uint8)).shape == (3, 2)
     meta = json.loads((run / "model.json").read_text())
     (run / "model.json").write_text(json.dumps({**meta, "kind": "detector"}))
     with pytest.raises(ModelFileError, match="kind 'detector'"):
@@ -161,3 +168,26 @@ def test_unusable_model_folders_are_one_line_errors(synth, tmp_path, capsys):
     (run / "model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(ModelFileError, match="cannot be read as safetensors"):
         load_model(run)
+
+
+def test_fewmask_unet_and_encoder_segmenter_exports_predict(synth):
+    import ssl_derm
+
+    data = {"data.images": [str(synth / "synth" / "images")], "data.masks": str(synth / "synth" / "masks"),
+            "data.image_size": SIZE, "data.cache_dir": str(synth / "cache"), "device": "cpu",
+            "encoder.name": "test_resnet", "encoder.checkpoint": "none"}
+    run = synth / "fewmask"
+    ssl_derm.finetune("finetune/fewmask_seg", {**data, "split.fraction": 1.0, "train.max_steps": 2, "train.batch_size": 4,
+                                               "protocol.seg_decoder_channels": [8, 8]}, out=str(run))
+    seg = ssl_derm.load_segmenter(run)
+    assert seg.meta["method"] == "fewmask_seg" and seg.meta["arch"]["decoder_widths"] == [8, 8]
+    imgs = [np.asarray(Image.open(p)) for p in sorted((synth / "new").glob("odd_*.png"))]
+    masks = seg.predict(imgs, tta="d4")
+    assert [m.shape for m in masks] == [a.shape[:2] for a in imgs] and all(m.dtype == bool for m in masks)
+    run = synth / "kmeans_features"  # a per-image method that reads an encoder: its weights travel with it
+    ssl_derm.segment("segment/kmeans_features", {**data, "segment.feature_size": 8}, out=str(run))
+    m = json.loads((run / "model.json").read_text())
+    assert m["segmenter"] == "classical" and m["uses_encoder"] and (run / "model.safetensors").is_file()
+    out = synth / "pred_kmeans_features"
+    assert ssl_derm.predict(run, synth / "synth" / "images", out=str(out), overrides=["overlays=0"])["n_images"] == 48
+    _masks_equal(run / "masks", out / "masks", [p.stem for p in (synth / "synth" / "images").glob("*.jpg")])
