@@ -151,7 +151,7 @@ def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, i
     ``segment.component``/``fill_holes`` when the config has a ``segment`` section.
     """
     seg = getattr(cfg, "segment", None)
-    meta = {"kind": "segmenter", "method": method, **_common(cfg, cfg.encoder.name, image_size),
+    meta = {"kind": "segmenter", "method": method, "protocol": method, **_common(cfg, cfg.encoder.name, image_size),
             "segmenter": "net", "timm_loadable": False,
             "arch": {"type": "unet", "encoder": cfg.encoder.name, "decoder_widths": [int(w) for w in widths],
                      "net_size": int(net_size)},
@@ -169,7 +169,8 @@ def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
     weights when it reads one, so ``ssl-derm predict`` re-runs it on new images."""
     from ssl_derm.segment.base import method_name
 
-    meta = {"kind": "segmenter", "method": method_name(cfg.segment.method), "segmenter": "classical",
+    name = method_name(cfg.segment.method)
+    meta = {"kind": "segmenter", "method": name, "protocol": name, "segmenter": "classical",
             **_common(cfg, cfg.encoder.name, cfg.data.image_size), "timm_loadable": False,
             "uses_encoder": encoder is not None, "threshold": 0.5,
             "postprocess": {"clean": True, "component": cfg.segment.component, "fill_holes": cfg.segment.fill_holes,
