@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     if "pretrained" in inits and not Path(args.checkpoint).is_file():
         print(f"no checkpoint at {args.checkpoint}: running the random-init rows only", file=sys.stderr)
         inits = tuple(i for i in inits if i != "pretrained")
-    base = load_finetune_config(ROOT / "configs" / "finetune" / "finetune.yaml", [
+    base = load_finetune_config(ROOT / "ssl_derm" / "configs" / "finetune" / "finetune.yaml", [
         f"data.images=[{data / 'images'}]", f"data.labels={data / 'labels.csv'}", f"data.image_size={args.size}",
         f"encoder.name={args.encoder}", f"device={args.device}", f"train.num_threads={args.threads}",
         "protocol.balance=weighted_loss", "protocol.linear_C=[0.01,0.1,1.0]", *args.overrides])

@@ -44,7 +44,7 @@ def sweep_spec(args) -> dict:
         "common": {"data.image_size": args.size or b["size"], "train.num_threads": b["threads"], "device": args.device},
         "pretrain": {"set": {"data.images": pooled, "train.max_steps": args.steps or b["steps"],
                              "train.batch_size": b["batch"], "train.ckpt_every": 100, "monitor.every_steps": 0}},
-        "finetune": {"config": str(ROOT / "configs" / "finetune" / "linear.yaml"), "set": {
+        "finetune": {"config": str(ROOT / "ssl_derm" / "configs" / "finetune" / "linear.yaml"), "set": {
             "data.images": [str(data / "ham10000" / "images")], "data.labels": str(data / "ham10000" / "labels.csv"),
             "protocol.linear_C": [0.01, 0.1, 1.0]}},
         "grid": {"init": ["pretrained", "random"], "encoder.name": args.encoders.split(","),

@@ -46,7 +46,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs" / "segment"
+CONFIGS = ROOT / "ssl_derm" / "configs" / "segment"
 
 # name -> (config file, extra overrides, default subset size (0 = all images), needs the checkpoint)
 CPU_SELFTRAIN = ["selftrain.image_size=64", "train.max_steps=600"]  # ~8 min per round on 1-2 CPU cores

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package (package data)
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_config: str | None = None, force: bool = False) -> None:
@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", help="image folder with labels.csv (and masks/) instead of the synthetic set")
     p.add_argument("--quick", action="store_true", help="smallest budget (for tests)")
+
+    p = sub.add_parser("predict", help="run an exported classifier or segmenter on image folders")
+    p.add_argument("--model", required=True, help="run folder with model.json (a finetune or segment run)")
+    p.add_argument("--images", required=True, nargs="+", help="image folders (recursive) or files")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv or masks/, bad_files.txt")
+    p.add_argument("--tta", choices=("none", "d4"), help="average over the 8 rotations/flips")
+    p.add_argument("overrides", nargs="*", help="device=cpu, batch_size=64, data.labels=CSV, data.masks=DIR ...")
+
+    cfgs = sub.add_parser("configs", help="the configs shipped with the package").add_subparsers(
+        dest="configs_command", required=True)
+    cfgs.add_parser("list", help="print the names of the packaged configs")
+    cfgs.add_parser("show", help="print one packaged config").add_argument("name", help="e.g. finetune/linear")
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     from ssl_derm.bench import add_arguments
@@ -141,6 +153,19 @@ def _run(args) -> int:
         from ssl_derm.demo import run_demo
 
         run_demo(args.out, data=args.data, quick=args.quick)
+        return 0
+    if args.command == "predict":
+        from ssl_derm.serve.predict import run_predict
+
+        run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
+        return 0
+    if args.command == "configs":
+        from ssl_derm.packaged import CONFIG_DIR, list_configs, show_config
+
+        if args.configs_command == "list":
+            print(f"# {CONFIG_DIR}\n" + "\n".join(list_configs()))
+        else:
+            print(show_config(args.name), end="")
         return 0
     if args.command == "bench":
         from ssl_derm.bench import run_from_args

@@ -212,7 +212,9 @@ def set_nested(d: dict, path: list, value) -> None:
 
 
 def read_yaml(path) -> dict:
-    p = Path(path)
+    from ssl_derm.packaged import resolve_config
+
+    p = resolve_config(path)  # a file, or a packaged name such as finetune/linear
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist")
     try:

@@ -18,7 +18,7 @@ import yaml
 from ssl_derm.config import load_config
 from ssl_derm.sweep import run_sweep
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package (package data)
 
 # Sized so that the whole demo stays within 5 minutes on 2 CPU cores.
 BUDGETS = {

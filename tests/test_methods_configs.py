@@ -12,7 +12,7 @@ from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import build_method
 from ssl_derm.registry import get, names
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs" / "pretrain").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "ssl_derm" / "configs" / "pretrain").glob("*.yaml"))
 SMALL = ("resnet18", "vit_tiny_patch16_224")
 SHRINK = ["data.image_size=32", "method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
           "method.dino_out_dim=32", "method.decoder_dim=32", "method.decoder_depth=1", "method.mask_patch_size=16",

@@ -17,7 +17,7 @@ from ssl_derm.encoders import create_encoder
 from ssl_derm.registry import names, settings_class
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "ssl_derm" / "configs" / "pretrain").glob("*.yaml"))
 
 
 def _tiny(tmp_path, method="simclr", **extra):
@@ -136,7 +136,7 @@ def test_dino_exports_its_teacher_when_asked(tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(ROOT / "configs/pretrain/dino_resnet18.yaml"), "--out", str(out),
+    assert main(["pretrain", "--config", str(ROOT / "ssl_derm/configs/pretrain/dino_resnet18.yaml"), "--out", str(out),
                  *_tiny(tmp_path, "dino", **{"monitor.every_steps": 0, "train.max_steps": 3})]) == 0
     exported = load_file(str(out / "encoder.safetensors"))
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]

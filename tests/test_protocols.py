@@ -388,7 +388,7 @@ def test_label_efficiency_differences_are_paired_by_seed(tmp_path):
 def test_every_protocol_has_a_config_file():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "configs" / "finetune"
+    folder = Path(__file__).resolve().parent.parent / "ssl_derm" / "configs" / "finetune"
     for name in names("protocol"):
         cfg = load_finetune_config(folder / f"{name}.yaml")
         assert cfg.protocol.name == name
@@ -400,7 +400,7 @@ def test_cli_finetune_on_builtin_synthetic_set(tmp_path):
     out = tmp_path / "run"
     from pathlib import Path
 
-    config = Path(__file__).resolve().parent.parent / "configs" / "finetune" / "knn.yaml"
+    config = Path(__file__).resolve().parent.parent / "ssl_derm" / "configs" / "finetune" / "knn.yaml"
     rc = main(["finetune", "--config", str(config), "--out", str(out), f"data.cache_dir={tmp_path / 'cache'}",
                "data.synthetic_n=120", f"data.image_size={SIZE}", f"encoder.name={ENCODER}", "encoder.checkpoint=none",
                "split.fraction=0.25", "seed=0", "device=cpu"])

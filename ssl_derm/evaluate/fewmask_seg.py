@@ -196,4 +196,5 @@ def run_fewmask_seg(ctx) -> dict:
             "val_history": best.history if best else [],
             "best_val_dice": None if best is None or best.state is None else best.best, "scored_at_px": ctx.image_size,
             "resumed_from_step": summary["resumed_from"]}
+    ctx.extras["export"] = {"model": model}  # the selected state, for ssl_derm.serve.export
     return {"seg": scores, "info": info, "pred_masks": pred}

@@ -17,4 +17,7 @@ class FinetuneSettings(Trained, Balanced, LinearProbe, ProtocolSettings):
 
 @register("protocol", "finetune", settings=FinetuneSettings)
 def run_finetune_protocol(ctx) -> dict:
-    return ClassifierTrainer(ctx).run()
+    trainer = ClassifierTrainer(ctx)
+    out = trainer.run()
+    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
+    return out

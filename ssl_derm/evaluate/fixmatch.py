@@ -172,6 +172,7 @@ class FixMatchSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolS
 def run_fixmatch(ctx) -> dict:
     trainer = FixMatchTrainer(ctx)
     out = trainer.run()
+    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
     # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
     rate = trainer.mask_rate

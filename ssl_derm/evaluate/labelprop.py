@@ -97,6 +97,7 @@ def run_labelprop(ctx) -> dict:
         feats["val"], ctx.labels("val"), k_cls, ctx.dataset.classes)
     probs = {side: predict_probs(scaler, clf, feats[side], k_cls) for side in ("val", "test") if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
+    ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
     n_unl = len(conf)
     info = {"C": C, "val_balanced_accuracy_by_C": search, "k": p.labelprop_k, "alpha": p.labelprop_alpha,
             "threshold": p.labelprop_threshold, "n_unlabeled": int(n_unl), "n_pseudo_labelled": int(keep.sum()),

@@ -116,5 +116,6 @@ def run_linear(ctx) -> dict:
     C, search, scaler, clf = fit_probe(ctx, feats)
     probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ("val", "test") if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
+    ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
     return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search,
                                      "balanced_class_weight": ctx.cfg.protocol.balance != "none"}}

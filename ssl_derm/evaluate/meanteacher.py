@@ -108,6 +108,7 @@ class MeanTeacherSettings(SemiSupervised, Trained, Balanced, LinearProbe, Protoc
 def run_meanteacher(ctx) -> dict:
     trainer = MeanTeacherTrainer(ctx)
     out = trainer.run()
+    ctx.extras["export"] = {"model": trainer.eval_model()}  # the teacher it scored, for ssl_derm.serve.export
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
     if trainer.note:
         out["info"]["note"] = trainer.note

@@ -84,6 +84,10 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     try:
         result = protocol(ctx)
         metrics = _metrics(ctx, result, logger) if main else {}
+        if main:
+            from ssl_derm.serve.export import export_protocol_run
+
+            export_protocol_run(ctx, out)  # model.safetensors + model.json, for `ssl-derm predict`
     finally:
         logger.close()
     metrics.update({

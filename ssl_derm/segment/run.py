@@ -131,6 +131,7 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
     stages = {name: {"n_images": len(rows), "seconds_per_image": seconds / max(len(rows), 1)}}
     resumed = 0
     results = {name: masks}  # masks of every stage are scored; scores are only needed by the next round
+    model = None
     for r in range(1, cfg.selftrain.rounds + 1):
         from ssl_derm.segment.selftrain import predict_round, train_round
 
@@ -142,6 +143,9 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
         stages[stage] = {"n_images": len(rows), "seconds_per_image": (time.perf_counter() - t0) / max(len(rows), 1)}
         results[stage] = masks
     final = list(stages)[-1]
+    from ssl_derm.serve.export import export_segment_run
+
+    export_segment_run(out, cfg, ds.image_size, model, encoder)  # model.json (+ weights) for `ssl-derm predict`
     if cfg.segment.write_masks:
         write_masks(out / "masks", ids, results[final], sizes, cfg.segment.upsample)
 

@@ -1,0 +1,100 @@
+"""An exported classifier as one ``nn.Module``: a timm classifier, an encoder + linear probe on several
+stages, or an encoder + weighted-kNN feature bank (see :mod:`ssl_derm.serve.export` for the file layout).
+
+``forward(x)``: (B, 3, S, S) normalised float -> (B, K) logits (kNN: log vote shares), so
+``softmax(forward(x))`` are the class probabilities the run computed. ``predict(images)`` takes uint8
+images of any size and does the rest.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_derm.serve.loaders import d4_views, load_strict, square_uint8
+
+
+def _timm(meta: dict, num_classes: int) -> nn.Module:
+    import timm
+
+    kwargs = dict(meta.get("timm_create_kwargs") or {})
+    kwargs["num_classes"] = num_classes
+    return timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+
+
+class Classifier(nn.Module):
+    """Attributes: ``classes`` (names in output order), ``image_size``, ``meta`` (model.json), ``tta``
+    (the model's own view averaging; ``predict(..., tta="d4")`` adds it to any model)."""
+
+    def __init__(self, meta: dict, state: dict):
+        super().__init__()
+        from ssl_derm.encoders import Encoder
+
+        self.meta, self.head_kind = meta, meta["head"]
+        self.classes = [str(c) for c in meta["classes"]]
+        self.num_classes = int(meta["num_classes"])
+        self.image_size = int(meta["image_size"])
+        self.stages = int(meta.get("feature_stages", 1))
+        self.tta = meta.get("feature_tta", "none")
+        self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if self.head_kind == "timm":
+            self.net = _timm(meta, self.num_classes)
+            load_strict(self.net, state, f"timm classifier '{meta['timm_name']}'")
+            return
+        enc_state = {k: v for k, v in state.items() if not k.startswith(("probe.", "knn."))}
+        model = _timm(meta, 0)
+        load_strict(model, enc_state, f"timm encoder '{meta['timm_name']}'")
+        self.encoder = Encoder(model, meta["timm_name"], self.image_size)
+        if self.head_kind == "linear":
+            w = state["probe.weight"]
+            self.probe = nn.Linear(w.shape[1], w.shape[0])
+            load_strict(self.probe, {"weight": w, "bias": state["probe.bias"]}, "linear probe")
+        else:  # knn
+            self.register_buffer("bank", state["knn.bank"].float())
+            self.register_buffer("bank_labels", state["knn.labels"].long())
+            cw = state.get("knn.class_weights")
+            self.register_buffer("class_weights", cw.float() if cw is not None else None)
+            self.k, self.temperature = int(meta["knn_k"]), float(meta["knn_temperature"])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> normalised float32, as the run's ``ssl_derm.augment.normalize``."""
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def _features(self, x: torch.Tensor, tta: str) -> torch.Tensor:
+        views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
+        return sum(self.encoder.pooled_stages(v, self.stages).float() for v in views) / len(views)
+
+    def forward(self, x: torch.Tensor, tta: Optional[str] = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised -> (B, K) logits, averaged over ``tta`` views (default: the model's own)."""
+        tta = self.tta if tta in (None, "none") else tta
+        if self.head_kind == "timm":  # a linear head: the mean of the views' logits = the probe on mean features
+            views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
+            return sum(self.net(v).float() for v in views) / len(views)
+        f = self._features(x, tta)
+        if self.head_kind == "linear":
+            return self.probe(f)
+        from ssl_derm.evaluate.knn import weighted_knn_probs
+
+        p = weighted_knn_probs(self.bank, self.bank_labels, f, self.num_classes, self.k, self.temperature,
+                               self.class_weights)
+        return p.clamp_min(1e-12).log()
+
+    @torch.no_grad()
+    def predict_batch(self, x_uint8: torch.Tensor, tta: Optional[str] = None) -> torch.Tensor:
+        """uint8 (B, 3, S, S) on any device -> (B, K) float32 probabilities on the CPU."""
+        dev = self.mean.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = self(self.normalize(x_uint8.to(dev)), tta)
+        return logits.float().softmax(1).cpu()
+
+    @torch.no_grad()
+    def predict(self, images, tta: Optional[str] = None, batch_size: int = 64) -> np.ndarray:
+        """uint8 images ((N,H,W,3) array or list of (H_i,W_i,3)) -> (N, K) probabilities, columns as
+        :attr:`classes`; each image is resized to ``image_size`` as the run's cache did."""
+        arr, _ = square_uint8(images, self.image_size)
+        out = [self.predict_batch(torch.from_numpy(arr[i:i + batch_size]).permute(0, 3, 1, 2), tta)
+               for i in range(0, len(arr), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes), np.float32)

@@ -1,0 +1,203 @@
+"""Trained models leave the run folder as ``model.safetensors`` + ``model.json``.
+
+``model.json`` (``format_version`` 1) always holds ``kind`` (classifier | segmenter), ``protocol`` (or
+segmenter ``method``), ``image_size`` (the square size images are decoded at, as in the run's cache),
+``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
+init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
+
+- ``timm``: the safetensors file is a whole timm classifier (finetune, FixMatch, the mean teacher's
+  teacher, and the linear/label-spreading probe folded into the timm head when the probe read the pooled
+  output). ``timm_create_kwargs`` are what :func:`timm.create_model` needs. timm drops a head whose class
+  count differs from the pretrained config's (1000) unless the overlay says ``num_classes`` too, so::
+
+      timm.create_model(m["timm_name"], pretrained=True, **m["timm_create_kwargs"],
+                        pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=m["num_classes"]))
+
+- ``linear``: the probe read several stages (``feature_stages`` > 1), which no timm head can: the file
+  holds the encoder (timm keys, no classifier) and ``probe.weight``/``probe.bias``; ``timm_loadable`` false.
+- ``knn``: the encoder plus ``knn.bank`` (N, D) L2-normalised features, ``knn.labels`` (N,) and
+  ``knn.class_weights`` (K,) when the run balanced classes; ``knn_k`` and ``knn_temperature``.
+
+``feature_tta`` (none | d4) is part of the model: predict averages over those views (logits for a timm
+head, which equals the probe on averaged features; features for ``linear``/``knn``).
+Segmenters: ``net`` (the self-training or few-mask U-Net: ``arch`` rebuilds
+:class:`ssl_derm.evaluate.fewmask_seg.SegModel`) or ``classical`` (``segment_config`` re-runs the method).
+Files are written to a temp name and renamed; ``model.json`` goes last, so its presence means complete.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ssl_derm.config import to_dict
+from ssl_derm.runs import write_json
+
+FORMAT_VERSION = 1
+TIMM_HEAD_PROTOCOLS = ("finetune", "fixmatch", "meanteacher")
+PROBE_PROTOCOLS = ("linear", "labelprop")
+
+
+def encoder_sha256(checkpoint: Optional[str]) -> Optional[str]:
+    """sha256 of the encoder file a run loaded (a folder means its encoder.safetensors); None for random init."""
+    if not checkpoint or str(checkpoint).lower() == "none":
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
+    """Constructor kwargs a timm model needs besides its name: ``img_size`` for ViT-like models."""
+    params = inspect.signature(type(model).__init__).parameters
+    return {"img_size": int(image_size)} if "img_size" in params else {}
+
+
+def save_model(out_dir, tensors: Dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write ``model.safetensors`` (when ``tensors``) and then ``model.json`` atomically; returns model.json."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    st = out / "model.safetensors"
+    if tensors:
+        tmp = st.with_name(st.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"kind": meta["kind"], "format_version": str(FORMAT_VERSION)})
+        os.replace(tmp, st)
+    elif st.exists():  # a classical segmenter has no weights; a stale file from an earlier run must not linger
+        st.unlink()
+    write_json(out / "model.json", {"format_version": FORMAT_VERSION, **meta,
+                                    "files": ["model.safetensors"] if tensors else []})
+    return out / "model.json"
+
+
+def _common(cfg, encoder_name: str, image_size: int) -> dict:
+    return {"timm_name": encoder_name, "image_size": int(image_size), "mean": list(cfg.augment.mean),
+            "std": list(cfg.augment.std), "encoder_checkpoint": cfg.encoder.checkpoint,
+            "encoder_sha256": encoder_sha256(cfg.encoder.checkpoint)}
+
+
+def _encoder_state(encoder) -> Dict[str, torch.Tensor]:
+    """The timm keys of an :class:`ssl_derm.encoders.Encoder` (no classifier)."""
+    return dict(encoder.model.state_dict())
+
+
+def export_classifier(ctx, out_dir) -> Optional[Path]:
+    """Export the classifier a finished protocol left in ``ctx.extras["export"]`` (see the protocols);
+    returns model.json's path, or None for a protocol that trains no classifier."""
+    cfg, p = ctx.cfg, ctx.cfg.protocol
+    got = ctx.extras.get("export")
+    if got is None:
+        return None
+    meta = {"kind": "classifier", "protocol": p.name, **_common(cfg, ctx.encoder.name, ctx.image_size),
+            "classes": [str(c) for c in ctx.dataset.classes], "num_classes": ctx.n_classes,
+            "feature_stages": 1, "feature_tta": "none", "fraction": cfg.split.fraction, "seed": cfg.seed}
+    if p.name in TIMM_HEAD_PROTOCOLS:
+        model = got["model"]
+        tensors = dict(model.state_dict())
+        meta.update(head="timm", timm_loadable=True,
+                    timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
+        return save_model(out_dir, tensors, meta)
+    meta.update(feature_stages=int(p.feature_stages), feature_tta=p.feature_tta)
+    if p.name in PROBE_PROTOCOLS:
+        from ssl_derm.evaluate.linear import probe_as_linear_layer
+
+        weight, bias = probe_as_linear_layer(got["scaler"], got["clf"], ctx.n_classes)
+        weight, bias = torch.from_numpy(weight), torch.from_numpy(bias)
+        if p.feature_stages == 1:
+            model = copy.deepcopy(ctx.encoder.model).cpu()
+            model.reset_classifier(ctx.n_classes)
+            head = model.get_classifier()
+            if isinstance(head, torch.nn.Linear) and tuple(head.weight.shape) == tuple(weight.shape):
+                with torch.no_grad():
+                    head.weight.copy_(weight)
+                    head.bias.copy_(bias)
+                meta.update(head="timm", timm_loadable=True,
+                            timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
+                return save_model(out_dir, dict(model.state_dict()), meta)
+        # several stages (or a timm head that is not one linear layer): the probe rides beside the encoder
+        tensors = {**_encoder_state(ctx.encoder), "probe.weight": weight, "probe.bias": bias}
+        meta.update(head="linear", timm_loadable=False,
+                    timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
+        return save_model(out_dir, tensors, meta)
+    if p.name == "knn":
+        tensors = {**_encoder_state(ctx.encoder), "knn.bank": got["bank"].float(),
+                   "knn.labels": torch.as_tensor(got["labels"], dtype=torch.int64)}
+        if got.get("class_weights") is not None:
+            tensors["knn.class_weights"] = got["class_weights"].float()
+        meta.update(head="knn", timm_loadable=False, knn_k=int(got["k"]), knn_temperature=float(got["temperature"]),
+                    timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
+        return save_model(out_dir, tensors, meta)
+    raise ValueError(f"protocol '{p.name}' left a model to export but the exporter does not know it")
+
+
+def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, image_size: int,
+                   threshold: float, clean: bool, extra: Optional[dict] = None) -> Path:
+    """Export a :class:`SegModel` (self-training or few-mask U-Net).
+
+    ``image_size``: the size images are decoded at (the cache); ``net_size``: the size the network runs
+    at; scores are resized back to ``image_size``, thresholded, and (``clean``) cleaned up with
+    ``segment.component``/``fill_holes`` when the config has a ``segment`` section.
+    """
+    seg = getattr(cfg, "segment", None)
+    meta = {"kind": "segmenter", "method": method, "protocol": method, **_common(cfg, cfg.encoder.name, image_size),
+            "segmenter": "net", "timm_loadable": False,
+            "arch": {"type": "unet", "encoder": cfg.encoder.name, "decoder_widths": [int(w) for w in widths],
+                     "net_size": int(net_size)},
+            "threshold": float(threshold),
+            "postprocess": {"clean": bool(clean and seg is not None),
+                            "component": seg.component if seg is not None else "all",
+                            "fill_holes": bool(seg.fill_holes) if seg is not None else False,
+                            "upsample": seg.upsample if seg is not None else "bilinear"}}
+    meta.update(extra or {})
+    return save_model(out_dir, dict(model.state_dict()), meta)
+
+
+def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
+    """A per-image segmenter (contrast_em, Otsu, k-means, Gharawi-style...): its settings, and the encoder's
+    weights when it reads one, so ``ssl-derm predict`` re-runs it on new images."""
+    from ssl_derm.segment.base import method_name
+
+    name = method_name(cfg.segment.method)
+    meta = {"kind": "segmenter", "method": name, "protocol": name, "segmenter": "classical",
+            **_common(cfg, cfg.encoder.name, cfg.data.image_size), "timm_loadable": False,
+            "uses_encoder": encoder is not None, "threshold": 0.5,
+            "postprocess": {"clean": True, "component": cfg.segment.component, "fill_holes": cfg.segment.fill_holes,
+                            "upsample": cfg.segment.upsample},
+            "segment_config": {k: v for k, v in to_dict(cfg).items() if k not in ("data",)}}
+    meta["segment_config"]["data"] = {"image_size": int(cfg.data.image_size)}
+    if encoder is not None:
+        meta["timm_create_kwargs"] = {"num_classes": 0, **timm_kwargs(encoder.model, cfg.data.image_size)}
+    return save_model(out_dir, _encoder_state(encoder) if encoder is not None else {}, meta)
+
+
+def export_protocol_run(ctx, out_dir) -> Optional[Path]:
+    """``ssl-derm finetune``'s export: the few-mask U-Net or the classifier a protocol left in ``ctx.extras``."""
+    p = ctx.cfg.protocol
+    if p.name == "fewmask_seg" and "export" in ctx.extras:
+        return export_seg_net(out_dir, ctx.cfg, ctx.extras["export"]["model"], method="fewmask_seg",
+                              net_size=ctx.image_size, widths=p.seg_decoder_channels, image_size=ctx.image_size,
+                              threshold=p.seg_threshold, clean=False)
+    return export_classifier(ctx, out_dir)
+
+
+def export_segment_run(out_dir, cfg, image_size: int, net=None, encoder=None) -> Path:
+    """``ssl-derm segment``'s export: the last self-training round's U-Net when there is one, else the
+    per-image method with its settings (and its encoder when it reads one)."""
+    if net is not None:
+        st = cfg.selftrain
+        return export_seg_net(out_dir, cfg, net, method=f"selftrain_{st.rounds}", net_size=st.image_size,
+                              widths=st.decoder_widths, image_size=image_size, threshold=0.5, clean=True,
+                              extra={"pseudo_masks_from": cfg.segment.method})
+    return export_classical_segmenter(out_dir, cfg, encoder)
