@@ -42,9 +42,9 @@ def test_load_config_takes_paths_names_dicts_and_dataclasses():
     from ssl_derm.config import ConfigError
 
     a = ssl_derm.load_config(ROOT / "configs" / "finetune" / "knn.yaml", ["seed=2"])
-    b = ssl_derm.load_config("finetune/knn", {"seed": 2, "protocol.linear_C": [0.5, 2.0]})
+    b = ssl_derm.load_config("finetune/knn", {"seed": 2, "protocol.knn_k": 7})
     assert type(a).__name__ == "FinetuneConfig" and a.protocol.name == b.protocol.name == "knn" and a.seed == b.seed == 2
-    assert b.protocol.linear_C == [0.5, 2.0]
+    assert b.protocol.knn_k == 7
     c = ssl_derm.load_config(b, {"split.fraction": 0.25})
     assert c.split.fraction == 0.25 and c.protocol.name == "knn"
     assert ssl_derm.load_config({"segment": {"method": "otsu_blue"}}, kind="segment").segment.method == "otsu_blue"

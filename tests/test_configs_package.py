@@ -39,7 +39,7 @@ def test_configs_list_and_show(capsys):
     assert set(list_configs()) <= set(listed) and "pretrain/simclr_resnet18" in listed
     assert main(["configs", "show", "segment/selftrain"]) == 0
     assert capsys.readouterr().out == (CONFIG_DIR / "segment" / "selftrain.yaml").read_text()
-    assert main(["configs", "show", "segment/selftrian"]) == 1
+    assert main(["configs", "show", "segment/selftrian"]) == 2  # a config error
     err = capsys.readouterr().err
     assert "no packaged config 'segment/selftrian'" in err and "segment/selftrain" in err
 

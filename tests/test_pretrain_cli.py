@@ -129,7 +129,7 @@ def test_exclude_split_keeps_test_images_out_of_pretraining(tmp_path, monkeypatc
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_excluded"] == 10 and m["n_images"] == 38
     assert seen and not seen & set(test_ids)
-    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path), f"data.exclude_split={tmp_path / 'nope.json'}"]) == 1
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path), f"data.exclude_split={tmp_path / 'nope.json'}"]) == 2  # a config error
 
 
 def test_dino_exports_its_teacher_when_asked(tmp_path):

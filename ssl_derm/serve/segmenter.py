@@ -84,7 +84,9 @@ class Segmenter(nn.Module):
             dev = self.mean.device
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 return self(x.to(dev)).float()
-        _, masks = self.segmenter.predict(x.permute(0, 2, 3, 1).cpu().numpy())
+        from ssl_derm.segment.run import predict_batch  # prepare -> segment -> refine -> clean up
+
+        _, masks = predict_batch(self.segmenter, x.permute(0, 2, 3, 1).cpu().numpy())
         return torch.from_numpy(masks.astype(np.float32))[:, None]
 
     @torch.no_grad()
