@@ -38,6 +38,7 @@ class DataConfig:
 class EncoderConfig:
     name: str = "resnet18"
     checkpoint: Optional[str] = None  # exported encoder (.safetensors/.pth) or "none"
+    init: str = "none"  # starting weights: none | timm (timm's own, downloaded on request) | PATH (a timm state dict)
     pretrained: bool = False  # hub weights cannot be downloaded: True is an error
     drop_path_rate: float = 0.0
 

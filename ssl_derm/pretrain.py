@@ -62,7 +62,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     if main:
         D.barrier()
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
-                             cfg.encoder.pretrained, cfg.encoder.drop_path_rate)
+                             cfg.encoder.pretrained, cfg.encoder.drop_path_rate, init=cfg.encoder.init)
     method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
     exported = export_target(method, cfg.method.export)
     preset = cfg.augment.preset or method.default_preset

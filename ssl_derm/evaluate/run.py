@@ -67,7 +67,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=redraw)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
-                             drop_path_rate=cfg.encoder.drop_path_rate).to(device)
+                             drop_path_rate=cfg.encoder.drop_path_rate, init=cfg.encoder.init).to(device)
     from ssl_derm.engine.logger import Logger
 
     logger = Logger(out)
