@@ -117,8 +117,9 @@ def create_encoder(
     ``init`` (PATH | "timm" | "none"/None; see :mod:`ssl_derm.encoder_init`)."""
     if pretrained:
         raise EncoderError(
-            "encoder.pretrained=true asks for hub weights, and none can be downloaded here; "
-            "pretrain one with `ssl-derm pretrain` and pass encoder.checkpoint=PATH instead"
+            "encoder.pretrained=true is not how starting weights are asked for: set encoder.init=timm (timm's own "
+            "weights, online) or encoder.init=PATH (a local timm state dict), or encoder.checkpoint=PATH for an "
+            "encoder exported by `ssl-derm pretrain`"
         )
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
