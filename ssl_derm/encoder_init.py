@@ -67,7 +67,8 @@ def check_keys(state: Dict[str, torch.Tensor], model: nn.Module, path: Path, nam
     if bad:
         example = (missing + unknown + shape)[0]
         raise EncoderError(
-            f"encoder.init '{path}': {bad} of {len(own)} keys do not match timm model '{name}' ({len(missing)} missing, "
+            f"encoder.init '{path}': {bad} of {len(own)} keys do not match timm model '{name}' "
+            f"({len(missing)} missing, "
             f"{len(unknown)} unknown, {len(shape)} of another shape; e.g. '{example}'). Give a state dict of "
             f"timm.create_model('{name}'), or set encoder.name to the model it came from")
     return state
@@ -109,7 +110,8 @@ def create_timm_pretrained(name: str, create, **kwargs) -> nn.Module:
         with _hub_offline(offline):
             return create(name, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001  (network, cache and hub errors all mean: no weights here)
-        where = "the machine is offline and they are not in the Hugging Face cache" if offline else "the download failed"
+        where = ("the machine is offline and they are not in the Hugging Face cache" if offline
+                 else "the download failed")
         raise EncoderError(f"encoder.init=timm: timm's pretrained weights for '{name}' cannot be loaded ({where}: "
                            f"{type(e).__name__}). Run once where the hub is reachable, or give encoder.init=PATH "
                            "to a local state dict") from None

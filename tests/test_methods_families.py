@@ -89,3 +89,32 @@ def test_swav_frozen_prototypes_get_zero_gradient_and_queue_fills():
     assert float(proto.grad.abs().sum()) > 0 and torch.isfinite(loss)
     unit = m.prototypes.heads[0].weight.norm(dim=1)
     assert torch.allclose(unit, torch.ones_like(unit), atol=1e-5)  # normalised at the start of each step
+
+
+def test_ibot_patch_term_by_hand():
+    """loss(w) - loss(0) = w x the cross-entropy over masked patches only, each image weighted by 1/its count."""
+    from ssl_derm.methods.base import vit_tokens
+
+    torch.manual_seed(0)
+    enc = create_encoder(VIT, 32)
+    m = build_method(tiny_cfg("ibot", ibot_mask_prob=1.0), enc, 10).eval()
+    views = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    centres = {k: v.clone() for k, v in m.state_dict().items() if "center" in k}
+
+    def loss_at(w):
+        m.cfg.patch_loss_weight = w
+        m.load_state_dict(centres, strict=False)
+        torch.manual_seed(4)
+        return float(m.training_step(views, 0)[0])
+
+    with torch.no_grad():
+        torch.manual_seed(4)
+        mask = m.random_mask(6, 2, 2, "cpu")
+        glob = torch.cat(views)
+        t = m.teacher_head(vit_tokens(m.teacher_encoder, glob)[:, 1:][mask.flatten(1)])
+        s = m.head(vit_tokens(enc, glob, mask=mask.flatten(1), mask_token=m.mask_token)[:, 1:][mask.flatten(1)])
+        ce = -(torch.softmax(t / m.teacher_temp(0), -1) * torch.log_softmax(s / m.cfg.student_temp, -1)).sum(-1)
+        per_image = mask.flatten(1).sum(1).float()
+        weight = (1 / per_image).repeat_interleave(per_image.long())  # masked tokens come image by image
+        expected = 1.5 * float((ce * weight).sum() / 6)
+    assert loss_at(1.5) - loss_at(0.0) == pytest.approx(expected, rel=1e-4, abs=1e-5)
