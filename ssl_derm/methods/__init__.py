@@ -1,9 +1,8 @@
-"""Self-supervised methods, one registered file each: simclr, mocov3, byol, dino, mae,
-simmim, barlowtwins, vicreg, swav, ibot.
+"""Self-supervised methods, one registered file each: simclr, mocov3, byol, dino, mae, simmim.
 
 ``build_method(method_cfg, encoder, max_steps)`` -> a ``Method``; see ``methods/base.py`` for the interface.
 """
 from ssl_derm.methods.base import Method, MethodError, build_method
-from ssl_derm.methods import barlowtwins, byol, dino, ibot, mae, mocov3, simclr, simmim, swav, vicreg  # noqa: F401,E501
+from ssl_derm.methods import byol, dino, mae, mocov3, simclr, simmim  # noqa: F401  (registration)
 
 __all__ = ["Method", "MethodError", "build_method"]
