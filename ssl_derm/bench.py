@@ -52,9 +52,12 @@ def _timed(fn: Callable[[int], int], steps: int, warmup: int, device: torch.devi
 def _lightly_transform(method: str, image_size: int, aug: AugmentConfig, local: int):
     from lightly.transforms import DINOTransform, MAETransform, SimCLRTransform
 
-    if method == "dino":
+    from ssl_derm.registry import get
+
+    preset = get("method", method).default_preset  # the lightly transform that makes the same kind of views
+    if preset == "multi_crop":
         return DINOTransform(global_crop_size=image_size, local_crop_size=local, n_local_views=aug.n_local_crops)
-    if method in ("mae", "simmim"):
+    if preset == "masked":
         return MAETransform(input_size=image_size)
     return SimCLRTransform(input_size=image_size)
 

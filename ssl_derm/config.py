@@ -38,6 +38,7 @@ class DataConfig:
 class EncoderConfig:
     name: str = "resnet18"
     checkpoint: Optional[str] = None  # exported encoder (.safetensors/.pth) or "none"
+    init: str = "none"  # starting weights: none | timm (timm's own, downloaded on request) | PATH (a timm state dict)
     pretrained: bool = False  # hub weights cannot be downloaded: True is an error
     drop_path_rate: float = 0.0
 
@@ -89,6 +90,7 @@ class AugmentConfig:
     blur_sigma_max: float = 2.0
     padding_mode: str = "reflection"  # what rotated/cropped views see outside the image: reflection | zeros | border
     masked_crop_scale_min: float = 0.5  # "masked" preset (MAE/SimMIM): light crops that keep most of the lesion
+    lesion_crop_p: float = 0.0  # pretraining: share of views whose crop is moved to keep the lesion centre in frame
     weak_crop_scale_min: float = 0.8  # "weak_strong" preset: the weak view is nearly the whole image
     strong_magnitude: float = 2.0  # strong view: brightness/contrast/saturation jitter times this (hue stays mild)
     strong_solarize_p: float = 0.2

@@ -1,7 +1,9 @@
 """timm encoders behind one small interface: pooled features, dense feature maps, ``num_features``.
 
 Any timm model name works. Weights are random unless ``checkpoint`` names an encoder exported by
-``ssl-derm pretrain`` (a timm state dict in safetensors); nothing is ever downloaded.
+``ssl-derm pretrain`` (a timm state dict in safetensors) or ``init`` names starting weights
+(``encoder.init``: a local timm state dict, or ``timm`` for timm's own weights, the only case where
+anything is downloaded, and only when asked; see ``encoder_init.py``).
 """
 from __future__ import annotations
 
@@ -109,12 +111,15 @@ def create_encoder(
     checkpoint: Optional[str] = None,
     pretrained: bool = False,
     drop_path_rate: float = 0.0,
+    init: Optional[str] = None,
 ) -> Encoder:
-    """Build a randomly initialised timm encoder, or load an exported one from ``checkpoint``."""
+    """Build a randomly initialised timm encoder, load an exported one from ``checkpoint``, or start from
+    ``init`` (PATH | "timm" | "none"/None; see :mod:`ssl_derm.encoder_init`)."""
     if pretrained:
         raise EncoderError(
-            "encoder.pretrained=true asks for hub weights, and none can be downloaded here; "
-            "pretrain one with `ssl-derm pretrain` and pass encoder.checkpoint=PATH instead"
+            "encoder.pretrained=true is not how starting weights are asked for: set encoder.init=timm (timm's own "
+            "weights, online) or encoder.init=PATH (a local timm state dict), or encoder.checkpoint=PATH for an "
+            "encoder exported by `ssl-derm pretrain`"
         )
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
@@ -122,7 +127,14 @@ def create_encoder(
     kwargs = dict(num_classes=0, img_size=img_size)
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    if checkpoint and str(checkpoint).lower() != "none":
+    init = None if init is None or str(init).lower() in ("", "none") else str(init)
+    given = checkpoint and str(checkpoint).lower() != "none"
+    if init and given:
+        raise EncoderError(f"encoder.init '{init}' and encoder.checkpoint '{checkpoint}' are both set; set one: "
+                           "checkpoint for an encoder exported by ssl-derm, init for starting weights")
+    if init:
+        model = _from_init(name, init, kwargs)
+    elif given:
         path = Path(checkpoint)
         if path.is_dir():
             path = path / "encoder.safetensors"
@@ -135,6 +147,23 @@ def create_encoder(
     else:
         model = _create(name, pretrained=False, **kwargs)
     return Encoder(model, name, img_size)
+
+
+def _from_init(name: str, init: str, kwargs: dict) -> nn.Module:
+    from ssl_derm import encoder_init
+
+    if init == "timm":
+        return encoder_init.create_timm_pretrained(name, _create, **kwargs)
+    path = Path(init).expanduser()
+    if not path.is_file():
+        raise EncoderError(f"encoder.init '{init}' is not a file, 'timm' or 'none'; give a timm state dict "
+                           "(.safetensors, or a torch file loadable with weights_only=True)")
+    state = encoder_init.read_state_dict(path)
+    state = encoder_init.check_keys(state, _create(name, pretrained=False, **kwargs), path, name)
+    try:  # timm's own loading: classifier handling and a ViT's position embedding resampled to img_size
+        return _create(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=None), **kwargs)
+    except RuntimeError as e:
+        raise EncoderError(f"encoder.init '{path}' does not fit encoder.name '{name}': {str(e)[:400]}") from None
 
 
 def export_encoder(encoder: Encoder, path) -> Path:

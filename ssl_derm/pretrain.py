@@ -82,19 +82,25 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     if not main:  # rank 0 first: it writes the caches, the synthetic set and the split file that the others then read
         D.barrier()
     dataset = load_dataset(cfg.data)
+    images = dataset.images
+    if cfg.augment.lesion_crop_p > 0:  # annotation-free lesion masks ride along as a 4th channel
+        from ssl_derm.augment.lesion import WithLesionChannel
+        from ssl_derm.segment.archive_masks import archive_masks
+
+        images = WithLesionChannel(dataset.images, archive_masks(dataset, progress=main))
     use_monitor = bool(cfg.monitor.every_steps and dataset.labels is not None and (dataset.labels >= 0).sum() > 1)
     # the split file the finetune protocols use
     split = Split.for_dataset(dataset, cfg.data, seed=0) if use_monitor else None
     if main:
         D.barrier()
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
-                             cfg.encoder.pretrained, cfg.encoder.drop_path_rate)
+                             cfg.encoder.pretrained, cfg.encoder.drop_path_rate, init=cfg.encoder.init)
     method = build_method(cfg.method, encoder, cfg.train.max_steps).to(device)
     exported = export_target(method, cfg.method.export)
     preset = cfg.augment.preset or method.default_preset
     augment = build_preset(preset, cfg.augment, cfg.data.image_size).to(device)
     rows = train_rows(dataset, cfg.data.exclude_split)
-    batches = CacheBatches(dataset.images, cfg.train.batch_size, device, seed=cfg.seed,
+    batches = CacheBatches(images, cfg.train.batch_size, device, seed=cfg.seed,
                            rank=D.rank(), world=D.world_size(), indices=rows)
     logger = Logger(out, enabled=main)
 

@@ -12,14 +12,14 @@ from ssl_derm.methods.mocov3 import moco_v3_loss
 from ssl_derm.registry import names
 
 RESNET, VIT, SWIN = "resnet18", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"
-CASES = [(m, e) for m in ("simclr", "mocov3", "byol", "dino") for e in (RESNET, VIT)] + [
-    ("mae", VIT), ("simmim", VIT), ("simmim", RESNET), ("simmim", SWIN)]
+CASES = [(m, e) for m in ("simclr", "mocov3", "byol", "dino", "barlowtwins", "vicreg", "swav") for e in (RESNET, VIT)] + [
+    ("mae", VIT), ("simmim", VIT), ("simmim", RESNET), ("simmim", SWIN), ("ibot", VIT)]
 
 
 
 def tiny_cfg(name, **kw):
     base = dict(name=name, proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, dino_out_dim=64, decoder_dim=32,
-                decoder_depth=1, mask_patch_size=16, temperature=0.2, warmup_teacher_temp_steps=2)
+                decoder_depth=1, mask_patch_size=16, temperature=0.2, warmup_teacher_temp_steps=2, n_prototypes=8)
     base.update(kw)
     return plugin_settings("method", base.pop("name"), base, lenient=True)  # each method takes its own keys
 
@@ -136,7 +136,8 @@ def test_sync_batchnorm_flags_and_presets():
     assert flags["simclr"] and flags["byol"] and flags["mocov3"] and not flags["mae"]
     presets = {n: get("method", n).default_preset for n in names("method")}
     assert presets == {"simclr": "two_view", "mocov3": "two_view", "byol": "two_view", "dino": "multi_crop",
-                       "mae": "masked", "simmim": "masked"}
+                       "mae": "masked", "simmim": "masked", "barlowtwins": "two_view", "vicreg": "two_view",
+                       "swav": "multi_crop", "ibot": "multi_crop"}
 
 
 def test_mae_freezes_vit_parts_it_never_uses():

@@ -20,7 +20,8 @@ from ssl_derm.augment.ops import AugmentError
 from ssl_derm.config import AugmentConfig
 from ssl_derm.registry import get
 
-_PROBS = ("hflip", "vflip", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "strong_solarize_p", "posterize_p", "erase_p")
+_PROBS = ("hflip", "vflip", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "strong_solarize_p", "posterize_p", "erase_p",
+          "lesion_crop_p")
 _FRACTIONS = ("crop_scale_min", "crop_scale_max", "local_crop_scale_min", "local_crop_scale_max",
               "masked_crop_scale_min", "weak_crop_scale_min")
 PADDING_MODES = ("reflection", "zeros", "border")
@@ -70,6 +71,7 @@ class Preset(nn.Module, abc.ABC):
         self.cfg = cfg
         self.image_size = int(image_size)
         self.dtype = dtype  # None: float16 on CUDA, float32 elsewhere
+        self._lesion = None  # (B, 2) lesion centres of the batch being augmented (augment/lesion.py)
 
     def compute_dtype(self, x: Tensor) -> torch.dtype:
         return self.dtype or (torch.float16 if x.is_cuda else torch.float32)
@@ -79,7 +81,8 @@ class Preset(nn.Module, abc.ABC):
         """n random crop/rotate/flip views of each image: x (B,3,H,W) [0,1] -> (n*B, 3, size, size)."""
         c = self.cfg
         theta = ops.affine_views(n, x.shape[0], tuple(x.shape[-2:]), scale,
-                                 c.rotation if rotation is None else rotation, c.hflip, c.vflip, x.device)
+                                 c.rotation if rotation is None else rotation, c.hflip, c.vflip, x.device,
+                                 lesion=self._lesion, lesion_p=c.lesion_crop_p)
         return ops.warp(x, theta, size, c.padding_mode)
 
     def colour(self, v: Tensor, magnitude: float = 1.0, jitter_p=None, solarize_p=None) -> Tensor:
@@ -100,9 +103,21 @@ class Preset(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> List[Tensor]:
-        # autocast off: affine grids and colour matrices need more precision than bf16 gives
-        with torch.autocast(x.device.type, enabled=False):
-            return self.views(ops.to_unit_float(x, self.compute_dtype(x)))
+        """x (B,3,H,W) uint8, or (B,4,H,W) with a lesion mask {0,1} as the 4th channel -> views."""
+        if x.ndim == 4 and x.shape[1] == 4:
+            from ssl_derm.augment.lesion import lesion_centres
+
+            self._lesion = lesion_centres(x[:, 3]) if self.cfg.lesion_crop_p > 0 else None
+            x = x[:, :3]
+        elif self.cfg.lesion_crop_p > 0:
+            raise AugmentError(f"augment.lesion_crop_p={self.cfg.lesion_crop_p} needs the lesion masks of the batch "
+                               "(ssl-derm pretrain computes them); set augment.lesion_crop_p=0 for this command")
+        try:
+            # autocast off: affine grids and colour matrices need more precision than bf16 gives
+            with torch.autocast(x.device.type, enabled=False):
+                return self.views(ops.to_unit_float(x, self.compute_dtype(x)))
+        finally:
+            self._lesion = None
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}"

@@ -18,7 +18,7 @@ output reproducible.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import kornia
 import torch
@@ -72,6 +72,8 @@ def affine_views(
     vflip: float,
     device,
     ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+    lesion: Optional[Tensor] = None,
+    lesion_p: float = 0.0,
 ) -> Tensor:
     """Random-resized-crop + rotation + flips as affine maps for ``F.affine_grid``.
 
@@ -79,6 +81,9 @@ def affine_views(
     The crop covers ``scale`` of the image area with aspect ``ratio`` (as torchvision's
     RandomResizedCrop, clamped to the image instead of re-drawn) and is then rotated by
     U(-rotation, rotation) degrees about its centre, in pixel space so non-square inputs stay undistorted.
+    ``lesion`` (B, 2) normalised lesion centres (NaN: none) with ``lesion_p`` > 0: each view's crop is moved,
+    with that probability, to keep the lesion centre in frame (``augment/lesion.py``); drawn after all
+    other parameters, so ``lesion_p=0`` leaves every draw as it was.
     """
     h_in, w_in = in_hw
     shape = (batch, n_views)
@@ -93,6 +98,10 @@ def affine_views(
     angle = _uniform(shape, -rotation, rotation, device) * (math.pi / 180.0)
     fx = 1 - 2 * _bernoulli(shape, hflip, device)
     fy = 1 - 2 * _bernoulli(shape, vflip, device)
+    if lesion is not None and lesion_p > 0:
+        from ssl_derm.augment.lesion import recentre
+
+        cx, cy = recentre(cx, cy, cw, ch, angle, lesion, lesion_p, in_hw)
     cos, sin = torch.cos(angle), torch.sin(angle)
     sx, sy = w_in / 2.0, h_in / 2.0  # normalised -> pixels
     # A = diag(1/sx, 1/sy) @ R @ diag(sx * fx * cw, sy * fy * ch)

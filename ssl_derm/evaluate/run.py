@@ -73,7 +73,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=redraw)
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
-                             drop_path_rate=cfg.encoder.drop_path_rate).to(device)
+                             drop_path_rate=cfg.encoder.drop_path_rate, init=cfg.encoder.init).to(device)
     if D.world_size() > 1:  # the same initial weights on every rank, then each rank its own augmentations
         seed_everything(cfg.seed + 1000 * D.rank())
     from ssl_derm.engine.logger import Logger

@@ -4,17 +4,20 @@ The teacher sees the two global views, the student all views. lightly's DINOLoss
 output and all-reduces the batch centre across ranks (``lightly.models.modules.center.center_mean``).
 The teacher temperature warms up linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
 ``warmup_teacher_temp_steps``; the teacher momentum follows the cosine schedule of the base class.
+``method.koleo_weight`` > 0 adds DINOv2's KoLeo term (lightly's KoLeoLoss) on the student's pooled
+features of each global view: it spreads the features of a batch apart (nearest-neighbour distance).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import DINOLoss
+from lightly.loss import DINOLoss, KoLeoLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
 from ssl_derm.config import MethodSettings
+from ssl_derm.errors import ConfigError
 from ssl_derm.methods.base import Method, Momentum, Projector, allow_any_input_size, fp32, make_teacher
 from ssl_derm.registry import register
 
@@ -28,6 +31,29 @@ class DINOSettings(Projector, Momentum, MethodSettings):
     warmup_teacher_temp_steps: int = 0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view features; 0 = off
+
+    def check(self) -> None:
+        if self.koleo_weight < 0:
+            raise ConfigError(f"config key 'method.koleo_weight': {self.koleo_weight} must be >= 0")
+
+
+def koleo_term(feats: torch.Tensor, n_views: int, weight: float, criterion: KoLeoLoss) -> torch.Tensor:
+    """``weight`` x the mean over views of KoLeo within each view's batch; feats (V*B, D) view-major."""
+    return weight * sum(criterion(f) for f in feats.float().chunk(n_views)) / n_views
+
+
+def make_dino_head(cfg, in_dim: int) -> DINOProjectionHead:
+    """proj_dim is the bottleneck before the weight-normalised output layer of dino_out_dim."""
+    return DINOProjectionHead(in_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.dino_out_dim,
+                              batch_norm=False, norm_last_layer=True)
+
+
+def scheduled_teacher_temp(cfg, step: int) -> float:
+    """Linear warm-up from warmup_teacher_temp to teacher_temp over warmup_teacher_temp_steps."""
+    if step >= cfg.warmup_teacher_temp_steps:
+        return cfg.teacher_temp
+    return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * step / cfg.warmup_teacher_temp_steps
 
 
 @register("method", "dino", settings=DINOSettings)
@@ -50,30 +76,30 @@ class DINO(Method):
         self.criterion = DINOLoss(output_dim=cfg.dino_out_dim, warmup_teacher_temp=cfg.warmup_teacher_temp,
                                   teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp,
                                   center_momentum=cfg.center_momentum)
+        self.koleo = KoLeoLoss()
 
     def make_head(self) -> DINOProjectionHead:
-        c = self.cfg
-        return DINOProjectionHead(self.encoder.num_features, c.proj_hidden_dim, c.proj_dim, c.dino_out_dim,
-                                  batch_norm=False, norm_last_layer=True)
+        return make_dino_head(self.cfg, self.encoder.num_features)
 
     def teacher_temp(self, step: int) -> float:
-        c = self.cfg
-        if step >= c.warmup_teacher_temp_steps:
-            return c.teacher_temp
-        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * step / c.warmup_teacher_temp_steps
+        return scheduled_teacher_temp(self.cfg, step)
 
     def training_step(self, views, step):
         self.expect_views(views, 2, at_least=True)
         glob = torch.cat(views[:2])
         with torch.no_grad():
             teacher = list(self.teacher_head(self.teacher_encoder(glob)).float().chunk(2))
-        student = list(self.head(self.encoder(glob)).float().chunk(2))
+        feats = self.encoder(glob)  # (2B, D)
+        student = list(self.head(feats).float().chunk(2))
         if len(views) > 2:
             student += list(self.head(self.encoder(torch.cat(views[2:]))).float().chunk(len(views) - 2))
         temp = self.teacher_temp(step)
         with fp32(glob.device):
             loss = self.criterion(teacher, student, teacher_temp=temp)
-        return loss, {"teacher_temp": temp, "momentum": self.momentum(step)}
+            logs = {"teacher_temp": temp, "momentum": self.momentum(step)}
+            if self.cfg.koleo_weight > 0:
+                loss = loss + koleo_term(feats, 2, self.cfg.koleo_weight, self.koleo)
+        return loss, logs
 
     @torch.no_grad()
     def on_step_end(self, step):

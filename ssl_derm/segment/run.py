@@ -122,7 +122,7 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
     name = method_name(cfg.segment.method)
     encoder = None
     if segmenter_class(name).needs_encoder:
-        encoder = create_encoder(cfg.encoder.name, ds.image_size, cfg.encoder.checkpoint).to(device).eval()
+        encoder = create_encoder(cfg.encoder.name, ds.image_size, cfg.encoder.checkpoint, init=cfg.encoder.init).to(device).eval()
     segmenter = build_segmenter(cfg, encoder)
     logger = Logger(out)
     overlay_rows = list(range(min(cfg.segment.overlay_n, len(rows))))

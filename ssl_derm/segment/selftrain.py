@@ -81,7 +81,7 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
     train_pos = np.arange(len(rows))
     if st.max_images and st.max_images < len(rows):
         train_pos = np.sort(gen.choice(len(rows), st.max_images, replace=False))
-    enc = create_encoder(cfg.encoder.name, st.image_size, cfg.encoder.checkpoint)
+    enc = create_encoder(cfg.encoder.name, st.image_size, cfg.encoder.checkpoint, init=cfg.encoder.init)
     model = SegModel(enc, st.decoder_widths, st.image_size).to(device).train()
     aug = joint_augmentation(cfg.augment).to(device)
 

@@ -1,0 +1,50 @@
+"""VICReg: two views, a 3-layer BN expander; invariance (MSE between views) + variance (hinge on each
+feature's std over the batch) + covariance (off-diagonal covariance) terms, lightly's head and loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightly.loss import VICRegLoss
+from lightly.models.modules.heads import VICRegProjectionHead
+
+from ssl_derm.config import MethodSettings
+from ssl_derm.errors import ConfigError
+from ssl_derm.methods.base import Method, Projector, fp32
+from ssl_derm.registry import register
+
+
+@dataclass
+class VICRegSettings(Projector, MethodSettings):
+    name: str = "vicreg"
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 2048  # paper: 8192
+    invariance_weight: float = 25.0  # lambda
+    variance_weight: float = 25.0  # mu
+    covariance_weight: float = 1.0  # nu
+
+    def check(self) -> None:
+        for key in ("invariance_weight", "variance_weight", "covariance_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'method.{key}': {getattr(self, key)} must be >= 0")
+
+
+@register("method", "vicreg", settings=VICRegSettings)
+class VICReg(Method):
+    """views: [x0, x1], each (B,3,H,W), B >= 2 (variance and covariance are batch statistics)."""
+
+    default_preset = "two_view"
+    sync_batchnorm_needed = True
+
+    def __init__(self, encoder, cfg, max_steps):
+        super().__init__(encoder, cfg, max_steps)
+        self.projection = VICRegProjectionHead(encoder.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.criterion = VICRegLoss(lambda_param=cfg.invariance_weight, mu_param=cfg.variance_weight,
+                                    nu_param=cfg.covariance_weight, gather_distributed=True)
+
+    def training_step(self, views, step):
+        self.expect_views(views, 2)
+        z0, z1 = self.projection(self.encoder(torch.cat(views))).float().chunk(2)
+        with fp32(z0.device):
+            loss = self.criterion(z0, z1)
+        return loss, {}

@@ -1,0 +1,120 @@
+"""Checks of what is ours in the newer method families (the losses are lightly's): the KoLeo weighting on
+DINO and iBOT, iBOT's patch masks, SwAV's frozen prototypes and queue, and the CNN error of iBOT."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_derm.encoders import create_encoder
+from ssl_derm.methods import MethodError, build_method
+from ssl_derm.methods.ibot import patch_mask
+from test_methods import RESNET, VIT, tiny_cfg
+
+
+def koleo_by_hand(f):
+    f = F.normalize(f.float(), dim=1)
+    d = torch.cdist(f, f)
+    d.fill_diagonal_(float("inf"))
+    return -torch.log(d.min(dim=1).values + 1e-8).mean()
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot"])
+def test_koleo_adds_weight_times_mean_per_view_koleo(method):
+    torch.manual_seed(0)
+    enc = create_encoder(VIT, 32)
+    m = build_method(tiny_cfg(method, koleo_weight=0.0), enc, 10).eval()  # eval: no dropout, fixed features
+    views = [torch.randn(5, 3, 32, 32), torch.randn(5, 3, 32, 32)]
+    centres = {k: v.clone() for k, v in m.state_dict().items() if "center" in k}
+
+    def loss_at(w):
+        m.cfg.koleo_weight = w
+        m.load_state_dict(centres, strict=False)  # the losses move their centre each call
+        torch.manual_seed(3)  # the same iBOT mask each call
+        return float(m.training_step(views, 0)[0])
+
+    w = 0.7
+    with torch.no_grad():
+        torch.manual_seed(3)
+        if method == "ibot":
+            mask = m.random_mask(10, 2, 2, "cpu").flatten(1)
+            from ssl_derm.methods.base import vit_tokens
+            feats = enc.pool(vit_tokens(enc, torch.cat(views), mask=mask, mask_token=m.mask_token))
+        else:
+            feats = enc(torch.cat(views))
+        expected = w * (koleo_by_hand(feats[:5]) + koleo_by_hand(feats[5:])) / 2
+    assert loss_at(w) - loss_at(0.0) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+
+
+def test_ibot_patch_mask_counts_and_shapes():
+    torch.manual_seed(0)
+    mask = patch_mask(6, 4, 5, prob=1.0, ratio=(0.25, 0.25), device="cpu")
+    assert mask.shape == (6, 4, 5) and mask.dtype == torch.bool
+    assert (mask.flatten(1).sum(1) == 5).all()  # round(0.25 * 20)
+    assert len({tuple(r.tolist()) for r in mask.flatten(1)}) > 1  # positions differ between images
+    for seed in range(20):  # rarely masked: still at least one patch in the batch, never a whole image
+        torch.manual_seed(seed)
+        mask = patch_mask(3, 2, 2, prob=0.01, ratio=(0.1, 0.9), device="cpu")
+        assert 1 <= int(mask.sum()) and (mask.flatten(1).sum(1) < 4).all()
+
+
+def test_ibot_student_sees_mask_tokens_teacher_does_not():
+    torch.manual_seed(0)
+    m = build_method(tiny_cfg("ibot", ibot_mask_prob=1.0, ibot_mask_ratio_min=0.5, ibot_mask_ratio_max=0.5),
+                     create_encoder(VIT, 32), 10)
+    x = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    torch.manual_seed(1)
+    loss, _ = m.training_step(x, 0)
+    loss.backward()
+    assert float(m.mask_token.grad.abs().sum()) > 0
+    assert m.patch_loss.center.value.abs().sum() > 0  # the patch centre moved: the patch loss ran
+
+
+def test_ibot_needs_a_plain_vit():
+    with pytest.raises(MethodError, match="ibot.*not a plain timm ViT.*dino"):
+        build_method(tiny_cfg("ibot"), create_encoder(RESNET, 32), 10)
+
+
+def test_swav_frozen_prototypes_get_zero_gradient_and_queue_fills():
+    torch.manual_seed(0)
+    m = build_method(tiny_cfg("swav", freeze_prototypes_steps=2, queue_length=12, queue_start_step=1),
+                     create_encoder(RESNET, 32), 10)
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)] + [torch.randn(4, 3, 16, 16)]
+    loss, _ = m.training_step(views, 0)
+    loss.backward()
+    proto = m.prototypes.heads[0].weight
+    assert proto.grad is not None and float(proto.grad.abs().sum()) == 0
+    assert all(int(q.bank_ptr) == 4 for q in m.queues)
+    m.zero_grad()
+    loss, _ = m.training_step(views, 2)  # unfrozen, with the queue
+    loss.backward()
+    assert float(proto.grad.abs().sum()) > 0 and torch.isfinite(loss)
+    unit = m.prototypes.heads[0].weight.norm(dim=1)
+    assert torch.allclose(unit, torch.ones_like(unit), atol=1e-5)  # normalised at the start of each step
+
+
+def test_ibot_patch_term_by_hand():
+    """loss(w) - loss(0) = w x the cross-entropy over masked patches only, each image weighted by 1/its count."""
+    from ssl_derm.methods.base import vit_tokens
+
+    torch.manual_seed(0)
+    enc = create_encoder(VIT, 32)
+    m = build_method(tiny_cfg("ibot", ibot_mask_prob=1.0), enc, 10).eval()
+    views = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    centres = {k: v.clone() for k, v in m.state_dict().items() if "center" in k}
+
+    def loss_at(w):
+        m.cfg.patch_loss_weight = w
+        m.load_state_dict(centres, strict=False)
+        torch.manual_seed(4)
+        return float(m.training_step(views, 0)[0])
+
+    with torch.no_grad():
+        torch.manual_seed(4)
+        mask = m.random_mask(6, 2, 2, "cpu")
+        glob = torch.cat(views)
+        t = m.teacher_head(vit_tokens(m.teacher_encoder, glob)[:, 1:][mask.flatten(1)])
+        s = m.head(vit_tokens(enc, glob, mask=mask.flatten(1), mask_token=m.mask_token)[:, 1:][mask.flatten(1)])
+        ce = -(torch.softmax(t / m.teacher_temp(0), -1) * torch.log_softmax(s / m.cfg.student_temp, -1)).sum(-1)
+        per_image = mask.flatten(1).sum(1).float()
+        weight = (1 / per_image).repeat_interleave(per_image.long())  # masked tokens come image by image
+        expected = 1.5 * float((ce * weight).sum() / 6)
+    assert loss_at(1.5) - loss_at(0.0) == pytest.approx(expected, rel=1e-4, abs=1e-5)
