@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels")
 
     _add_run_args(sub.add_parser("pretrain", help="self-supervised pretraining"), _default("pretrain/simclr_resnet18.yaml"))
-    _add_run_args(sub.add_parser("finetune", help="kNN / linear / finetune / semi-supervised / few-mask segmentation"),
-                  _default("finetune/linear.yaml"))
+    p = sub.add_parser("finetune", help="kNN / linear / finetune / semi-supervised / few-mask segmentation")
+    _add_run_args(p, _default("finetune/linear.yaml"))
+    p.add_argument("--force", action="store_true", help="rerun even if --out holds a finished run (its outputs are replaced)")
     _add_run_args(sub.add_parser("segment", help="annotation-free lesion segmentation"), _default("segment/default.yaml"))
     p = sub.add_parser("label-efficiency", help="pretrained vs random init across label fractions")
     _add_run_args(p, _default("finetune/linear.yaml"))
@@ -92,7 +93,8 @@ def _run(args) -> int:
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.evaluate.run import run_finetune
 
-        run_finetune(load_config(FinetuneConfig, args.config, args.overrides), args.out)
+        run_finetune(load_config(FinetuneConfig, args.config, args.overrides), args.out,
+                     existing="force" if args.force else "error")
         return 0
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -33,6 +33,11 @@ class DataConfig:
     exclude_split: Optional[str] = None  # pretraining: leave out the "test" ids of this split file
     test_frac: float = 0.2
     val_frac: float = 0.1
+    # external test set (finetune): scored as `external` in metrics.json, never trained or selected on
+    test_images: List[str] = field(default_factory=list)  # folders
+    test_labels: Optional[str] = None  # CSV image_id,label[,lesion_id][,split] of the external images
+    test_masks: Optional[str] = None  # folder of <id>.png masks (fewmask_seg)
+    label_map: Dict[str, Any] = field(default_factory=dict)  # external label -> training class (null: leave out)
 
 
 @dataclass
@@ -265,6 +270,8 @@ def validate(cfg, prefix: str = "") -> None:
         elif f.name in _CHOICES and v not in _CHOICES[f.name] and not (f.name == "device" and str(v).startswith("cuda:")):
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(_CHOICES[f.name])}")
         elif f.name in ("image_size", "batch_size") and v <= 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {v}")
+        elif key == "train.lr" and v <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {v}")
         elif f.name in ("max_steps",) and v < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {v}")

@@ -58,8 +58,6 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
             for fraction in fractions:
                 for seed in seeds:
                     cdir = out / "cells" / cell_id(init, protocol, fraction, seed)
-                    if (cdir / "metrics.json").is_file():
-                        continue
                     cfg = load_config(FinetuneConfig, base=to_dict(base_cfg),
                                       overrides=list((protocol_overrides or {}).get(protocol, ())))
                     cfg.protocol.name = protocol
@@ -68,7 +66,8 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     cfg.encoder.checkpoint = str(checkpoint) if init == "pretrained" else "none"
                     if dataset is None or split is None:
                         dataset, split = load_data_and_split(cfg)
-                    run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache)
+                    # a finished cell of the same fingerprint is reused; another one is moved aside and rerun
+                    run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache, existing="stale")
     rows = collect(out, inits, protocols, fractions, seeds, others=True)
     write_tables(out, rows)
     return rows

@@ -103,9 +103,9 @@ def probe_as_linear_layer(scaler, clf, n_classes: int) -> tuple:
 @register("protocol", "linear")
 def run_linear(ctx) -> dict:
     before = snapshot(ctx.encoder)
-    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val", "test")}
+    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", *ctx.scored)}
     C, search, scaler, clf = fit_probe(ctx, feats)
-    probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ("val", "test") if len(feats[side])}
+    probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ctx.scored if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
     return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search,
                                      "balanced_class_weight": ctx.cfg.protocol.balance != "none"}}

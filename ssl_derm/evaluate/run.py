@@ -16,11 +16,16 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ssl_derm.checks import check_two_classes, finetune_ignored_data_keys
 from ssl_derm.encoders import create_encoder
+from ssl_derm.evaluate import external
+from ssl_derm.evaluate.bootstrap import classification_cis, mean_cis
 from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
 from ssl_derm.evaluate.context import Context, split_rows
 from ssl_derm.evaluate.features import FeatureCache
+from ssl_derm.evaluate.finished import check_out_path, resolve_existing
 from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png, summary_line
+from ssl_derm.fingerprint import fingerprint
 from ssl_derm.registry import get
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 
@@ -32,8 +37,17 @@ def load_data_and_split(cfg: FinetuneConfig):
     from ssl_derm.data import load_dataset, load_or_make_split, split_for, split_path
 
     seg = cfg.protocol.name in SEG_PROTOCOLS
+    finetune_ignored_data_keys(cfg, seg)
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
-    if ds.labels is None:  # masks without class labels: one pseudo-class, so the split is lesion-grouped only
+    if not seg:
+        check_two_classes(ds, "data.labels")
+    if cfg.split.mode == "given":
+        from ssl_derm.data.given_split import given_split
+
+        split = given_split(ds, seed=cfg.split.seed) if ds.labels is not None else None
+        if split is None:
+            raise ValueError("split.mode=given needs data.labels with a 'split' column")
+    elif ds.labels is None:  # masks without class labels: one pseudo-class, so the split is lesion-grouped only
         split = load_or_make_split(split_path(cfg.data, ds, seed=cfg.split.seed), ds.ids, np.zeros(len(ds.ids)),
                                    ds.lesion_ids, cfg.data.test_frac, cfg.data.val_frac, cfg.split.seed)
     else:
@@ -49,15 +63,16 @@ def encoder_key(cfg: FinetuneConfig) -> str:
 
 
 def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dict] = None,
-                 feature_cache: Optional[FeatureCache] = None, quiet: bool = False) -> dict:
+                 feature_cache: Optional[FeatureCache] = None, quiet: bool = False, existing: str = "error") -> dict:
     """Run ``cfg.protocol.name`` and write its results into ``out_dir``; returns the metrics dict.
 
     ``dataset``/``split`` skip loading (the label-efficiency table loads them once for all cells);
-    ``feature_cache`` lets frozen-feature protocols share one extraction per encoder.
+    ``feature_cache`` lets frozen-feature protocols share one extraction per encoder; ``existing``: what
+    to do with a finished run in ``out_dir`` (see :mod:`ssl_derm.evaluate.finished`).
     """
     check_finetune_config(cfg)
     protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
-    out = prepare_out_dir(out_dir, cfg)
+    check_out_path(out_dir)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.device)
@@ -66,8 +81,18 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
         dataset, split = load_data_and_split(cfg)
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise ValueError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
+    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.name in SEG_PROTOCOLS)
+    fp = fingerprint(cfg, dataset, split, cfg.encoder.checkpoint, ext)
+    done = resolve_existing(out_dir, cfg, fp, existing)
+    if done is not None:
+        return done
+    out = prepare_out_dir(out_dir, cfg)
     rows = split_rows(dataset.ids, dataset.labels, split, cfg.split.fraction,
                       redraw_seed=cfg.seed if cfg.split.redraw_labelled else None)
+    cache_key = encoder_key(cfg)
+    if ext is not None:  # external rows go behind the pool's, so the split's rows keep their numbers
+        dataset, rows["external"] = external.attach(dataset, ext)
+        cache_key += f"+external:{ext.key}:{len(ext.ids)}"
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate).to(device)
@@ -75,7 +100,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
 
     logger = Logger(out)
     ctx = Context(cfg=cfg, encoder=encoder, device=device, dataset=dataset, rows=rows, out_dir=out,
-                  logger=logger, feature_cache=feature_cache, cache_key=encoder_key(cfg))
+                  logger=logger, feature_cache=feature_cache, cache_key=cache_key)
     try:
         result = protocol(ctx)
         metrics = _metrics(ctx, result, logger)
@@ -88,25 +113,45 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Optional[dic
                     "image_size": cfg.data.image_size},
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": cfg.protocol.balance, "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
+        "fingerprint": fp, "encoder_sha256": fp["encoder_sha256"],
     })
     write_metrics(out, metrics)
     if not quiet:
         head = f"[{cfg.protocol.name} {cfg.split.fraction:g} seed={cfg.seed} " \
                f"{'pretrained' if cfg.encoder.checkpoint and str(cfg.encoder.checkpoint).lower() != 'none' else 'random'}] "
-        print(head + (summary_line(metrics, "test ") if "confusion_matrix" in metrics else
-                      f"test dice={metrics.get('dice', float('nan')):.4f} jaccard={metrics.get('jaccard', float('nan')):.4f}")
-              + f" -> {out / 'metrics.json'}", flush=True)
+        print(head + _summary(metrics) + f" -> {out / 'metrics.json'}", flush=True)
     return metrics
+
+
+def _summary(metrics: dict) -> str:
+    def one(m: dict, side: str) -> str:
+        if "confusion_matrix" in m:
+            return summary_line(m, side + " ")
+        return f"{side} dice={m.get('dice', float('nan')):.4f} jaccard={m.get('jaccard', float('nan')):.4f}"
+    parts = [one(metrics, "test")] if "confusion_matrix" in metrics or "dice" in metrics else []
+    if isinstance(metrics.get("external"), dict):
+        parts.append(one(metrics["external"], "external"))
+    return "; ".join(parts)
 
 
 def _metrics(ctx: Context, result: dict, logger) -> dict:
     if "seg" in result:
         return _seg_metrics(ctx, result, logger)
-    classes = ctx.dataset.classes
     probs = result["probs"]
-    if "test" not in probs:
+    metrics = {}
+    if "test" in probs:
+        metrics.update(_test_metrics(ctx, probs, logger))
+    elif "external" not in ctx.rows:  # with an external set, data.test_frac=0 gives the whole pool to train/val
         raise ValueError("the split's test side is empty: nothing to score; raise data.test_frac")
+    if "external" in ctx.rows:
+        metrics["external"] = external.score(ctx, probs["external"], logger)
+    return metrics
+
+
+def _test_metrics(ctx: Context, probs: dict, logger) -> dict:
+    classes = ctx.dataset.classes
     test = classification_metrics(ctx.labels("test"), probs["test"], classes)
+    test.update(classification_cis(ctx.labels("test"), probs["test"], external.groups_of(ctx.dataset, ctx.rows["test"])))
     metrics = dict(test)
     if "val" in probs:
         metrics["val"] = classification_metrics(ctx.labels("val"), probs["val"], classes)
@@ -120,10 +165,21 @@ def _metrics(ctx: Context, result: dict, logger) -> dict:
     return metrics
 
 
+def _seg_cis(ctx: Context, per_image: dict) -> dict:
+    """Bootstrap intervals of the mean jaccard and dice over the scored images, grouped by lesion."""
+    if not per_image:
+        return {}
+    ids = list(per_image)
+    lesion = dict(zip(ctx.dataset.ids, ctx.dataset.lesion_ids)) if ctx.dataset.lesion_ids is not None else None
+    groups = [lesion.get(i, i) for i in ids] if lesion else None
+    return mean_cis({k: [per_image[i][k] for i in ids] for k in ("jaccard", "dice") if k in per_image[ids[0]]}, groups)
+
+
 def _seg_metrics(ctx: Context, result: dict, logger) -> dict:
     seg = result["seg"]
     metrics = {k: v for k, v in seg["mean"].items()}
     metrics["per_image"] = seg.get("per_image")
+    metrics.update(_seg_cis(ctx, seg.get("per_image") or {}))
     for k, v in seg["mean"].items():
         if isinstance(v, (int, float)):
             logger.scalar(f"test/{k}", v, 0)
