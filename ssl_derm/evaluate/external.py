@@ -9,7 +9,8 @@ onto the training classes by ``data.label_map`` (an external label name -> a tra
 to leave those images out); a label that is neither a training class nor mapped is an error naming it.
 The external rows are appended behind the training pool's rows (``rows["external"]``), so every
 protocol scores them with the model it scores the test side with; they are never trained or selected on.
-With ``split.mode: given`` and a ``split`` column in ``data.test_labels``, only its ``test`` rows are scored.
+When ``data.test_labels`` has a ``split`` column (ISIC 2017's official split), only its ``test`` rows are
+scored; ``data.test_frac=0`` gives the whole labelled pool of ``data.*`` to train/val.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def load_external(cfg, pool, need_masks: bool = False):
                                masks=cfg.data.test_masks)
     ext = load_dataset(dcfg, need_labels=not need_masks, need_masks=need_masks)
     keep = np.ones(len(ext.ids), bool)
-    if cfg.split.mode == "given" and ext.given_split is not None:
+    if ext.given_split is not None:  # a CSV with a split column (ISIC 2017): its test rows are the test set
         from ssl_derm.data.given_split import side_of
 
         keep &= np.array([side_of(s, "data.test_labels") == "test" for s in ext.given_split])

@@ -154,6 +154,12 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
     metrics["seconds_per_image"] = stages[name]["seconds_per_image"]
     metrics["mean"] = stages[final].get("mean")
     metrics["per_image"] = stages[final].get("per_image")
+    per = metrics["per_image"] or {}
+    if per and metrics["mean"]:  # bootstrap intervals of the means, resampling images
+        from ssl_derm.evaluate.bootstrap import mean_cis
+
+        ids_ = list(per)
+        metrics["mean"].update(mean_cis({k: [per[i][k] for i in ids_] for k in ("jaccard", "dice") if k in per[ids_[0]]}))
     from ssl_derm.fingerprint import fingerprint
 
     metrics["fingerprint"] = fingerprint(cfg, ds, None, cfg.encoder.checkpoint if uses_encoder else None)
