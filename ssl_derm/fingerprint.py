@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ssl_derm.encoder_files import file_sha256
 
 IGNORED = {"device", "train.log_every", "train.image_log_every", "train.ckpt_every", "train.num_threads",
@@ -56,9 +58,11 @@ def data_sha256(dataset, split: Optional[dict] = None, external=None) -> str:
     def part(ds):
         if ds is None:
             return None
-        labels = None if ds.labels is None else [int(v) for v in ds.labels]
-        return [ds.key, list(ds.ids), labels, list(ds.classes or []), ds.lesion_ids,
-                None if ds.has_mask is None else int(ds.has_mask.sum())]
+        labels = None if getattr(ds, "labels", None) is None else [int(v) for v in ds.labels]
+        key = getattr(ds, "key", "") or hashlib.sha256(np.ascontiguousarray(ds.images).tobytes()).hexdigest()  # in memory
+        has_mask = getattr(ds, "has_mask", None)
+        return [key, list(ds.ids), labels, list(getattr(ds, "classes", None) or []), getattr(ds, "lesion_ids", None),
+                None if has_mask is None else int(np.asarray(has_mask).sum())]
     sides = None if split is None else {k: split.get(k) for k in ("train", "val", "test")}
     return _sha([part(dataset), sides, part(external)])
 

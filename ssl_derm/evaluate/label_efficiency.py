@@ -183,8 +183,8 @@ def _table(rows: list, metric: str, side: str) -> list:
     lines = [f"{metric} (%, {side}; mean ± sample std over seeds where there are several; difference = "
              "pretrained - random init paired by seed, mean ± std, with its 95% t interval; bootstrap = 95% interval "
              "over the scored images, the mean of the seeds' bounds)", "",
-             "| protocol | labels | n labelled | pretrained | bootstrap | random init | bootstrap | difference "
-             "| 95% interval | seeds / pairs |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| protocol | labels | n labelled | pretrained | random init | difference | 95% interval | seeds / pairs "
+             "| pretrained bootstrap | random bootstrap |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [dict(r, **{metric: r.get(metric)}) for r in rows]
     groups = {}
     for r in rows:
@@ -201,8 +201,9 @@ def _table(rows: list, metric: str, side: str) -> list:
         ci = "-" if half is None else f"[{100 * (d_mean - half):+.1f}, {100 * (d_mean + half):+.1f}]"
         n_lab = next((r["n_labelled"] for rs in by_init.values() for r in rs), "-")
         n_seeds = max(len(rs) for rs in by_init.values())
-        lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_boot(by_init.get('pretrained', []), metric)} "
-                     f"| {_fmt(rnd)} | {_boot(by_init.get('random', []), metric)} | {diff} | {ci} | {n_seeds} / {n_pairs} |")
+        lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {ci} "
+                     f"| {n_seeds} / {n_pairs} | {_boot(by_init.get('pretrained', []), metric)} "
+                     f"| {_boot(by_init.get('random', []), metric)} |")
     reach = _reaches_full_labels(means)
     if reach:
         lines += ["", "Labels the pretrained encoder needs to match random init with all of them (means):", *reach]
