@@ -194,6 +194,9 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
     """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests)."""
     spec = load_sweep(path, overrides)
     root = Path(out or spec.get("out") or "runs/sweep")
+    from ssl_derm.evaluate.finished import check_out_path
+
+    check_out_path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", spec)
     cells = plan_cells(spec)

@@ -45,9 +45,13 @@ def load_external(cfg, pool, need_masks: bool = False):
             raise DataError("data.test_labels / data.test_masks / data.label_map are set but data.test_images is "
                             "not: give the external image folders with data.test_images=[DIR]")
         return None
+    from ssl_derm.config import ConfigError
     from ssl_derm.data import load_dataset
 
-    if not need_masks and not cfg.data.test_labels:
+    if need_masks:  # never ignored silently: a key that would change nothing is an error
+        raise ConfigError(f"data.test_images: protocol {cfg.protocol.name} does not score external test sets yet "
+                          "(classification protocols do); drop data.test_images/data.test_masks")
+    if not cfg.data.test_labels:
         raise DataError("data.test_images is set but data.test_labels is not: an external classification test set "
                         "needs a CSV image_id,label")
     dcfg = dataclasses.replace(copy.deepcopy(cfg.data), images=list(cfg.data.test_images), labels=cfg.data.test_labels,

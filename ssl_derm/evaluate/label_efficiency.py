@@ -50,6 +50,9 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
         raise ValueError(f"unknown protocol(s) {', '.join(bad)}; available: {', '.join(known)}")
     if "pretrained" in inits and (not checkpoint or not Path(checkpoint).exists()):
         raise ValueError(f"--checkpoint '{checkpoint}' does not exist; give the encoder.safetensors of `ssl-derm pretrain`")
+    from ssl_derm.evaluate.finished import check_out_path
+
+    check_out_path(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache()
