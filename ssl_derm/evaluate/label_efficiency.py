@@ -225,7 +225,9 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    lines = _table(rows, metric, "test side")
+    lines = []
+    if any(r.get(metric) is not None for r in rows) or not rows:  # data.test_frac=0: the external set only
+        lines = _table(rows, metric, "test side")
     if any(r.get("external_" + metric) is not None for r in rows):
         lines += ["", *_table(rows, "external_" + metric, "external test set (data.test_images)")]
     (out / "label_efficiency.md").write_text("\n".join(lines) + "\n")
