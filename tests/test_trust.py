@@ -106,6 +106,11 @@ def test_given_split_takes_the_split_column(tmp_path):
     ds.given_split[0] = "holdout"
     with pytest.raises(ValueError, match="holdout"):
         given_split(ds)
+    out = tmp_path / "g"  # end to end: the test side is the CSV's
+    assert main(["finetune", "--config", "configs/finetune/knn.yaml", "--out", str(out), "device=cpu",
+                 f"data.images=[{root / 'images'}]", f"data.labels={root / 'labels.csv'}", "data.image_size=32",
+                 f"data.cache_dir={tmp_path / 'cache'}", "split.mode=given", "split.fraction=1.0"]) == 0
+    assert sorted(json.loads((out / "test_ids.json").read_text())) == sorted(ids[24:])
 
 
 def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(tmp_path, capsys):
