@@ -2,7 +2,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -223,4 +222,3 @@ def test_fingerprint_ignores_logging_and_diff_names_keys():
     b.train.lr = 0.5
     assert config_sha256(a) != config_sha256(b)
     assert config_diff(to_dict(a), to_dict(b)) == ["train.lr: 0.001 -> 0.5"]
-    assert np.isfinite(0.0)
