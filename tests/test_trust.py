@@ -222,3 +222,15 @@ def test_fingerprint_ignores_logging_and_diff_names_keys():
     b.train.lr = 0.5
     assert config_sha256(a) != config_sha256(b)
     assert config_diff(to_dict(a), to_dict(b)) == ["train.lr: 0.001 -> 0.5"]
+
+
+def test_fewmask_seg_scores_external_masks(tmp_path):
+    ext = _external(tmp_path, n=12)
+    out = tmp_path / "seg"
+    assert main(["finetune", "--config", "configs/finetune/fewmask_seg.yaml", "--out", str(out), *_common(tmp_path, 40),
+                 "split.fraction=1.0", "train.max_steps=2", "train.batch_size=4", "protocol.eval_every=2",
+                 f"data.test_images=[{ext / 'images'}]", f"data.test_masks={ext / 'masks'}"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["external"]["n"] == 12 and 0 <= m["external"]["dice"] <= 1
+    lo, hi = m["external"]["dice_ci"]
+    assert lo <= m["external"]["dice"] <= hi and m["dice_ci"][0] <= m["dice"] <= m["dice_ci"][1]

@@ -4,7 +4,8 @@
         data.test_images=[isic2017/images] data.test_labels=isic2017/labels.csv \\
         'data.label_map={melanoma: mel, nevus: nv, seborrheic_keratosis: bkl}'
 
-The external images go through the same decode-once cache as ``data.images``; their labels are mapped
+``fewmask_seg`` scores ``data.test_masks`` instead of labels. The external images go through the same
+decode-once cache as ``data.images``; their labels are mapped
 onto the training classes by ``data.label_map`` (an external label name -> a training class, or null
 to leave those images out); a label that is neither a training class nor mapped is an error naming it.
 The external rows are appended behind the training pool's rows (``rows["external"]``), so every
@@ -48,14 +49,14 @@ def load_external(cfg, pool, need_masks: bool = False):
     from ssl_derm.config import ConfigError
     from ssl_derm.data import load_dataset
 
-    if need_masks:  # never ignored silently: a key that would change nothing is an error
-        raise ConfigError(f"data.test_images: protocol {cfg.protocol.name} does not score external test sets yet "
-                          "(classification protocols do); drop data.test_images/data.test_masks")
-    if not cfg.data.test_labels:
+    if need_masks and not cfg.data.test_masks:
+        raise ConfigError(f"data.test_images is set but data.test_masks is not: protocol {cfg.protocol.name} scores "
+                          "an external set on its masks (a folder of <id>.png)")
+    if not need_masks and not cfg.data.test_labels:
         raise DataError("data.test_images is set but data.test_labels is not: an external classification test set "
                         "needs a CSV image_id,label")
-    dcfg = dataclasses.replace(copy.deepcopy(cfg.data), images=list(cfg.data.test_images), labels=cfg.data.test_labels,
-                               masks=cfg.data.test_masks)
+    dcfg = dataclasses.replace(copy.deepcopy(cfg.data), images=list(cfg.data.test_images),
+                               labels=None if need_masks else cfg.data.test_labels, masks=cfg.data.test_masks)
     ext = load_dataset(dcfg, need_labels=not need_masks, need_masks=need_masks)
     keep = np.ones(len(ext.ids), bool)
     if ext.given_split is not None:  # a CSV with a split column (ISIC 2017): its test rows are the test set

@@ -175,4 +175,9 @@ def run_fewmask_seg(ctx) -> dict:
     # scored on the cache's masks (data.image_size square), not at each image's original size
     info = {"n_masks_used": int(len(lab)), "best_step": best_step, "val_history": history,
             "best_val_dice": None if best_state is None else best, "scored_at_px": ctx.image_size}
-    return {"seg": scores, "info": info, "pred_masks": pred}
+    out = {"seg": scores, "info": info, "pred_masks": pred}
+    if "external" in ctx.rows:  # data.test_images + data.test_masks: scored like the test side
+        ext = ctx.rows["external"]
+        pred_ext = predict_masks(model, ctx.dataset.images, ext, cfg.augment, dev, p.feature_batch_size, p.seg_threshold)
+        out["external_seg"] = score_masks(pred_ext, np.asarray(masks[ext]), ids[ext])
+    return out

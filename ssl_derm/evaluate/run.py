@@ -180,6 +180,10 @@ def _seg_metrics(ctx: Context, result: dict, logger) -> dict:
     metrics = {k: v for k, v in seg["mean"].items()}
     metrics["per_image"] = seg.get("per_image")
     metrics.update(_seg_cis(ctx, seg.get("per_image") or {}))
+    if "external_seg" in result:  # data.test_images + data.test_masks
+        ext = result["external_seg"]
+        metrics["external"] = {**ext["mean"], **_seg_cis(ctx, ext.get("per_image") or {}),
+                               "images": list(ctx.cfg.data.test_images), "per_image": ext.get("per_image")}
     for k, v in seg["mean"].items():
         if isinstance(v, (int, float)):
             logger.scalar(f"test/{k}", v, 0)
