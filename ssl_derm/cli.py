@@ -128,7 +128,8 @@ def _run(args) -> int:
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.evaluate.run import run_finetune
 
-        run_finetune(load_run_config(FinetuneConfig, args, "finetune/linear.yaml"), args.out)
+        run_finetune(load_run_config(FinetuneConfig, args, "finetune/linear.yaml"), args.out,
+                     existing="force" if args.force else "error")
         return 0
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -32,6 +32,11 @@ class DataConfig:
     exclude_split: Optional[str] = None  # pretraining: leave out the "test" ids of this split file
     test_frac: float = 0.2
     val_frac: float = 0.1
+    # external test set (finetune): scored as `external` in metrics.json, never trained or selected on
+    test_images: List[str] = field(default_factory=list)  # folders
+    test_labels: Optional[str] = None  # CSV image_id,label[,lesion_id][,split] of the external images
+    test_masks: Optional[str] = None  # folder of <id>.png masks (fewmask_seg)
+    label_map: Dict[str, Any] = field(default_factory=dict)  # external label -> training class (null: leave out)
 
 
 @dataclass
@@ -278,6 +283,8 @@ def validate(cfg, prefix: str = "") -> None:
             raise ConfigError(f"config key '{key}': must be positive, got {v}")
         elif f.name in ("accumulate", "dist_timeout_min") and v < 1:
             raise ConfigError(f"config key '{key}': must be >= 1, got {v}")
+        elif key == "train.lr" and v <= 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {v}")
         elif f.name in ("max_steps",) and v < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {v}")
 

@@ -140,12 +140,20 @@ def create_encoder(
             path = path / "encoder.safetensors"
         if not path.is_file():
             raise EncoderError(f"encoder.checkpoint '{checkpoint}' does not exist; give the encoder.safetensors that `ssl-derm pretrain` exported")
+        from ssl_derm.encoder_files import check_fits, check_image_size
+
+        probe = _create(name, pretrained=False, **kwargs)
+        check_image_size(probe, name, img_size)
+        check_fits(path, name, probe)  # timm only warns about keys that do not fit: check them first
         try:
             model = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
         except RuntimeError as e:
             raise EncoderError(f"encoder.checkpoint '{path}' does not fit encoder.name '{name}': {str(e)[:400]}") from None
     else:
         model = _create(name, pretrained=False, **kwargs)
+        from ssl_derm.encoder_files import check_image_size
+
+        check_image_size(model, name, img_size)
     return Encoder(model, name, img_size)
 
 

@@ -77,7 +77,12 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.seed + D.rank())
     out = Path(out_dir)
+    from ssl_derm.evaluate.external import warn_unused_test_keys
+    from ssl_derm.evaluate.finished import check_out_path
+
+    check_out_path(out)
     if main:
+        warn_unused_test_keys(cfg, "pretrain")
         prepare_out_dir(out, cfg)
     if not main:  # rank 0 first: it writes the caches, the synthetic set and the split file that the others then read
         D.barrier()
@@ -142,6 +147,11 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
                                               "file": path.name, "method": cfg.method.name,
                                               "exported": cfg.method.export})
             metrics["encoder_file"] = str(path)
+            from ssl_derm.fingerprint import file_sha256, fingerprint
+
+            metrics["fingerprint"] = fingerprint(cfg, dataset, None, cfg.encoder.checkpoint)
+            metrics["encoder_sha256"] = metrics["fingerprint"]["encoder_sha256"]  # the encoder it started from
+            metrics["exported_encoder_sha256"] = file_sha256(path)
             write_metrics(out, metrics)
             print(f"pretrain: {cfg.method.name}/{cfg.encoder.name} {summary['steps']} steps, final loss "
                   f"{summary['final_loss']:.4f}, {summary.get('img_per_s', 0.0):.1f} img/s; encoder -> {path}")

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
+from ssl_derm.fingerprint import config_sha256, file_sha256, move_aside, recorded
 from ssl_derm.runs import flatten, write_json
 
 _TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
@@ -147,13 +148,18 @@ def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
         from ssl_derm.segment.config import SegmentConfig
         from ssl_derm.segment.run import run_segment
 
-        return run_segment(load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat),
-                                       lenient=True), out)
+        cfg = load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat), lenient=True)
+        old = recorded(out)
+        if old is not None:  # segment cells: config and encoder file (their data keys are in the config)
+            if (old.get("config_sha256"), old.get("encoder_sha256")) == (config_sha256(cfg), file_sha256(cfg.encoder.checkpoint)):
+                return json.loads((out / "metrics.json").read_text())
+            print(f"[ssl-derm] {out.name}: results are stale; moved to {move_aside(out).name}, rerunning")
+        return run_segment(cfg, out)
     from ssl_derm.evaluate.run import run_finetune
 
     cfg = _finetune_cfg(spec, flat)
     dataset, split, cache = _shared_data(cfg, shared)
-    return run_finetune(cfg, out, dataset=dataset, split=split, feature_cache=cache)
+    return run_finetune(cfg, out, dataset=dataset, split=split, feature_cache=cache, existing="stale")
 
 
 def metric_value(metrics: dict, key: str):
@@ -166,10 +172,23 @@ def metric_value(metrics: dict, key: str):
     return cur if isinstance(cur, (int, float)) else None
 
 
+def metric_ci(metrics: dict, key: str):
+    """[lo, hi] bootstrap interval stored beside ``key`` (``a.b`` -> ``a.b_ci``), or None."""
+    head, _, last = key.rpartition(".")
+    cur = metrics
+    for part in head.split(".") if head else []:
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    ci = cur.get(f"{last}_ci") if isinstance(cur, dict) else None
+    return ci if isinstance(ci, list) and len(ci) == 2 else None
+
+
 def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
     """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests)."""
     spec = load_sweep(path, overrides)
     root = Path(out or spec.get("out") or "runs/sweep")
+    from ssl_derm.evaluate.finished import check_out_path
+
+    check_out_path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "sweep.json", spec)
     cells = plan_cells(spec)
@@ -179,10 +198,9 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
 
     for cell in tqdm(cells, desc="sweep", dynamic_ncols=True):
         cdir = root / "cells" / cell["id"]
-        if (cdir / "metrics.json").is_file():
-            continue
         if stop_after is not None and ran >= stop_after:
             break
+        before = recorded(cdir)  # a finished cell is reused only while its fingerprint fits the plan
         flat = dict(cell["downstream"])
         if cell["pretrain"] is not None:
             pre = dict(cell["pretrain"])
@@ -193,7 +211,7 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
         elif "init" in cell["values"]:
             flat["encoder.checkpoint"] = "none"
         _run_downstream(spec, flat, cdir, shared)
-        ran += 1
+        ran += int(recorded(cdir) != before)
     write_tables(root, spec, cells)
     return root
 
@@ -201,21 +219,28 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
 def write_tables(root: Path, spec: dict, cells: list) -> list:
     """results.csv (one row per finished cell), results.md (mean +- std over seeds), plots, hparams."""
     keys = list(spec.get("grid", {}))
-    metric_keys = spec.get("metrics") or ["balanced_accuracy"]
+    metric_keys = list(spec.get("metrics") or ["balanced_accuracy"])
+    found = [json.loads(p.read_text()) for p in (root / "cells" / c["id"] / "metrics.json" for c in cells) if p.is_file()]
+    if any(isinstance(m.get("external"), dict) for m in found):  # the external set's columns beside the test side's
+        metric_keys += [f"external.{k}" for k in metric_keys if not k.startswith("external.")]
+    ci_keys = [f"{k}_ci" for k in metric_keys if any(metric_ci(m, k) for m in found)]
     rows = []
     for cell in cells:
         mpath = root / "cells" / cell["id"] / "metrics.json"
         if mpath.is_file():
             m = json.loads(mpath.read_text())
-            rows.append({**cell["values"], "seed": cell["seed"], **{k: metric_value(m, k) for k in metric_keys}})
+            rows.append({**cell["values"], "seed": cell["seed"], **{k: metric_value(m, k) for k in metric_keys},
+                         **{k: metric_ci(m, k[:-3]) for k in ci_keys}})
     with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys + ["seed"] + metric_keys)
+        w = csv.DictWriter(f, fieldnames=keys + ["seed"] + metric_keys + ci_keys)
         w.writeheader()
         w.writerows(rows)
     groups: dict = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    lines = ["| " + " | ".join(keys + ["seeds"] + metric_keys) + " |", "|" + "---|" * (len(keys) + 1 + len(metric_keys))]
+    ci_head = [f"{k} 95% CI" for k in ci_keys]  # bootstrap over images; several seeds: mean of their bounds
+    lines = ["| " + " | ".join(keys + ["seeds"] + metric_keys + ci_head) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(metric_keys) + len(ci_keys))]
     summary = []
     for gk, rs in groups.items():
         cols = []
@@ -225,6 +250,9 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
             mean, std = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else (np.nan, np.nan)
             stats[mk] = (mean, std)
             cols.append(f"{mean:.3f} ± {std:.3f}")
+        for ck in ci_keys:
+            bounds = np.array([r[ck] for r in rs if r[ck]], dtype=float).reshape(-1, 2)
+            cols.append(f"[{bounds[:, 0].mean():.3f}, {bounds[:, 1].mean():.3f}]" if len(bounds) else "-")
         summary.append((dict(zip(keys, gk)), len(rs), stats))
         lines.append("| " + " | ".join([str(v) for v in gk] + [str(len(rs))] + cols) + " |")
     (root / "results.md").write_text("\n".join(lines) + "\n")

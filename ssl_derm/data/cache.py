@@ -105,6 +105,19 @@ def _open_array(path: Path, shape: tuple) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
 
 
+def remove_stale_tmp(root: Path) -> None:
+    """Delete temp folders of builds whose process is gone (killed with SIGKILL/SIGTERM, where no
+    ``finally`` runs); a live process's temp folder is left alone."""
+    for tmp in Path(root).glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
 def _commit(tmp: Path, final: Path) -> None:
     """Move a finished temp folder into place; if another process got there first, keep theirs."""
     try:
@@ -169,6 +182,7 @@ class ImageCache:
     def _build_images(self, final: Path, ids, paths) -> None:
         S, N = self.size, len(paths)
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.root)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
@@ -219,6 +233,7 @@ class ImageCache:
     def _build_masks(self, final: Path, cached: CachedImages, rows) -> None:
         S, N = self.size, len(cached.ids)
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.root)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:

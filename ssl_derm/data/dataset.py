@@ -138,6 +138,10 @@ def load_dataset(data_cfg, need_labels: bool = False, need_masks: bool = False, 
         if not any(i in table.label for i in ds.ids):
             raise DataError(f"none of the {len(ds)} image ids appear in labels file '{table.path}' "
                             f"(image ids look like {_few(ds.ids, 3)}; label ids like {_few(list(table.label), 3)})")
+        unmatched = len(set(table.label) - set(ds.ids))
+        if unmatched:  # counted, not listed: a CSV of a whole archive given with one of its folders is common
+            print(f"[ssl-derm] warning: {unmatched} of the {len(table.label)} ids in labels file '{table.path}' match "
+                  "no image found in data.images", file=sys.stderr)
         if need_labels and (ds.labels < 0).all():
             raise DataError(f"labels file '{table.path}' gives no non-empty label for any of the {len(ds)} images")
         if table.has_lesion_id:

@@ -21,6 +21,7 @@ from ssl_derm.evaluate.features import TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
+SPLIT_MODES = ("draw", "given")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class SplitSection:
     # true: the labelled subset is drawn anew with the run's `seed` (nested, class-stratified, inside the
     # split file's training side), so seeds vary the labelled images too, not only the initialisation
     redraw_labelled: bool = False
+    # draw: seeded, lesion-grouped train/val/test (data.test_frac, data.val_frac) | given: the `split`
+    # column of data.labels (train/val/test, e.g. ISIC 2017's official split)
+    mode: str = "draw"
 
 
 @dataclass
@@ -119,6 +123,8 @@ class FinetuneConfig:
 
 def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """Range and choice checks that the generic loader cannot know about; returns ``cfg``."""
+    if cfg.split.mode not in SPLIT_MODES:
+        raise ConfigError(f"config key 'split.mode': {cfg.split.mode!r} is not one of {', '.join(SPLIT_MODES)}")
     if not 0.0 < cfg.split.fraction <= 1.0:
         raise ConfigError(f"config key 'split.fraction': must be in (0, 1], got {cfg.split.fraction}")
     cfg.protocol.check()

@@ -5,6 +5,7 @@ Sides (``rows[side]``, int64 arrays of cache rows, from :meth:`ssl_derm.data.spl
 - ``unlabeled``: the rest of the training side plus images without a label that no other side holds;
 - ``val``: model selection and early stopping only;
 - ``test``: the final score only; no protocol trains or selects on it.
+- ``external`` (only with ``data.test_images``): another archive's images, scored like ``test``.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class Context:
     @property
     def image_size(self) -> int:
         return int(self.dataset.images.shape[1])
+
+    @property
+    def scored(self) -> tuple:
+        """Sides a protocol predicts: val (selection), test and, with data.test_images, external."""
+        return ("val", "test") + (("external",) if "external" in self.rows else ())
 
     def labels(self, side: str) -> np.ndarray:
         return np.asarray(self.dataset.labels)[self.rows[side]].astype(np.int64)

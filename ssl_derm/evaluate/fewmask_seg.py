@@ -197,4 +197,10 @@ def run_fewmask_seg(ctx) -> dict:
             "best_val_dice": None if best is None or best.state is None else best.best, "scored_at_px": ctx.image_size,
             "resumed_from_step": summary["resumed_from"]}
     ctx.extras["export"] = {"model": model}  # the selected state, for ssl_derm.serve.export
-    return {"seg": scores, "info": info, "pred_masks": pred}
+    out = {"seg": scores, "info": info, "pred_masks": pred}
+    if "external" in ctx.rows:  # data.test_images + data.test_masks: scored like the test side
+        ext = ctx.rows["external"]
+        pred_ext = predict_masks(model, ctx.dataset.images, ext, cfg.augment, dev, p.feature_batch_size,
+                                 p.seg_threshold, kind)
+        out["external_seg"] = score_masks(pred_ext, np.asarray(masks[ext]), ids[ext])
+    return out

@@ -81,13 +81,13 @@ def run_knn(ctx) -> dict:
     """Weighted kNN of val and test images against the labelled training images' frozen features."""
     p = ctx.cfg.protocol
     k_cls = ctx.n_classes
-    feats = {side: ctx.features(side, l2=True) for side in ("labelled", "val", "test")}
+    feats = {side: ctx.features(side, l2=True) for side in ("labelled", *ctx.scored)}
     y_lab = torch.from_numpy(ctx.labels("labelled"))
     cw = None
     if p.balance != "none":  # both balance modes mean: do not let the majority class win by numbers
         cw = torch.from_numpy(inverse_frequency(y_lab.numpy(), k_cls)).float()
     probs = {side: weighted_knn_probs(feats["labelled"], y_lab, feats[side], k_cls, p.knn_k, p.knn_temperature, cw).numpy()
-             for side in ("val", "test") if len(feats[side])}
+             for side in ctx.scored if len(feats[side])}
     ctx.extras["export"] = {"bank": feats["labelled"], "labels": y_lab.numpy(), "k": p.knn_k,
                             "temperature": p.knn_temperature, "class_weights": cw}  # for ssl_derm.serve.export
     return {"probs": probs, "info": {"k": min(p.knn_k, len(y_lab)), "temperature": p.knn_temperature}}

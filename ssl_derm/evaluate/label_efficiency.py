@@ -51,6 +51,9 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
         raise ConfigError(f"unknown protocol(s) {', '.join(bad)}; available: {', '.join(known)}")
     if "pretrained" in inits and (not checkpoint or not Path(checkpoint).exists()):
         raise ConfigError(f"--checkpoint '{checkpoint}' does not exist; give the encoder.safetensors of `ssl-derm pretrain`")
+    from ssl_derm.evaluate.finished import check_out_path
+
+    check_out_path(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache()
@@ -59,8 +62,6 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
             for fraction in fractions:
                 for seed in seeds:
                     cdir = out / "cells" / cell_id(init, protocol, fraction, seed)
-                    if (cdir / "metrics.json").is_file():
-                        continue
                     # lenient: the base protocol's own keys do not carry over to another protocol
                     cfg = load_config(FinetuneConfig, base=to_dict(base_cfg), lenient="file", overrides=[
                         f"protocol.name={protocol}", *(protocol_overrides or {}).get(protocol, ())])
@@ -69,7 +70,8 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     cfg.encoder.checkpoint = str(checkpoint) if init == "pretrained" else "none"
                     if dataset is None or split is None:
                         dataset, split = load_data_and_split(cfg)
-                    run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache)
+                    # a finished cell of the same fingerprint is reused; another one is moved aside and rerun
+                    run_finetune(cfg, cdir, dataset=dataset, split=split, feature_cache=cache, existing="stale")
     rows = collect(out, inits, protocols, fractions, seeds, others=True)
     write_tables(out, rows)
     return rows
@@ -101,14 +103,36 @@ def collect(out: Path, inits, protocols, fractions, seeds, others: bool = False)
         seen = set(keys)
         keys += [k for k in finished_cells(out) if k not in seen]
     rows = []
-    for init, protocol, fraction, seed in keys:
+    ref: dict = {}  # fingerprint parts every row must share: the data, and per init the encoder file
+    for n, (init, protocol, fraction, seed) in enumerate(keys):
         path = out / "cells" / cell_id(init, protocol, fraction, seed) / "metrics.json"
         if path.is_file():
             m = json.loads(path.read_text())
+            fp = m.get("fingerprint") or {}
+            want = {"data": fp.get("data_sha256"), init: fp.get("encoder_sha256")}
+            if any(ref.setdefault(k, v) != v for k, v in want.items()):
+                print(f"[ssl-derm] {path.parent.name} left out of the table: made with other data or another "
+                      "encoder than this call's cells (rerun it or move it away)")
+                continue
             rows.append({"init": init, "protocol": protocol, "fraction": fraction, "seed": seed,
-                         **{k: m.get(k) for k in METRICS}, "n_labelled": m.get("n_per_side", {}).get("labelled"),
-                         "seconds": m.get("seconds")})
+                         **{k: m.get(k) for k in METRICS}, **_ci_and_external(m),
+                         "n_labelled": m.get("n_per_side", {}).get("labelled"), "seconds": m.get("seconds")})
     return rows
+
+
+def _ci_and_external(m: dict) -> dict:
+    """<metric>_ci_lo/_hi of the test side, and external_<metric> (+ its interval) when the run had one."""
+    out = {}
+    ext = m.get("external") if isinstance(m.get("external"), dict) else None
+    for prefix, src in (("", m), ("external_", ext)):
+        if src is None:
+            continue
+        for k in METRICS:
+            if prefix:
+                out[prefix + k] = src.get(k)
+            ci = src.get(f"{k}_ci") or [None, None]
+            out[f"{prefix}{k}_ci_lo"], out[f"{prefix}{k}_ci_hi"] = ci
+    return out
 
 
 def _mean_std(vals) -> tuple:
@@ -152,21 +176,20 @@ def _reaches_full_labels(means: dict) -> list:
     return lines
 
 
-def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> None:
-    """label_efficiency.csv and label_efficiency.md (``metric`` in percent, mean ± std over seeds).
+def _boot(rs: list, metric: str) -> str:
+    """The bootstrap 95% interval of a cell (several seeds: the mean of their bounds), in percent."""
+    b = np.array([(r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi")) for r in rs
+                  if r.get(f"{metric}_ci_lo") is not None], dtype=float).reshape(-1, 2)
+    return "-" if not len(b) else f"[{100 * b[:, 0].mean():.1f}, {100 * b[:, 1].mean():.1f}]"
 
-    The difference is paired: seed s of the pretrained rows against seed s of the random rows (the same
-    labelled subset when ``split.redraw_labelled`` draws one per seed), with its 95% t interval, so a gap can
-    be told from the spread over subsets and initialisations."""
-    fields = ["init", "protocol", "fraction", "seed", *METRICS, "n_labelled", "seconds"]
-    with open(out / "label_efficiency.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    lines = [f"{metric} (%, test side; mean ± sample std over seeds where there are several; difference = "
-             "pretrained - random init paired by seed, mean ± std, with its 95% t interval)", "",
-             "| protocol | labels | n labelled | pretrained | random init | difference | 95% interval | seeds / pairs |",
-             "|---|---|---|---|---|---|---|---|"]
+
+def _table(rows: list, metric: str, side: str) -> list:
+    lines = [f"{metric} (%, {side}; mean ± sample std over seeds where there are several; difference = "
+             "pretrained - random init paired by seed, mean ± std, with its 95% t interval; bootstrap = 95% interval "
+             "over the scored images, the mean of the seeds' bounds)", "",
+             "| protocol | labels | n labelled | pretrained | random init | difference | 95% interval | seeds / pairs "
+             "| pretrained bootstrap | random bootstrap |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [dict(r, **{metric: r.get(metric)}) for r in rows]
     groups = {}
     for r in rows:
         groups.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(r)
@@ -183,8 +206,29 @@ def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> No
         n_lab = next((r["n_labelled"] for rs in by_init.values() for r in rs), "-")
         n_seeds = max(len(rs) for rs in by_init.values())
         lines.append(f"| {protocol} | {100 * fraction:g}% | {n_lab} | {_fmt(pre)} | {_fmt(rnd)} | {diff} | {ci} "
-                     f"| {n_seeds} / {n_pairs} |")
+                     f"| {n_seeds} / {n_pairs} | {_boot(by_init.get('pretrained', []), metric)} "
+                     f"| {_boot(by_init.get('random', []), metric)} |")
     reach = _reaches_full_labels(means)
     if reach:
         lines += ["", "Labels the pretrained encoder needs to match random init with all of them (means):", *reach]
+    return lines
+
+
+def write_tables(out: Path, rows: list, metric: str = "balanced_accuracy") -> None:
+    """label_efficiency.csv and label_efficiency.md (``metric`` in percent, mean ± std over seeds).
+
+    The difference is paired: seed s of the pretrained rows against seed s of the random rows (the same
+    labelled subset when ``split.redraw_labelled`` draws one per seed), with its 95% t interval, so a gap can
+    be told from the spread over subsets and initialisations."""
+    extra = list(dict.fromkeys(k for r in rows for k in r if k.startswith("external_") or "_ci_" in k))
+    fields = ["init", "protocol", "fraction", "seed", *METRICS, *extra, "n_labelled", "seconds"]
+    with open(out / "label_efficiency.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    lines = []
+    if any(r.get(metric) is not None for r in rows) or not rows:  # data.test_frac=0: the external set only
+        lines = _table(rows, metric, "test side")
+    if any(r.get("external_" + metric) is not None for r in rows):
+        lines += ["", *_table(rows, "external_" + metric, "external test set (data.test_images)")]
     (out / "label_efficiency.md").write_text("\n".join(lines) + "\n")

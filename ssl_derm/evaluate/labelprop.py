@@ -83,7 +83,7 @@ def run_labelprop(ctx) -> dict:
                          f"{ctx.cfg.split.fraction} gives {len(y_lab)} image(s) of {len(np.unique(y_lab))} class(es)")
     balanced = p.balance != "none"
     # one extraction per side: the graph takes the L2-normalised rows, the probe the raw ones
-    raw = {side: ctx.features(side, l2=False) for side in ("labelled", "unlabeled", "val", "test")}
+    raw = {side: ctx.features(side, l2=False) for side in ("labelled", "unlabeled", *ctx.scored)}
     unit = {side: torch.nn.functional.normalize(raw[side], dim=1).numpy() for side in ("labelled", "unlabeled")}
     feats = {side: f.numpy() for side, f in raw.items()}
     pseudo, conf = spread_labels(unit["labelled"], y_lab, unit["unlabeled"], k_cls, p.labelprop_k,
@@ -95,7 +95,7 @@ def run_labelprop(ctx) -> dict:
     C, search, (scaler, clf) = select_by_val(
         p.linear_C, lambda C: fit_linear(x_train, y_train, C, balanced, p.linear_max_iter, ctx.cfg.seed, weights),
         feats["val"], ctx.labels("val"), k_cls, ctx.dataset.classes)
-    probs = {side: predict_probs(scaler, clf, feats[side], k_cls) for side in ("val", "test") if len(feats[side])}
+    probs = {side: predict_probs(scaler, clf, feats[side], k_cls) for side in ctx.scored if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
     ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
     n_unl = len(conf)

@@ -112,9 +112,9 @@ class LinearSettings(Balanced, FrozenFeatures, LinearProbe, ProtocolSettings):
 @register("protocol", "linear", settings=LinearSettings)
 def run_linear(ctx) -> dict:
     before = snapshot(ctx.encoder)
-    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val", "test")}
+    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", *ctx.scored)}
     C, search, scaler, clf = fit_probe(ctx, feats)
-    probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ("val", "test") if len(feats[side])}
+    probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ctx.scored if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
     ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
     return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search,

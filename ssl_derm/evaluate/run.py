@@ -16,14 +16,19 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ssl_derm.checks import check_two_classes, finetune_ignored_data_keys
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import distributed as D
-from ssl_derm.errors import DataError, SplitError
+from ssl_derm.errors import ConfigError, DataError, SplitError
+from ssl_derm.evaluate import external
+from ssl_derm.evaluate.bootstrap import classification_cis, mean_cis
 from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
 from ssl_derm.data.splits import Split
 from ssl_derm.evaluate.context import Context
 from ssl_derm.evaluate.features import FeatureCache
+from ssl_derm.evaluate.finished import check_out_path, resolve_existing
 from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png, summary_line
+from ssl_derm.fingerprint import fingerprint
 from ssl_derm.registry import get
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 
@@ -35,7 +40,17 @@ def load_data_and_split(cfg: FinetuneConfig):
     from ssl_derm.data import load_dataset
 
     seg = cfg.protocol.name in SEG_PROTOCOLS
+    finetune_ignored_data_keys(cfg, seg)
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
+    if not seg:
+        check_two_classes(ds, "data.labels")
+    if cfg.split.mode == "given":
+        from ssl_derm.data.given_split import given_split
+
+        split = given_split(ds, seed=cfg.split.seed) if ds.labels is not None else None
+        if split is None:
+            raise ConfigError("split.mode=given needs data.labels with a 'split' column")
+        return ds, Split.of(split, ds)
     return ds, Split.for_dataset(ds, cfg.data, seed=cfg.split.seed)
 
 
@@ -47,17 +62,18 @@ def encoder_key(cfg: FinetuneConfig) -> str:
 
 
 def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split, dict, None] = None,
-                 feature_cache: Optional[FeatureCache] = None, quiet: bool = False) -> dict:
+                 feature_cache: Optional[FeatureCache] = None, quiet: bool = False, existing: str = "error") -> dict:
     """Run ``cfg.protocol.name`` and write its results into ``out_dir``; returns the metrics dict.
 
     ``dataset``/``split`` skip loading (the label-efficiency table loads them once for all cells);
-    ``feature_cache`` lets frozen-feature protocols share one extraction per encoder.
+    ``feature_cache`` lets frozen-feature protocols share one extraction per encoder; ``existing``: what
+    to do with a finished run in ``out_dir`` (see :mod:`ssl_derm.evaluate.finished`).
     """
     check_finetune_config(cfg)
     protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
+    check_out_path(out_dir)
     device = D.init_distributed(resolve_device(cfg.device), cfg.train.dist_timeout_min)  # under torchrun
     main = D.is_main()
-    out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     t0 = time.time()
@@ -69,8 +85,19 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
             D.barrier()
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
+    split = Split.of(split, dataset)
+    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.name in SEG_PROTOCOLS)
+    fp = fingerprint(cfg, dataset, split.data, cfg.encoder.checkpoint, ext)
+    done = resolve_existing(out_dir, cfg, fp, existing) if main else None
+    if done is not None:
+        return done
+    out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)
     redraw = cfg.seed if cfg.split.redraw_labelled else None
-    rows = Split.of(split, dataset).rows(cfg.split.fraction, redraw_seed=redraw)
+    rows = split.rows(cfg.split.fraction, redraw_seed=redraw)
+    cache_key = encoder_key(cfg)
+    if ext is not None:  # external rows go behind the pool's, so the split's rows keep their numbers
+        dataset, rows["external"] = external.attach(dataset, ext)
+        cache_key += f"+external:{ext.key}:{len(ext.ids)}"
     seed_everything(cfg.seed)  # random-init weights depend on the seed only
     encoder = create_encoder(cfg.encoder.name, cfg.data.image_size, cfg.encoder.checkpoint,
                              drop_path_rate=cfg.encoder.drop_path_rate, init=cfg.encoder.init).to(device)
@@ -80,7 +107,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
 
     logger = Logger(out, enabled=main)
     ctx = Context(cfg=cfg, encoder=encoder, device=device, dataset=dataset, rows=rows, out_dir=out,
-                  logger=logger, feature_cache=feature_cache, cache_key=encoder_key(cfg))
+                  logger=logger, feature_cache=feature_cache, cache_key=cache_key)
     try:
         result = protocol(ctx)
         metrics = _metrics(ctx, result, logger) if main else {}
@@ -98,7 +125,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": getattr(cfg.protocol, "balance", "none"), "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
         "resumed_from_step": int(result.get("info", {}).get("resumed_from_step", 0)),
-        "world_size": D.world_size(),
+        "world_size": D.world_size(), "fingerprint": fp, "encoder_sha256": fp["encoder_sha256"],
     })
     if not main:
         return metrics
@@ -106,20 +133,39 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     if not quiet:
         head = f"[{cfg.protocol.name} {cfg.split.fraction:g} seed={cfg.seed} " \
                f"{'pretrained' if cfg.encoder.checkpoint and str(cfg.encoder.checkpoint).lower() != 'none' else 'random'}] "
-        print(head + (summary_line(metrics, "test ") if "confusion_matrix" in metrics else
-                      f"test dice={metrics.get('dice', float('nan')):.4f} jaccard={metrics.get('jaccard', float('nan')):.4f}")
-              + f" -> {out / 'metrics.json'}", flush=True)
+        print(head + _summary(metrics) + f" -> {out / 'metrics.json'}", flush=True)
     return metrics
+
+
+def _summary(metrics: dict) -> str:
+    def one(m: dict, side: str) -> str:
+        if "confusion_matrix" in m:
+            return summary_line(m, side + " ")
+        return f"{side} dice={m.get('dice', float('nan')):.4f} jaccard={m.get('jaccard', float('nan')):.4f}"
+    parts = [one(metrics, "test")] if "confusion_matrix" in metrics or "dice" in metrics else []
+    if isinstance(metrics.get("external"), dict):
+        parts.append(one(metrics["external"], "external"))
+    return "; ".join(parts)
 
 
 def _metrics(ctx: Context, result: dict, logger) -> dict:
     if "seg" in result:
         return _seg_metrics(ctx, result, logger)
-    classes = ctx.dataset.classes
     probs = result["probs"]
-    if "test" not in probs:
+    metrics = {}
+    if "test" in probs:
+        metrics.update(_test_metrics(ctx, probs, logger))
+    elif "external" not in ctx.rows:  # with an external set, data.test_frac=0 gives the whole pool to train/val
         raise SplitError("the split's test side is empty: nothing to score; raise data.test_frac")
+    if "external" in ctx.rows:
+        metrics["external"] = external.score(ctx, probs["external"], logger)
+    return metrics
+
+
+def _test_metrics(ctx: Context, probs: dict, logger) -> dict:
+    classes = ctx.dataset.classes
     test = classification_metrics(ctx.labels("test"), probs["test"], classes)
+    test.update(classification_cis(ctx.labels("test"), probs["test"], external.groups_of(ctx.dataset, ctx.rows["test"])))
     metrics = dict(test)
     if "val" in probs:
         metrics["val"] = classification_metrics(ctx.labels("val"), probs["val"], classes)
@@ -133,10 +179,25 @@ def _metrics(ctx: Context, result: dict, logger) -> dict:
     return metrics
 
 
+def _seg_cis(ctx: Context, per_image: dict) -> dict:
+    """Bootstrap intervals of the mean jaccard and dice over the scored images, grouped by lesion."""
+    if not per_image:
+        return {}
+    ids = list(per_image)
+    lesion = dict(zip(ctx.dataset.ids, ctx.dataset.lesion_ids)) if ctx.dataset.lesion_ids is not None else None
+    groups = [lesion.get(i, i) for i in ids] if lesion else None
+    return mean_cis({k: [per_image[i][k] for i in ids] for k in ("jaccard", "dice") if k in per_image[ids[0]]}, groups)
+
+
 def _seg_metrics(ctx: Context, result: dict, logger) -> dict:
     seg = result["seg"]
     metrics = {k: v for k, v in seg["mean"].items()}
     metrics["per_image"] = seg.get("per_image")
+    metrics.update(_seg_cis(ctx, seg.get("per_image") or {}))
+    if "external_seg" in result:  # data.test_images + data.test_masks
+        ext = result["external_seg"]
+        metrics["external"] = {**ext["mean"], **_seg_cis(ctx, ext.get("per_image") or {}),
+                               "images": list(ctx.cfg.data.test_images), "per_image": ext.get("per_image")}
     for k, v in seg["mean"].items():
         if isinstance(v, (int, float)):
             logger.scalar(f"test/{k}", v, 0)

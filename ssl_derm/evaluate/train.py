@@ -194,5 +194,5 @@ class ClassifierTrainer:
     def run(self) -> dict:
         """Train, then predict val and test with the selected state; the protocol's result dict."""
         info = self.fit()
-        probs = {side: self.predict(self.ctx.rows[side]) for side in ("val", "test") if len(self.ctx.rows[side])}
+        probs = {side: self.predict(self.ctx.rows[side]) for side in self.ctx.scored if len(self.ctx.rows[side])}
         return {"probs": probs, "info": info}

@@ -111,6 +111,12 @@ def run_segment(cfg: SegmentConfig, out_dir) -> dict:
 
 
 def _run(cfg: SegmentConfig, out_dir) -> dict:
+    from ssl_derm.checks import segment_unused_keys
+    from ssl_derm.evaluate.finished import check_out_path
+
+    uses_encoder = segmenter_class(method_name(cfg.segment.method)).needs_encoder or cfg.selftrain.rounds > 0
+    segment_unused_keys(cfg, uses_encoder)
+    check_out_path(out_dir)
     out = prepare_out_dir(out_dir, cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -175,6 +181,16 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
     metrics["seconds_per_image"] = stages[name]["seconds_per_image"]
     metrics["mean"] = stages[final].get("mean")
     metrics["per_image"] = stages[final].get("per_image")
+    per = metrics["per_image"] or {}
+    if per and metrics["mean"]:  # bootstrap intervals of the means, resampling images
+        from ssl_derm.evaluate.bootstrap import mean_cis
+
+        ids_ = list(per)
+        metrics["mean"].update(mean_cis({k: [per[i][k] for i in ids_] for k in ("jaccard", "dice") if k in per[ids_[0]]}))
+    from ssl_derm.fingerprint import fingerprint
+
+    metrics["fingerprint"] = fingerprint(cfg, ds, None, cfg.encoder.checkpoint if uses_encoder else None)
+    metrics["encoder_sha256"] = metrics["fingerprint"]["encoder_sha256"]
     write_metrics(out, metrics)
     print(_summary(stages))
     if masks_dir is None:

@@ -1,0 +1,51 @@
+"""``split.mode: given``: train/val/test from the ``split`` column of the labels CSV (e.g. ISIC 2017's
+official train/validation/test), instead of a seeded draw.
+
+The result has the layout of :func:`ssl_derm.data.splits.make_split` (train/val/test id lists, nested
+labelled subsets of the training side drawn with ``seed``, unlabeled ids), so every protocol reads it alike.
+Column values are matched case-insensitively: train/training, val/valid/validation, test/testing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ssl_derm.data.sources import DataError
+
+SIDE_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+              "test": "test", "testing": "test"}
+
+
+def side_of(value: str, where: str = "data.labels") -> str:
+    """The side a ``split`` column value names; an unknown value is an error naming it and the file key."""
+    side = SIDE_NAMES.get(str(value).strip().lower())
+    if side is None:
+        raise DataError(f"split column of {where}: value {value!r} is not one of train, val/validation, test "
+                        "(split.mode=given takes the sides from this column)")
+    return side
+
+
+def given_split(dataset, seed: int = 0) -> dict:
+    """Split dict of a labelled ``Dataset`` whose CSV has a ``split`` column."""
+    from ssl_derm.data.splits import SPLIT_VERSION, nested_labelled
+
+    if dataset.given_split is None:
+        raise DataError("split.mode=given needs a 'split' column (train/val/test) in data.labels; this CSV has none: "
+                        "use split.mode=draw")
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    lab = np.flatnonzero(labels >= 0)
+    blank = [dataset.ids[r] for r in lab if not dataset.given_split[r]]
+    if blank:
+        raise DataError(f"split.mode=given: {len(blank)} labelled images have an empty split column in data.labels "
+                        f"(e.g. {blank[:3]}); fill it in or use split.mode=draw")
+    side = np.array([side_of(dataset.given_split[r]) for r in lab])
+    rows = {s: lab[side == s] for s in ("train", "val", "test")}
+    if not len(rows["train"]):
+        raise DataError("split.mode=given: no labelled image has split=train in data.labels")
+    ids = dataset.ids
+    return {
+        "version": SPLIT_VERSION,
+        "params": {"mode": "given", "n": len(ids), "seed": seed},
+        **{s: [ids[r] for r in rows[s]] for s in ("train", "val", "test")},
+        "labelled": {f: [ids[r] for r in sub] for f, sub in nested_labelled(rows["train"], labels, seed).items()},
+        "unlabeled": [ids[r] for r in np.flatnonzero(labels < 0)],
+    }

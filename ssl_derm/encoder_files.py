@@ -1,0 +1,92 @@
+"""Checks on an encoder file before timm loads it, so that a load never passes silently.
+
+timm loads an exported state dict with ``strict=False`` semantics for heads and only warns about
+unexpected keys: a resnet18 file given to ``encoder.name=vit_tiny_patch16_224`` would load nothing
+and leave a random encoder reported as "pretrained". :func:`check_fits` compares the file's keys with
+the model's (a classifier head in the file is allowed: the encoder has none) and names the file, the
+architecture the file holds (``timm_name`` in the safetensors metadata that ``export_encoder`` writes)
+and how many keys do not fit. A truncated or corrupt file is an error naming the file too.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from torch import nn
+
+# classifier heads of timm models (the encoder is built with num_classes=0, so it has none)
+HEAD_PREFIXES = ("fc.", "head.", "head.fc.", "classifier.", "last_linear.", "head_dist.")
+
+
+from ssl_derm.encoders import EncoderError as EncoderFileError  # one error type for the CLI's one-line message
+
+
+def read_state(path) -> Tuple[Dict[str, tuple], Dict[str, str]]:
+    """({key: shape}, metadata) of a .safetensors file or a weights-only torch file; errors name the file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, meta
+        except Exception as e:  # safetensors raises its own error types for bad headers and short files
+            raise EncoderFileError(f"encoder file '{path}' is not a readable safetensors file (corrupt or truncated: "
+                                   f"{str(e)[:200]}); export it again with `ssl-derm pretrain`") from None
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EncoderFileError(f"encoder file '{path}' cannot be read as a torch state dict ({str(e)[:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EncoderFileError(f"encoder file '{path}' holds a {type(state).__name__}, not a state dict")
+    return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}, {}
+
+
+def check_fits(path, name: str, model: nn.Module) -> None:
+    """Raise :class:`~ssl_derm.encoders.EncoderError` when the file's keys do not fit ``model`` (built as ``name``)."""
+    have, meta = read_state(path)
+    want = set(model.state_dict())
+    extra = [k for k in have if k not in want and not k.startswith(HEAD_PREFIXES)]
+    missing = [k for k in want if k not in have]
+    if extra or missing:
+        held = meta.get("timm_name") or "an unknown architecture (no timm_name in its metadata)"
+        raise EncoderFileError(
+            f"encoder file '{path}' holds {held}, which does not fit encoder.name '{name}': {len(missing)} of the "
+            f"model's {len(want)} keys are missing and {len(extra)} keys are unexpected (first: "
+            f"{(missing + extra)[:2]}); set encoder.name to the architecture the file was exported from")
+
+
+def file_sha256(path) -> Optional[str]:
+    """sha256 hex of a file (an encoder checkpoint), or None for no file."""
+    if path is None or str(path).lower() in ("", "none"):
+        return None
+    p = Path(path)
+    if p.is_dir():
+        p = p / "encoder.safetensors"
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
+    """``data.image_size`` below the encoder's total stride leaves no feature map: an error naming the key."""
+    info = getattr(model, "feature_info", None)
+    stride = None
+    try:
+        stride = int(info[-1]["reduction"]) if info else None
+    except (KeyError, IndexError, TypeError):
+        stride = None
+    if stride is None:
+        ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        stride = int(ps[0]) if ps is not None else None
+    if stride and img_size < stride:
+        raise EncoderFileError(f"data.image_size={img_size} is too small for encoder '{name}', which downsamples by "
+                               f"{stride}: use data.image_size >= {stride}")
