@@ -161,3 +161,20 @@ def test_pretraining_continues_from_encoder_init(tmp_path):
     exported = load_file(str(out / "encoder.safetensors"))
     conv = [k for k in exported if k.endswith("conv1.weight")]
     assert conv and all(torch.allclose(exported[k], start[k], atol=1e-6) for k in conv)
+
+
+def test_finished_run_run_again_keeps_its_results(tmp_path):
+    """A rerun of a finished run loads the final checkpoint and recomputes the same metrics (not a NaN
+    loss and an empty history); a changed config is refused in one line and --force starts over."""
+    out = tmp_path / "run"
+    args = ["pretrain", "--out", str(out), *_tiny(tmp_path, **{"train.max_steps": 3, "monitor.every_steps": 2})]
+    assert main(args) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert main(args) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["resumed_from_step"] == 3 and first["resumed_from_step"] == 0
+    for key in ("final_loss", "loss_history", "knn_monitor", "steps"):
+        assert again[key] == first[key], key
+    assert main([*args, "train.lr=0.5"]) == 2  # a config error, refused: the checkpoint was written with another LR
+    assert main([*args[:3], "--force", *args[3:], "train.lr=0.5"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 0

@@ -25,15 +25,15 @@ def save_checkpoint(path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path) -> dict:
-    """Load on the CPU, always: the numpy RNG key tensor must stay a CPU tensor, and Adam's ``step``
-    counters stay off the GPU when the optimiser state is loaded (values move to each parameter's
-    device in ``Optimizer.load_state_dict``)."""
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load (on the CPU unless told otherwise; the engine always resumes from a CPU load: the numpy RNG
+    key tensor must stay a CPU tensor, and Adam's ``step`` counters stay off the GPU when the optimiser
+    state is loaded, its values moving to each parameter's device in ``Optimizer.load_state_dict``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file, or objects that are not safe to unpickle
         raise CheckpointError(f"checkpoint '{path}' cannot be loaded safely: {str(e)[:300]}") from None
 
