@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from ssl_derm.config_values import coerce_scalar
 from ssl_derm.errors import ConfigError
 from ssl_derm.plugins import plugin, plugin_section, plugin_settings, prune_foreign  # noqa: F401  (re-exported)
 
@@ -124,10 +125,6 @@ class MonitorConfig:
 
 
 # ----------------------------------------------------------------------------- loading
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
 def _coerce(value: Any, tp, key: str):
     """Check ``value`` against the annotation ``tp``; convert where it is unambiguous."""
     origin = typing.get_origin(tp)
@@ -150,31 +147,8 @@ def _coerce(value: Any, tp, key: str):
         return _from_dict(tp, value, key + ".")
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if tp in (bool, int, float, str):
+        return coerce_scalar(value, tp, key)
     return value
 
 

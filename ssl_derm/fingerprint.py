@@ -20,8 +20,9 @@ from typing import Optional
 import numpy as np
 
 from ssl_derm.encoder_files import file_sha256
+from ssl_derm.runs import flatten
 
-IGNORED = {"device", "train.log_every", "train.image_log_every", "train.ckpt_every", "train.num_threads",
+IGNORED = {"device", "train.dist_timeout_min", "train.log_every", "train.image_log_every", "train.ckpt_every", "train.num_threads",
            "train.resume", "data.cache_dir", "protocol.feature_batch_size", "monitor.every_steps",
            "monitor.max_images"}
 
@@ -30,17 +31,7 @@ def flat_config(cfg) -> dict:
     """{"a.b": value} of a config dataclass or dict, without the :data:`IGNORED` keys."""
     from ssl_derm.config import to_dict
 
-    d = cfg if isinstance(cfg, dict) else to_dict(cfg)
-    out = {}
-
-    def walk(x, prefix):
-        for k, v in x.items():
-            if isinstance(v, dict) and v:
-                walk(v, f"{prefix}{k}.")
-            elif prefix + k not in IGNORED:
-                out[prefix + k] = v
-    walk(d, "")
-    return out
+    return {k: v for k, v in flatten(cfg if isinstance(cfg, dict) else to_dict(cfg)).items() if k not in IGNORED}
 
 
 def _sha(obj) -> str:

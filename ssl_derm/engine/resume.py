@@ -11,12 +11,12 @@ import shutil
 from pathlib import Path
 
 from ssl_derm.errors import ConfigError
-
+from ssl_derm.fingerprint import IGNORED
 from ssl_derm.runs import flatten
 
-# keys that may change between a run and its resume: budget, logging and checkpoint frequency
-RESUMABLE_KEYS = ("train.max_steps", "train.ckpt_every", "train.log_every", "train.image_log_every",
-                  "train.resume", "train.num_threads", "train.dist_timeout_min", "monitor.every_steps")
+# keys that may change between a run and its resume: those that never change a result (the fingerprint's
+# IGNORED: logging and checkpoint frequency, threads, device...) and the step budget
+RESUMABLE_KEYS = IGNORED | {"train.max_steps"}
 
 
 class ConfigMismatchError(ConfigError):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
 from ssl_derm.config import MethodSettings
 from ssl_derm.errors import ConfigError
-from ssl_derm.methods.base import Method, Projector, fp32
+from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 
 
@@ -39,8 +38,4 @@ class BarlowTwins(Method):
         self.criterion = BarlowTwinsLoss(lambda_param=cfg.lambda_offdiag, gather_distributed=True)
 
     def training_step(self, views, step):
-        self.expect_views(views, 2)
-        z0, z1 = self.projection(self.encoder(torch.cat(views))).float().chunk(2)
-        with fp32(z0.device):
-            loss = self.criterion(z0, z1)
-        return loss, {}
+        return self.paired_loss(views)

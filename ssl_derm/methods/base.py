@@ -48,6 +48,14 @@ class Method(nn.Module, abc.ABC):
         """EMA momentum on a cosine schedule from ``method.momentum`` to ``method.momentum_end``."""
         return cosine_schedule(min(step, self.max_steps), self.max_steps, self.cfg.momentum, self.cfg.momentum_end)
 
+    def paired_loss(self, views: List[Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+        """The two-view recipe of SimCLR, Barlow Twins and VICReg: both views (B,3,H,W) through the encoder
+        and ``self.projection`` as one batch of 2B, then ``self.criterion(z0, z1)`` in fp32."""
+        self.expect_views(views, 2)
+        z0, z1 = self.projection(self.encoder(torch.cat(views))).float().chunk(2)
+        with fp32(z0.device):
+            return self.criterion(z0, z1), {}
+
     def expect_views(self, views: List[Tensor], n: int, at_least: bool = False) -> None:
         ok = len(views) >= n if at_least else len(views) == n
         if not ok:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.methods.base import Method, Projector, fp32
+from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 
 
@@ -32,9 +31,4 @@ class SimCLR(Method):
         self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
     def training_step(self, views, step):
-        self.expect_views(views, 2)
-        z = self.projection(self.encoder(torch.cat(views)))
-        z0, z1 = z.float().chunk(2)
-        with fp32(z.device):
-            loss = self.criterion(z0, z1)
-        return loss, {}
+        return self.paired_loss(views)

@@ -27,7 +27,6 @@ Files are written to a temp name and renamed; ``model.json`` goes last, so its p
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import os
 from pathlib import Path
@@ -37,25 +36,12 @@ import numpy as np
 import torch
 
 from ssl_derm.config import to_dict
+from ssl_derm.encoder_files import file_sha256
 from ssl_derm.runs import write_json
 
 FORMAT_VERSION = 1
 TIMM_HEAD_PROTOCOLS = ("finetune", "fixmatch", "meanteacher")
 PROBE_PROTOCOLS = ("linear", "labelprop")
-
-
-def encoder_sha256(checkpoint: Optional[str]) -> Optional[str]:
-    """sha256 of the encoder file a run loaded (a folder means its encoder.safetensors); None for random init."""
-    if not checkpoint or str(checkpoint).lower() == "none":
-        return None
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "encoder.safetensors"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
@@ -85,7 +71,7 @@ def save_model(out_dir, tensors: Dict[str, torch.Tensor], meta: dict) -> Path:
 def _common(cfg, encoder_name: str, image_size: int) -> dict:
     return {"timm_name": encoder_name, "image_size": int(image_size), "mean": list(cfg.augment.mean),
             "std": list(cfg.augment.std), "encoder_checkpoint": cfg.encoder.checkpoint,
-            "encoder_sha256": encoder_sha256(cfg.encoder.checkpoint)}
+            "encoder_sha256": file_sha256(cfg.encoder.checkpoint)}
 
 
 def _encoder_state(encoder) -> Dict[str, torch.Tensor]:
