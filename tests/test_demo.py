@@ -12,7 +12,7 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     import re
 
     ahead, total = map(int, re.search(r"ahead of random initialisation in \*\*(\d+) of (\d+)\*\*", report).groups())
-    assert total == 6 and 0 <= ahead <= total  # knn and linear at 3 label fractions
+    assert total == 4 and 0 <= ahead <= total  # knn and linear at 2 label fractions (5% and 100%)
     assert "| knn | 5% |" in report and "| linear | 100% |" in report
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert any(f.startswith("segment_") for f in figures) and any(f.startswith("label_efficiency_") for f in figures)
