@@ -123,20 +123,21 @@ def allow_any_input_size(encoder: Encoder) -> None:
 def freeze_unused(encoder: Encoder, dense: bool = True) -> List[str]:
     """Set requires_grad=False on encoder parameters that the (dense or pooled) forward never uses,
     e.g. mobilenetv3's conv_head, which sits after pooling: the method cannot train them and DDP needs
-    every trainable parameter to get a gradient. One forward/backward of a single blank image.
-    Returns the frozen parameter names."""
+    every trainable parameter to get a gradient. One forward of a single blank image, then
+    ``autograd.grad(allow_unused=True)``, which says which parameters the output does not depend on without
+    touching any ``.grad``. Returns the frozen parameter names."""
     was_training = encoder.training
     encoder.eval()  # keep BN running statistics untouched
-    p0 = next(encoder.parameters())
+    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    p0 = named[0][1]
     blank = torch.zeros(1, 3, encoder.img_size, encoder.img_size, device=p0.device, dtype=p0.dtype)
     out = encoder.forward_dense(blank) if dense else encoder(blank)
-    out.float().sum().backward()
+    grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
     frozen = []
-    for name, p in encoder.named_parameters():
-        if p.requires_grad and p.grad is None:
+    for (name, p), g in zip(named, grads):
+        if g is None:
             p.requires_grad_(False)
             frozen.append(name)
-        p.grad = None
     encoder.train(was_training)
     return frozen
 
