@@ -9,6 +9,7 @@ and how many keys do not fit. A truncated or corrupt file is an error naming the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -63,14 +64,21 @@ def check_fits(path, name: str, model: nn.Module) -> None:
 
 
 def file_sha256(path) -> Optional[str]:
-    """sha256 hex of a file (an encoder checkpoint), or None for no file."""
+    """sha256 hex of a file (an encoder checkpoint), or None for no file. Read once per (path, size, mtime):
+    a label-efficiency table asks for the same encoder's hash in every cell (fingerprint and export)."""
     if path is None or str(path).lower() in ("", "none"):
         return None
     p = Path(path)
     if p.is_dir():
         p = p / "encoder.safetensors"
+    st = p.stat()
+    return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
-    with open(p, "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -100,7 +100,8 @@ def _subset(ds, rows: np.ndarray):
 
 def attach(pool, ext) -> Tuple[object, np.ndarray]:
     """(pool + external rows as one Dataset, the external rows (M,) int64). The pool's rows keep their numbers."""
-    key = (id(pool), ext.key, tuple(ext.ids))
+    # the labels too: the same images under another data.label_map must not reuse a merge with the old labels
+    key = (id(pool), ext.key, tuple(ext.ids), None if ext.labels is None else np.asarray(ext.labels).tobytes())
     if key not in _MERGED:
         _MERGED.clear()
         n = len(pool.ids)
