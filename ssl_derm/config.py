@@ -16,7 +16,8 @@ import yaml
 
 from ssl_derm.config_values import coerce_scalar
 from ssl_derm.errors import ConfigError
-from ssl_derm.plugins import plugin, plugin_section, plugin_settings, prune_foreign  # noqa: F401  (re-exported)
+from ssl_derm.plugins import (plugin, plugin_section, plugin_settings, prune_foreign,  # noqa: F401  (re-exported)
+                              require_at_least)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -114,6 +115,9 @@ class MethodSettings:
 
     name: str = "simclr"  # a registered method
     export: str = "student"  # student | teacher (the momentum teacher of BYOL/MoCo v3/DINO; DINO evaluates it)
+
+    def at_least(self, minimum, *keys: str, strict: bool = False) -> None:
+        require_at_least("method", self, minimum, *keys, strict=strict)
 
 
 @dataclass

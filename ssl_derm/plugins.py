@@ -105,3 +105,12 @@ def plugin_settings(kind: str, name: str, values: Optional[dict] = None, lenient
     if hasattr(obj, "check"):
         obj.check()
     return obj
+
+
+def require_at_least(section: str, settings, minimum, *keys: str, strict: bool = False) -> None:
+    """ConfigError naming ``<section>.<key>`` for the first of ``keys`` below ``minimum`` (or equal to it when
+    ``strict``): the range check every plug-in's settings ``check()`` makes."""
+    for key in keys:
+        v = getattr(settings, key)
+        if v < minimum or (strict and v == minimum):
+            raise ConfigError(f"config key '{section}.{key}': must be {'>' if strict else '>='} {minimum}, got {v}")

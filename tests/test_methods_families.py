@@ -131,3 +131,20 @@ def test_ibot_patch_term_by_hand():
         weight = (1 / per_image).repeat_interleave(per_image.long())  # masked tokens come image by image
         expected = 1.5 * float((ce * weight).sum() / 6)
     assert loss_at(1.5) - loss_at(0.0) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("overrides, key, rule", [
+    (["method.name=swav", "method.n_prototypes=0"], "method.n_prototypes", ">= 1"),
+    (["method.name=swav", "method.temperature=0"], "method.temperature", "> 0"),
+    (["method.name=swav", "method.queue_length=-1"], "method.queue_length", ">= 0"),
+    (["method.name=vicreg", "method.variance_weight=-1"], "method.variance_weight", ">= 0"),
+    (["method.name=barlowtwins", "method.lambda_offdiag=-1"], "method.lambda_offdiag", ">= 0"),
+    (["method.name=dino", "method.koleo_weight=-0.1"], "method.koleo_weight", ">= 0"),
+    (["method.name=ibot", "method.patch_loss_weight=-1"], "method.patch_loss_weight", ">= 0"),
+])
+def test_method_settings_out_of_range_name_the_key(overrides, key, rule):
+    from ssl_derm.config import ConfigError, PretrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=f"'{key}': must be {rule}, got"):
+        load_config(PretrainConfig, None, overrides)
+    load_config(PretrainConfig, None, overrides[:1])  # the defaults pass

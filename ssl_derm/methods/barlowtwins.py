@@ -8,7 +8,6 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.errors import ConfigError
 from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 
@@ -21,8 +20,7 @@ class BarlowTwinsSettings(Projector, MethodSettings):
     lambda_offdiag: float = 5e-3  # weight of the redundancy-reduction (off-diagonal) term
 
     def check(self) -> None:
-        if self.lambda_offdiag < 0:
-            raise ConfigError(f"config key 'method.lambda_offdiag': {self.lambda_offdiag} must be >= 0")
+        self.at_least(0, "lambda_offdiag")
 
 
 @register("method", "barlowtwins", settings=BarlowTwinsSettings)

@@ -17,7 +17,6 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.errors import ConfigError
 from ssl_derm.methods.base import Method, Momentum, Projector, allow_any_input_size, fp32, make_teacher
 from ssl_derm.registry import register
 
@@ -34,8 +33,7 @@ class DINOSettings(Projector, Momentum, MethodSettings):
     koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view features; 0 = off
 
     def check(self) -> None:
-        if self.koleo_weight < 0:
-            raise ConfigError(f"config key 'method.koleo_weight': {self.koleo_weight} must be >= 0")
+        self.at_least(0, "koleo_weight")
 
 
 def koleo_term(feats: torch.Tensor, n_views: int, weight: float, criterion: KoLeoLoss) -> torch.Tensor:

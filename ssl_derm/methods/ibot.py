@@ -37,8 +37,7 @@ class IBOTSettings(DINOSettings):
 
     def check(self) -> None:
         super().check()
-        if self.patch_loss_weight < 0:
-            raise ConfigError(f"config key 'method.patch_loss_weight': {self.patch_loss_weight} must be >= 0")
+        self.at_least(0, "patch_loss_weight")
         if not 0.0 < self.ibot_mask_prob <= 1.0:
             raise ConfigError(f"config key 'method.ibot_mask_prob': {self.ibot_mask_prob} must be in (0, 1]")
         if not 0.0 < self.ibot_mask_ratio_min <= self.ibot_mask_ratio_max < 1.0:

@@ -21,7 +21,6 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import nn
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.errors import ConfigError
 from ssl_derm.methods.base import Method, Projector, allow_any_input_size, fp32
 from ssl_derm.registry import register
 
@@ -38,15 +37,9 @@ class SwAVSettings(Projector, MethodSettings):
     queue_start_step: int = 0
 
     def check(self) -> None:
-        for key in ("n_prototypes", "sinkhorn_iterations"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'method.{key}': {getattr(self, key)} must be >= 1")
-        for key in ("temperature", "sinkhorn_epsilon"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"config key 'method.{key}': {getattr(self, key)} must be > 0")
-        for key in ("freeze_prototypes_steps", "queue_length", "queue_start_step"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key 'method.{key}': {getattr(self, key)} must be >= 0")
+        self.at_least(1, "n_prototypes", "sinkhorn_iterations")
+        self.at_least(0, "temperature", "sinkhorn_epsilon", strict=True)
+        self.at_least(0, "freeze_prototypes_steps", "queue_length", "queue_start_step")
 
 
 @register("method", "swav", settings=SwAVSettings)

@@ -8,7 +8,6 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 
 from ssl_derm.config import MethodSettings
-from ssl_derm.errors import ConfigError
 from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 
@@ -23,9 +22,7 @@ class VICRegSettings(Projector, MethodSettings):
     covariance_weight: float = 1.0  # nu
 
     def check(self) -> None:
-        for key in ("invariance_weight", "variance_weight", "covariance_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key 'method.{key}': {getattr(self, key)} must be >= 0")
+        self.at_least(0, "invariance_weight", "variance_weight", "covariance_weight")
 
 
 @register("method", "vicreg", settings=VICRegSettings)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import List
 
 from ssl_derm.config import AugmentConfig, ConfigError, DataConfig, EncoderConfig, TrainConfig, plugin
+from ssl_derm.plugins import require_at_least
 
 DEFAULT_METHOD = "contrast_em"  # the best method that needs no checkpoint (benchmarks/segment_ham10000.py)
 COMPONENT_CHOICES = ("central", "largest", "all")
@@ -55,9 +56,7 @@ class SegmenterSettings:
 
     def at_least(self, minimum: int, *keys: str) -> None:
         """ConfigError unless every ``segment.<key>`` is >= ``minimum``."""
-        for key in keys:
-            if getattr(self, key) < minimum:
-                raise ConfigError(f"config key 'segment.{key}': must be >= {minimum}, got {getattr(self, key)}")
+        require_at_least("segment", self, minimum, *keys)
 
 
 @dataclass
