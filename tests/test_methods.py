@@ -13,7 +13,7 @@ from ssl_derm.registry import names
 
 RESNET, VIT, SWIN = "resnet18", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"
 CASES = [(m, e) for m in ("simclr", "mocov3", "byol", "dino", "barlowtwins", "vicreg", "swav") for e in (RESNET, VIT)] + [
-    ("mae", VIT), ("simmim", VIT), ("simmim", RESNET), ("simmim", SWIN), ("ibot", VIT)]
+    ("mae", VIT), ("simmim", VIT), ("simmim", RESNET), ("simmim", SWIN), ("ibot", VIT), ("densecl", RESNET), ("densecl", VIT)]
 
 
 

@@ -141,6 +141,8 @@ def test_ibot_patch_term_by_hand():
     (["method.name=barlowtwins", "method.lambda_offdiag=-1"], "method.lambda_offdiag", ">= 0"),
     (["method.name=dino", "method.koleo_weight=-0.1"], "method.koleo_weight", ">= 0"),
     (["method.name=ibot", "method.patch_loss_weight=-1"], "method.patch_loss_weight", ">= 0"),
+    (["method.name=densecl", "method.temperature=0"], "method.temperature", "> 0"),
+    (["method.name=densecl", "method.dense_weight=1.5"], "method.dense_weight", r"in \[0, 1\]"),
 ])
 def test_method_settings_out_of_range_name_the_key(overrides, key, rule):
     from ssl_derm.config import ConfigError, PretrainConfig, load_config
@@ -148,3 +150,40 @@ def test_method_settings_out_of_range_name_the_key(overrides, key, rule):
     with pytest.raises(ConfigError, match=f"'{key}': must be {rule}, got"):
         load_config(PretrainConfig, None, overrides)
     load_config(PretrainConfig, None, overrides[:1])  # the defaults pass
+
+
+def test_densecl_matches_each_cell_to_the_most_similar_cell_of_the_other_view():
+    from ssl_derm.methods.densecl import dense_pairs
+
+    torch.manual_seed(0)
+    b, c, h, w, d = 3, 8, 3, 3, 5
+    f0 = torch.randn(b, c, h, w)
+    perm = torch.randperm(h * w)  # view 1 = view 0's cells shuffled, as a crop and flip would move them
+    f1 = f0.flatten(2)[:, :, perm].view(b, c, h, w)
+    d0 = torch.randn(b, h * w, d)
+    d1 = d0[:, perm]  # each cell keeps its own projection
+    q, k = dense_pairs(torch.cat([f0, f1]), torch.cat([d0, d1]))
+    assert q.shape == k.shape == (2 * b * h * w, d)
+    assert torch.equal(q, k)  # every positive is the same cell seen in the other view
+    q2, k2 = dense_pairs(torch.cat([f0, f0.roll(1, 0)]), torch.cat([d0, d0.roll(1, 0)]))
+    assert not torch.equal(q2, k2)  # matching stays inside each image: another image's cells never pair
+
+
+def test_densecl_dense_term_counts_only_with_its_weight():
+    from ssl_derm.methods import build_method
+    from ssl_derm.augment import build_preset
+    from ssl_derm.config import AugmentConfig, plugin_settings
+    from ssl_derm.encoders import create_encoder
+
+    views = build_preset("two_view", AugmentConfig(), 64)(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
+    out = {}
+    for wgt in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = plugin_settings("method", "densecl", dict(proj_hidden_dim=16, proj_dim=8, dense_weight=wgt))
+        m = build_method(cfg, create_encoder("resnet18", 64), max_steps=5).eval()
+        loss, logs = m.training_step(views, 0)
+        out[wgt] = (float(loss), logs)
+        assert logs["cells"] == 4.0  # resnet18 at 64 px: a 2x2 last map
+    assert out[0.0][0] == pytest.approx(out[0.0][1]["loss_global"])
+    assert out[1.0][0] == pytest.approx(out[1.0][1]["loss_dense"])
+    assert out[0.0][1]["loss_dense"] == pytest.approx(out[1.0][1]["loss_dense"])  # same weights, same views

@@ -1,4 +1,5 @@
-"""Self-supervised methods, one registered file each: simclr, mocov3, byol, dino, mae, simmim.
+"""Self-supervised methods, one registered file each (found by the registry): simclr, mocov3, byol, dino,
+mae, simmim, barlowtwins, vicreg, swav, ibot, densecl.
 
 ``build_method(method_cfg, encoder, max_steps)`` -> a ``Method``; see ``methods/base.py`` for the interface.
 """
