@@ -156,3 +156,20 @@ def test_shared_modules_import_no_concrete_segmenter():
         tree = ast.parse(inspect.getsource(mod))
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not imported & concrete, (mod.__name__, imported & concrete)
+
+
+def test_gharawi_reads_the_last_stage_only_when_asked(synth):
+    from ssl_derm.config import AugmentConfig
+    from ssl_derm.segment.gharawi import encoder_levels
+
+    enc = create_encoder("resnet18", 64)
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    early = encoder_levels(enc, images, AugmentConfig(), torch.device("cpu"))
+    deep = encoder_levels(enc, images, AugmentConfig(), torch.device("cpu"), max_stride=32)
+    assert [m.shape[-1] for m in early] == [16, 8, 4]  # strides 4, 8, 16
+    assert [m.shape[-1] for m in deep] == [16, 8, 4, 2]  # + the last stage (stride 32)
+    small = create_encoder("resnet18", SIZE)
+    _, masks = predict_batch(build_segmenter(_cfg("gharawi", "segment.max_feature_stride=32"), small), synth[0][:2])
+    assert masks.shape == (2, SIZE, SIZE) and masks.any()
+    with pytest.raises(ConfigError, match="segment.max_feature_stride"):
+        _cfg("gharawi", "segment.max_feature_stride=2")

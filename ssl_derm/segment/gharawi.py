@@ -30,9 +30,10 @@ MOMENTUM = 0.9
 
 
 @torch.no_grad()
-def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
-    """uint8 (N,S,S,3) -> the frozen encoder's maps [(N, C_l, h_l, w_l)]: a CNN's stages of stride 4, 8
-    and 16 (the early, local ones), or a ViT's patch-token grid."""
+def encoder_levels(encoder, images: np.ndarray, aug_cfg, device, max_stride: int = 16) -> list:
+    """uint8 (N,S,S,3) -> the frozen encoder's maps [(N, C_l, h_l, w_l)]: a CNN's stages of stride 4 up
+    to ``max_stride`` (16: the early, local ones; 32 adds the last stage, which a dense method such as
+    DenseCL trains per location), or a ViT's patch-token grid."""
     from ssl_derm.augment import normalize
 
     x = normalize(uint8_batch(images).to(device), aug_cfg)
@@ -44,7 +45,7 @@ def encoder_levels(encoder, images: np.ndarray, aug_cfg, device) -> list:
             return [encoder.forward_dense(x).float()]
         maps = model.forward_intermediates(x, intermediates_only=True)
         size = x.shape[-1]
-        keep = [m.float() for m in maps if 4 <= size // m.shape[-1] <= 16]
+        keep = [m.float() for m in maps if 4 <= size // m.shape[-1] <= max_stride]
         return keep or [maps[-1].float()]
     finally:
         model.train(was)
@@ -77,11 +78,13 @@ class GharawiSettings(SegmenterSettings):
     position_weight: float = 0.0  # scale of the x, y inputs of the pixel branch (0: colour only, as Kim et al.)
     spatial_weight: float = 1.0  # weight of the spatial-consistency (L1 response difference) loss
     per_image: bool = True  # optimise a fresh model per image; false: one model per batch
+    max_feature_stride: int = 16  # deepest CNN stage read: 16 = strides 4-16; 32 adds the last stage
 
     def check(self) -> None:
         super().check()
         self.at_least(1, "min_clusters", "feat_dim", "heads", "work_size")
         self.at_least(2, "max_clusters")  # skin and lesion
+        self.at_least(4, "max_feature_stride")
         if self.feat_dim % self.heads:
             raise ConfigError(f"config key 'segment.feat_dim' ({self.feat_dim}) must be divisible by "
                               f"'segment.heads' ({self.heads})")
@@ -115,7 +118,7 @@ class Gharawi(Segmenter):
         dev = next(self.encoder.parameters()).device
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.cfg.seed)  # the same images give the same masks, whatever ran before
-        levels = encoder_levels(self.encoder, images, self.cfg.augment, dev)
+        levels = encoder_levels(self.encoder, images, self.cfg.augment, dev, self.s.max_feature_stride)
         size = images.shape[1]
         lab_t = torch.from_numpy(prep.lab).to(dev)
         work = min(self.s.work_size, size)
