@@ -38,9 +38,12 @@ def mahalanobis(f: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d))
 
 
-def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int) -> Tuple[np.ndarray, np.ndarray]:
+def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,
+             bias: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Two-Gaussian classification EM. f: (C, P) features; valid, init: bool (P,).
 
+    ``bias``: prior log-odds of lesion against skin added to every pixel's log-likelihood ratio (0: equal
+    priors; > 0: a pixel the two Gaussians explain about equally well goes to the lesion).
     Returns (lesion posterior float (P,), lesion bool (P,)); pixels outside ``valid`` are 0 / False.
     """
     m = init & valid
@@ -48,7 +51,7 @@ def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int) -> 
     for _ in range(iters):
         if m.sum() < MIN_PIXELS or (valid & ~m).sum() < MIN_PIXELS:
             break
-        llr = gaussian_nll(f, valid & ~m) - gaussian_nll(f, m)
+        llr = gaussian_nll(f, valid & ~m) - gaussian_nll(f, m) + bias
         post = 1.0 / (1.0 + np.exp(-np.clip(llr, -30, 30)))
         m = (llr > 0) & valid
     return np.where(valid, post, 0.0), m
