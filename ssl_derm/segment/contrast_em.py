@@ -14,7 +14,10 @@ Per image, with no labels and nothing learnt across images:
    (the lesion's paler rim is as likely under either class: it belongs to the lesion); ``em_iters``
    rounds. The ring seeds the skin class but does not bind it, so a lesion reaching the ring is not
    forced into skin;
-5. the shared clean-up: the central component, holes filled.
+5. which round: a lesion's border is where the colour changes fastest, while an EM that leaks into skin
+   draws its outline through smooth skin. An earlier round's mask replaces the last round's when its
+   (cleaned) outline lies on colour edges at least ``edge_margin`` times stronger on average;
+6. the shared clean-up: the central component, holes filled.
 
 The lesion score is the posterior of the lesion class, a sigmoid of the biased log-likelihood ratio.
 The same EM (``segment/em.py``, without the texture feature or bias) finishes other methods' masks when
@@ -33,7 +36,8 @@ from ssl_derm.registry import register
 from ssl_derm.segment.base import Segmenter
 from ssl_derm.segment.colour import scaled_px
 from ssl_derm.segment.config import SegmenterSettings
-from ssl_derm.segment.em import em_split, mahalanobis
+from ssl_derm.segment.cleanup import clean_mask
+from ssl_derm.segment.em import em_rounds, mahalanobis
 from ssl_derm.segment.prep import Prepared, smooth_lab
 from ssl_derm.segment.prior import otsu_threshold
 
@@ -63,11 +67,15 @@ class ContrastEMSettings(SegmenterSettings):
     texture_sigma: float = 0.7  # local contrast window (px at 128) of the extra feature; 0 = colour only
     texture_weight: float = 2.0  # the feature's scale next to Lab (L units): how much roughness counts
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
+    edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
 
     def check(self) -> None:
         super().check()
         if self.em_iters < 0:
             raise ConfigError(f"config key 'segment.em_iters': must be >= 0, got {self.em_iters}")
+        if self.edge_margin < 0:
+            raise ConfigError(f"config key 'segment.edge_margin': must be >= 0 (0 = always the last EM round), "
+                              f"got {self.edge_margin}")
         if self.texture_sigma < 0 or self.texture_weight <= 0:
             raise ConfigError("config keys 'segment.texture_sigma' (>= 0, 0 = off) and 'segment.texture_weight' (> 0): "
                               f"got {self.texture_sigma} and {self.texture_weight}")
@@ -82,17 +90,47 @@ def features(prep: Prepared, s: ContrastEMSettings) -> np.ndarray:
     return np.concatenate([lab, rough[:, None]], 1)
 
 
+def colour_edges(lab: np.ndarray) -> np.ndarray:
+    """Colour gradient magnitude: float (N, 3, S, S) Lab -> float (N, S, S), summed over the channels."""
+    return sum(np.hypot(ndi.sobel(lab[:, c], 1), ndi.sobel(lab[:, c], 2)) for c in range(lab.shape[1]))
+
+
+def outline_edge(mask: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> float:
+    """Mean of ``edges`` on the outline of bool (S, S) ``mask`` within bool (S, S) ``inside``; 0 without one."""
+    line = mask & ~ndi.binary_erosion(mask) & inside
+    return float(edges[line].mean()) if line.any() else 0.0
+
+
+def pick_round(rounds, edges: np.ndarray, valid: np.ndarray, component: str, fill_holes: bool, margin: float):
+    """The last of the EM ``rounds`` [(post (P,), mask (P,))], unless an earlier one's cleaned outline is
+    ``margin`` times stronger on ``edges`` (S, S) (the field of view's own rim, ``valid``'s, does not count)."""
+    if margin <= 0 or len(rounds) < 2:
+        return rounds[-1]
+    size = edges.shape[0]
+    inside = ndi.binary_erosion(valid, iterations=2)
+    strength = [outline_edge(clean_mask(m.reshape(size, size) & valid, component, fill_holes), edges, inside)
+                for _, m in rounds]
+    strength[-1] *= margin
+    return rounds[int(np.argmax(strength))]
+
+
 @register("segmenter", "contrast_em", settings=ContrastEMSettings)
 class ContrastEM(Segmenter):
     def segment(self, images: np.ndarray, prep: Prepared):
         feats = features(prep, self.s)
+        edges = colour_edges(feats[:, :3]) if self.s.edge_margin > 0 and self.s.em_iters > 1 else None
         n, c, size, _ = feats.shape
         scores = np.zeros((n, size, size), np.float32)
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
             f, v, ring = feats[i].reshape(c, -1), prep.valid[i].ravel(), prep.ring[i].ravel()
             dist, init = contrast_init(f, v, ring)
-            post, m = em_split(f, v, init, self.s.em_iters, self.s.lesion_bias)
+            rounds = em_rounds(f, v, init, self.s.em_iters, self.s.lesion_bias)
+            if edges is not None:
+                post, m = pick_round(rounds, edges[i], prep.valid[i], self.s.component, self.s.fill_holes,
+                                     self.s.edge_margin)
+            else:
+                post, m = rounds[-1] if rounds else (init.astype(np.float64), init)
             if self.s.em_iters == 0:  # contrast alone: score = distance relative to the threshold
                 post = 1.0 - np.exp(-dist / max(otsu_threshold(dist[v]), 1e-6) * np.log(2))
             scores[i], masks[i] = post.reshape(size, size), m.reshape(size, size)
