@@ -1,4 +1,4 @@
-"""The default segmenter's own steps: the local-contrast feature and the lesion prior log-odds."""
+"""The default segmenter's own steps: the local-contrast feature, the lesion prior log-odds, the EM round by edges."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.segment.base import build_segmenter
 from ssl_derm.segment.config import SegmentConfig, check_segment_config
-from ssl_derm.segment.contrast_em import local_contrast
+from ssl_derm.segment.contrast_em import colour_edges, local_contrast, pick_round
 from ssl_derm.segment.em import em_split
 from ssl_derm.segment.run import predict_batch
 
@@ -81,8 +81,41 @@ def test_default_bias_grows_a_soft_edged_lesion():
     assert default.sum() > equal.sum() > 0
 
 
+def test_an_earlier_round_on_the_lesions_edge_beats_a_last_round_leaking_into_skin():
+    # a sharp dark disc on skin with a smooth shading: round 1 found the disc, round 2 leaked into the shading
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.hypot(yy - 32, xx - 32) < 10
+    lab = np.stack([70 - 0.3 * xx, np.full((size, size), 15.0), np.full((size, size), 15.0)])
+    lab[0][disc] = 30.0
+    edges = colour_edges(lab[None])[0]
+    valid = np.ones((size, size), bool)
+    leak = disc | (xx > 40)
+    rounds = [(disc.ravel().astype(float), disc.ravel()), (leak.ravel().astype(float), leak.ravel())]
+    assert pick_round(rounds, edges, valid, "central", True, 1.25) is rounds[0]
+    assert pick_round(rounds, edges, valid, "central", True, 0.0) is rounds[1]  # 0: always the last round
+    # an earlier round only wins by the margin: the same outline twice keeps the last
+    same = [rounds[0], (disc.ravel().astype(float), disc.ravel().copy())]
+    assert pick_round(same, edges, valid, "central", True, 1.25) is same[1]
+
+
+def test_the_default_picks_its_round_by_edges(monkeypatch):
+    import ssl_derm.segment.contrast_em as ce
+
+    calls = []
+    real = ce.pick_round
+    monkeypatch.setattr(ce, "pick_round", lambda *a: calls.append(a) or real(*a))
+    images, _ = _rough_lesion(64)
+    predict_batch(build_segmenter(_cfg()), images)
+    assert len(calls) == 1 and len(calls[0][0]) == _cfg().segment.em_iters
+    predict_batch(build_segmenter(_cfg("segment.edge_margin=0")), images)
+    assert len(calls) == 1  # off: the last round, no edge computation
+
+
 def test_texture_keys_are_checked():
     with pytest.raises(ConfigError, match="segment.texture_sigma"):
         _cfg("segment.texture_sigma=-1")
     with pytest.raises(ConfigError, match="segment.texture_weight"):
         _cfg("segment.texture_weight=0")
+    with pytest.raises(ConfigError, match="segment.edge_margin"):
+        _cfg("segment.edge_margin=-1")
