@@ -64,6 +64,7 @@ class ContrastEMSettings(SegmenterSettings):
     """contrast_em: the shared ``smooth_sigma`` and ``em_iters`` (0: the contrast alone), and its own keys."""
 
     method: str = "contrast_em"
+    em_iters: int = 4  # one more than the shared default: edge_margin falls back to round 1 when the EM leaks
     texture_sigma: float = 0.7  # local contrast window (px at 128) of the extra feature; 0 = colour only
     texture_weight: float = 2.0  # the feature's scale next to Lab (L units): how much roughness counts
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
