@@ -16,12 +16,14 @@ the script resumes; writes <out>/segment_ham10000.md.
 Recorded 2026-11-26, CPU only (2 shared cores, 1 torch thread, load average 4-9, so s/image varies about
 3x between runs), cache 128 px, scored at each image's original 200x150 size. "checkpoint": SimCLR
 resnet18 from `ssl-derm pretrain` on the pooled archive (64 px, 800 steps: runs/pretrain_pooled).
-Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 images the default gets
-0.7416 (otsu_blue 0.6099, kmeans_color 0.6295), on the same 1000 images 0.7774.
+Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 images the default got
+0.7416 (otsu_blue 0.6099, kmeans_color 0.6295), on the same 1000 images 0.7774. The default's row is from
+2026-11-29 (issue 15: local contrast, lesion_bias, EM round picked by edges; same conditions): 0.7717 on the
+200, 0.8068 on the 1000; the self-training rows still start from the 2026-11-26 default (0.7690).
 
 | method | images | mean Jaccard | mean Dice | thresholded Jaccard | s/image (CPU) | checkpoint |
 |---|---|---|---|---|---|---|
-| default (contrast_em) | 8019 | 0.7690 | 0.8502 | 0.6857 | 0.012-0.053 | no |
+| default (contrast_em) | 8019 | 0.7994 | 0.8725 | 0.7357 | 0.028-0.046 | no |
 | otsu_gray | 8019 | 0.5838 | 0.6862 | 0.4449 | 0.009 | no |
 | otsu_blue | 8019 | 0.6411 | 0.7322 | 0.5421 | 0.007 | no |
 | kmeans_color | 8019 | 0.6681 | 0.7649 | 0.5651 | 0.020 | no |
@@ -32,7 +34,7 @@ Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 im
 | gharawi_random_refine_em | 200 | 0.7335 | 0.8164 | 0.6390 | 0.64 | no |
 | gharawi | 200 | 0.6568 | 0.7607 | 0.4861 | 0.74 | yes |
 | gharawi_refine_em | 200 | 0.7344 | 0.8172 | 0.6350 | 0.79 | yes |
-| selftrain_random, round 1 (on default's masks) | 8019 | 0.7947 | 0.8717 | 0.7262 | 0.065 | no |
+| selftrain_random, round 1 (on the 2026-11-26 default's masks) | 8019 | 0.7947 | 0.8717 | 0.7262 | 0.065 | no |
 | selftrain_random_2rounds, round 2 | 8019 | 0.7985 | 0.8718 | 0.7399 | 0.062 | no |
 | selftrain, round 1 | 8019 | 0.7912 | 0.8671 | 0.7251 | 0.062 | yes |
 

@@ -5,7 +5,7 @@ Features are columns: ``f`` is (C, P) for C channels (Lab) and P pixels; selecti
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -38,20 +38,35 @@ def mahalanobis(f: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d))
 
 
-def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int) -> Tuple[np.ndarray, np.ndarray]:
+def em_rounds(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,
+              bias: float = 0.0) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Two-Gaussian classification EM. f: (C, P) features; valid, init: bool (P,).
 
-    Returns (lesion posterior float (P,), lesion bool (P,)); pixels outside ``valid`` are 0 / False.
+    ``bias``: prior log-odds of lesion against skin added to every pixel's log-likelihood ratio (0: equal
+    priors; > 0: a pixel the two Gaussians explain about equally well goes to the lesion).
+    Returns one (lesion posterior float (P,), lesion bool (P,)) per round, ``iters`` of them (a round after
+    a class fell under MIN_PIXELS repeats the last); pixels outside ``valid`` are 0 / False.
     """
     m = init & valid
     post = m.astype(np.float64)
+    out = []
     for _ in range(iters):
-        if m.sum() < MIN_PIXELS or (valid & ~m).sum() < MIN_PIXELS:
-            break
-        llr = gaussian_nll(f, valid & ~m) - gaussian_nll(f, m)
-        post = 1.0 / (1.0 + np.exp(-np.clip(llr, -30, 30)))
-        m = (llr > 0) & valid
-    return np.where(valid, post, 0.0), m
+        if m.sum() >= MIN_PIXELS and (valid & ~m).sum() >= MIN_PIXELS:
+            llr = gaussian_nll(f, valid & ~m) - gaussian_nll(f, m) + bias
+            post = 1.0 / (1.0 + np.exp(-np.clip(llr, -30, 30)))
+            m = (llr > 0) & valid
+        out.append((np.where(valid, post, 0.0), m))
+    return out
+
+
+def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,
+             bias: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """The last round of :func:`em_rounds` (the initial split when ``iters`` is 0). -> (post (P,), bool (P,))"""
+    rounds = em_rounds(f, valid, init, iters, bias)
+    if rounds:
+        return rounds[-1]
+    m = init & valid
+    return m.astype(np.float64), m
 
 
 def em_refine(prep, masks: np.ndarray, s) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,121 @@
+"""The default segmenter's own steps: the local-contrast feature, the lesion prior log-odds, the EM round by edges."""
+import numpy as np
+import pytest
+import torch
+
+from ssl_derm.config import ConfigError, load_config
+from ssl_derm.segment.base import build_segmenter
+from ssl_derm.segment.config import SegmentConfig, check_segment_config
+from ssl_derm.segment.contrast_em import colour_edges, local_contrast, pick_round
+from ssl_derm.segment.em import em_split
+from ssl_derm.segment.run import predict_batch
+
+SKIN = np.array([200.0, 160.0, 150.0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(*extra):
+    return check_segment_config(load_config(SegmentConfig, None, ["segment.method=contrast_em", *extra]))
+
+
+def _jaccard(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def _rough_lesion(size=128, seed=0):
+    """Skin with mild noise; a central disc of pixel-scale light/dark checkerboard whose mean is the skin's colour."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.hypot(yy - size / 2, xx - size / 2) < size / 5
+    img = SKIN + rng.normal(0, 2, (size, size, 3))
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
+    img = np.where(disc[..., None], img + 45 * checker, img)
+    return img.clip(0, 255).astype(np.uint8)[None], disc[None]
+
+
+def test_local_contrast_is_zero_on_flat_and_high_on_rough():
+    flat = np.full((1, 128, 128), 50.0)  # the window is given in px at 128 and scaled with the size
+    rough = flat + 10 * np.where(np.add.outer(np.arange(128), np.arange(128)) % 2 == 0, 1, -1)
+    assert np.allclose(local_contrast(flat, 0.7), 0, atol=1e-3)
+    assert local_contrast(rough, 0.7)[0, 8:120, 8:120].min() > 5
+
+
+def test_texture_feature_finds_a_lesion_with_the_skins_mean_colour():
+    # hair removal off and heavy colour smoothing: the disc's mean colour is the skin's, only its roughness differs
+    images, true = _rough_lesion()
+    keys = ["segment.hair_kernel=0", "segment.smooth_sigma=3"]
+    _, with_texture = predict_batch(build_segmenter(_cfg(*keys)), images)
+    _, colour_only = predict_batch(build_segmenter(_cfg(*keys, "segment.texture_sigma=0")), images)
+    assert _jaccard(with_texture[0], true[0]) > 0.8
+    assert _jaccard(colour_only[0], true[0]) < 0.5
+
+
+def test_lesion_bias_gives_ambiguous_pixels_to_the_lesion():
+    rng = np.random.default_rng(0)
+    # 1-D features: skin N(0, 1), lesion N(8, 2), and a ramp of in-between values (a lesion's pale rim)
+    f = np.concatenate([rng.normal(0, 1, 2000), rng.normal(8, 2, 400), np.linspace(1, 5, 200)])[None]
+    valid = np.ones(f.shape[1], bool)
+    init = f[0] > 4
+    _, equal = em_split(f, valid, init, 3, bias=0.0)
+    _, biased = em_split(f, valid, init, 3, bias=1.0)
+    _, against = em_split(f, valid, init, 3, bias=-1.0)
+    assert (biased >= equal).all() and biased.sum() > equal.sum()  # only ever adds pixels, and some
+    assert (against <= equal).all() and against.sum() < equal.sum()
+
+
+def test_default_bias_grows_a_soft_edged_lesion():
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    w = np.clip((r - size / 6) / (size / 6), 0, 1)[..., None]  # dark centre fading into the skin
+    img = (SKIN * w + np.array([90.0, 50.0, 40.0]) * (1 - w)).astype(np.uint8)[None]
+    _, default = predict_batch(build_segmenter(_cfg()), img)
+    _, equal = predict_batch(build_segmenter(_cfg("segment.lesion_bias=0")), img)
+    assert default.sum() > equal.sum() > 0
+
+
+def test_an_earlier_round_on_the_lesions_edge_beats_a_last_round_leaking_into_skin():
+    # a sharp dark disc on skin with a smooth shading: round 1 found the disc, round 2 leaked into the shading
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.hypot(yy - 32, xx - 32) < 10
+    lab = np.stack([70 - 0.3 * xx, np.full((size, size), 15.0), np.full((size, size), 15.0)])
+    lab[0][disc] = 30.0
+    edges = colour_edges(lab[None])[0]
+    valid = np.ones((size, size), bool)
+    leak = disc | (xx > 40)
+    rounds = [(disc.ravel().astype(float), disc.ravel()), (leak.ravel().astype(float), leak.ravel())]
+    assert pick_round(rounds, edges, valid, "central", True, 1.25) is rounds[0]
+    assert pick_round(rounds, edges, valid, "central", True, 0.0) is rounds[1]  # 0: always the last round
+    # an earlier round only wins by the margin: the same outline twice keeps the last
+    same = [rounds[0], (disc.ravel().astype(float), disc.ravel().copy())]
+    assert pick_round(same, edges, valid, "central", True, 1.25) is same[1]
+
+
+def test_the_default_picks_its_round_by_edges(monkeypatch):
+    import ssl_derm.segment.contrast_em as ce
+
+    calls = []
+    real = ce.pick_round
+    monkeypatch.setattr(ce, "pick_round", lambda *a: calls.append(a) or real(*a))
+    images, _ = _rough_lesion(64)
+    predict_batch(build_segmenter(_cfg()), images)
+    assert len(calls) == 1 and len(calls[0][0]) == _cfg().segment.em_iters
+    predict_batch(build_segmenter(_cfg("segment.edge_margin=0")), images)
+    assert len(calls) == 1  # off: the last round, no edge computation
+
+
+def test_texture_keys_are_checked():
+    with pytest.raises(ConfigError, match="segment.texture_sigma"):
+        _cfg("segment.texture_sigma=-1")
+    with pytest.raises(ConfigError, match="segment.texture_weight"):
+        _cfg("segment.texture_weight=0")
+    with pytest.raises(ConfigError, match="segment.edge_margin"):
+        _cfg("segment.edge_margin=-1")
