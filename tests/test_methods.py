@@ -133,11 +133,11 @@ def test_sync_batchnorm_flags_and_presets():
     from ssl_derm.registry import get
 
     flags = {n: get("method", n).sync_batchnorm_needed for n in names("method")}
-    assert flags["simclr"] and flags["byol"] and flags["mocov3"] and not flags["mae"]
+    assert flags["simclr"] and flags["byol"] and flags["mocov3"] and flags["densecl"] and not flags["mae"]
     presets = {n: get("method", n).default_preset for n in names("method")}
     assert presets == {"simclr": "two_view", "mocov3": "two_view", "byol": "two_view", "dino": "multi_crop",
                        "mae": "masked", "simmim": "masked", "barlowtwins": "two_view", "vicreg": "two_view",
-                       "swav": "multi_crop", "ibot": "multi_crop"}
+                       "swav": "multi_crop", "ibot": "multi_crop", "densecl": "two_view"}
 
 
 def test_mae_freezes_vit_parts_it_never_uses():
