@@ -1,7 +1,6 @@
 """The default segmenter's own steps: the local-contrast feature, the lesion prior log-odds, the EM round by edges."""
 import numpy as np
 import pytest
-import torch
 
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.segment.base import build_segmenter
@@ -12,13 +11,6 @@ from ssl_derm.segment.run import predict_batch
 
 SKIN = np.array([200.0, 160.0, 150.0])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cfg(*extra):

@@ -21,14 +21,6 @@ ENCODER = {"kmeans_features": "resnet18", "gharawi": "resnet18", "vit_attention"
 MIN_JACCARD = {"contrast_em": 0.8, "kmeans_color": 0.75, "otsu_blue": 0.5, "otsu_gray": 0.5, "gharawi": 0.6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # per-image work on tiny tensors: extra threads only spin on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def synth():

@@ -19,13 +19,6 @@ from ssl_derm.segment.selftrain import joint_augmentation, loss_weights
 W, H = 60, 45  # original image size (not square, not the cache size)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
