@@ -187,3 +187,17 @@ def test_densecl_dense_term_counts_only_with_its_weight():
     assert out[0.0][0] == pytest.approx(out[0.0][1]["loss_global"])
     assert out[1.0][0] == pytest.approx(out[1.0][1]["loss_dense"])
     assert out[0.0][1]["loss_dense"] == pytest.approx(out[1.0][1]["loss_dense"])  # same weights, same views
+
+
+def test_densecl_dense_loss_vanishes_when_every_cell_matches_only_itself():
+    from ssl_derm.config import plugin_settings
+    from ssl_derm.encoders import create_encoder
+
+    b, hw = 2, 4
+    cells = torch.eye(2 * b * hw)[: b * hw].view(b, hw, -1) * 10  # orthogonal cells, one per row
+    feats = torch.cat([cells, cells]).transpose(1, 2).reshape(2 * b, -1, 2, 2)  # both views identical
+    cfg = plugin_settings("method", "densecl", dict(proj_hidden_dim=16, proj_dim=8, temperature=0.05))
+    m = build_method(cfg, create_encoder("resnet18", 32), max_steps=5)
+    loss = float(m.dense_loss(feats, torch.cat([cells, cells])))
+    # a positive that also stood among its query's negatives would hold the loss at ln 2 or more
+    assert loss < 0.01, loss

@@ -7,8 +7,8 @@ the CNN route to features that change across an image, which annotation-free seg
 (:mod:`ssl_derm.segment.gharawi` and the self-training U-Net read them).
 
 Built on lightly: ``DenseCLProjectionHead`` (the per-location MLP), ``select_most_similar`` (the
-matching) and ``NTXentLoss``. Negatives are in-batch, as SimCLR's: every other location of every
-image of both views (all ranks under DDP), not the paper's momentum queue: lightly keeps a loss's
+matching) and ``NTXentLoss``. Negatives are in-batch, as SimCLR's: the other cells of the batch, one
+direction (view 0 -> 1, then 1 -> 0) at a time (all ranks under DDP), not the paper's momentum queue: lightly keeps a loss's
 memory bank out of the state dict, so a resumed run would not continue the run it stopped.
 Works on any encoder with a spatial map: a CNN's last stage (stride 32: at least 4x4 cells from
 128 px up) or a ViT's patch-token grid.
@@ -71,6 +71,13 @@ class DenseCL(Method):
         self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
         self.dense_criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
+    def dense_loss(self, feats: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """NT-Xent of each view's cells against their matches in the other view, one direction at a time:
+        in one batch of both directions, a positive would also stand among its own query's negatives."""
+        q, k = dense_pairs(feats, dense)
+        (q0, q1), (k1, k0) = q.chunk(2), k.chunk(2)
+        return 0.5 * (self.dense_criterion(q0, k1) + self.dense_criterion(q1, k0))
+
     def training_step(self, views, step):
         self.expect_views(views, 2)
         enc = self.encoder
@@ -78,8 +85,7 @@ class DenseCL(Method):
         feats = enc.to_dense(ff)  # (2B, C, h, w)
         z0, z1 = self.projection(enc.pool(ff)).float().chunk(2)
         dense = self.dense_projection(feats.flatten(2).transpose(1, 2))  # (2B, hw, D)
-        q, k = dense_pairs(feats, dense.float())
         w = self.cfg.dense_weight
-        with fp32(q.device):
-            g, d = self.criterion(z0, z1), self.dense_criterion(q, k)
+        with fp32(feats.device):
+            g, d = self.criterion(z0, z1), self.dense_loss(feats, dense.float())
         return (1 - w) * g + w * d, {"loss_global": float(g.detach()), "loss_dense": float(d.detach()), "cells": float(feats.shape[-1] * feats.shape[-2])}
