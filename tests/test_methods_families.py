@@ -169,24 +169,30 @@ def test_densecl_matches_each_cell_to_the_most_similar_cell_of_the_other_view():
     assert not torch.equal(q2, k2)  # matching stays inside each image: another image's cells never pair
 
 
-def test_densecl_dense_term_counts_only_with_its_weight():
-    from ssl_derm.methods import build_method
+def test_densecl_dense_weight_mixes_the_terms_and_routes_the_gradients():
     from ssl_derm.augment import build_preset
     from ssl_derm.config import AugmentConfig, plugin_settings
     from ssl_derm.encoders import create_encoder
 
     views = build_preset("two_view", AugmentConfig(), 64)(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
-    out = {}
-    for wgt in (0.0, 1.0):
-        torch.manual_seed(0)
+    losses, grads = {}, {}
+    for wgt in (0.0, 0.3, 1.0):
+        torch.manual_seed(0)  # the same weights for every weight setting
         cfg = plugin_settings("method", "densecl", dict(proj_hidden_dim=16, proj_dim=8, dense_weight=wgt))
         m = build_method(cfg, create_encoder("resnet18", 64), max_steps=5).eval()
         loss, logs = m.training_step(views, 0)
-        out[wgt] = (float(loss), logs)
         assert logs["cells"] == 4.0  # resnet18 at 64 px: a 2x2 last map
-    assert out[0.0][0] == pytest.approx(out[0.0][1]["loss_global"])
-    assert out[1.0][0] == pytest.approx(out[1.0][1]["loss_dense"])
-    assert out[0.0][1]["loss_dense"] == pytest.approx(out[1.0][1]["loss_dense"])  # same weights, same views
+        loss.backward()
+        losses[wgt] = float(loss.detach())
+        grads[wgt] = {name: sum(float(p.grad.abs().sum()) for p in head.parameters() if p.grad is not None)
+                      for name, head in (("global", m.projection), ("dense", m.dense_projection))}
+    # the loss is linear in the weight: 0.7 of the global-only loss plus 0.3 of the dense-only one
+    assert losses[0.3] == pytest.approx(0.7 * losses[0.0] + 0.3 * losses[1.0], rel=1e-5)
+    assert losses[0.0] != pytest.approx(losses[1.0])
+    # each head learns only from its own term
+    assert grads[0.0]["dense"] == 0 and grads[0.0]["global"] > 0
+    assert grads[1.0]["global"] == 0 and grads[1.0]["dense"] > 0
+    assert grads[0.3]["global"] > 0 and grads[0.3]["dense"] > 0
 
 
 def test_densecl_dense_loss_vanishes_when_every_cell_matches_only_itself():
