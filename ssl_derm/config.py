@@ -115,6 +115,10 @@ class MethodSettings:
 
     name: str = "simclr"  # a registered method
     export: str = "student"  # student | teacher (the momentum teacher of BYOL/MoCo v3/DINO; DINO evaluates it)
+    # the lesion-vs-skin term (methods/lesion_term.py), any two-view method: loss += lesion_weight * BCE of a
+    # linear read-out of the stride-``lesion_stride`` feature map against each view's annotation-free mask
+    lesion_weight: float = 0.0
+    lesion_stride: int = 16
 
     def at_least(self, minimum, *keys: str, strict: bool = False) -> None:
         require_at_least("method", self, minimum, *keys, strict=strict)

@@ -20,7 +20,7 @@ from ssl_derm.encoders import create_encoder, export_encoder
 from ssl_derm.engine import CacheBatches, Engine, Hook, Logger
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError
-from ssl_derm.methods import build_method
+from ssl_derm.methods import build_method, lesion_term
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 
 
@@ -52,8 +52,8 @@ class _Step(nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, views, step):
-        return self.method.training_step(views, step)
+    def forward(self, views, step, masks=None):
+        return lesion_term.training_step(self.method, views, step, masks)
 
 
 class _MethodHooks(Hook):
@@ -88,7 +88,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         D.barrier()
     dataset = load_dataset(cfg.data)
     images = dataset.images
-    if cfg.augment.lesion_crop_p > 0:  # annotation-free lesion masks ride along as a 4th channel
+    with_lesion = cfg.method.lesion_weight > 0  # the lesion-vs-skin term (methods/lesion_term.py)
+    if cfg.augment.lesion_crop_p > 0 or with_lesion:  # annotation-free lesion masks ride along as a 4th channel
         from ssl_derm.augment.lesion import WithLesionChannel
         from ssl_derm.segment.archive_masks import archive_masks
 
@@ -104,6 +105,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     exported = export_target(method, cfg.method.export)
     preset = cfg.augment.preset or method.default_preset
     augment = build_preset(preset, cfg.augment, cfg.data.image_size).to(device)
+    if with_lesion:  # before the engine: the optimiser and the checkpoints hold its head
+        lesion_term.attach(method, preset)
+        augment.keep_masks = True
     rows = train_rows(dataset, cfg.data.exclude_split)
     batches = CacheBatches(images, cfg.train.batch_size, device, seed=cfg.seed,
                            rank=D.rank(), world=D.world_size(), indices=rows)
@@ -124,7 +128,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         with torch.no_grad():
             views = augment(x)
         views_box["views"] = views
-        loss, logs = module(views, step)
+        loss, logs = module(views, step, augment.last_masks)
         return loss, {**logs, "batch_size": x.shape[0]}
 
     engine = Engine(method, cfg.train, device, forward=_Step(method), hooks=hooks, config=to_dict(cfg),

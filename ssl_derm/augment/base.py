@@ -72,6 +72,12 @@ class Preset(nn.Module, abc.ABC):
         self.image_size = int(image_size)
         self.dtype = dtype  # None: float16 on CUDA, float32 elsewhere
         self._lesion = None  # (B, 2) lesion centres of the batch being augmented (augment/lesion.py)
+        # keep_masks: warp each image's lesion mask (4th input channel) with its views' geometry; after a call,
+        # last_masks is (V*B, 1, s, s) float in [0, 1], view-major like the views (the lesion term reads it)
+        self.keep_masks = False
+        self.last_masks: Optional[Tensor] = None
+        self._mask: Optional[Tensor] = None
+        self._view_masks: List[Tensor] = []
 
     def compute_dtype(self, x: Tensor) -> torch.dtype:
         return self.dtype or (torch.float16 if x.is_cuda else torch.float32)
@@ -83,7 +89,12 @@ class Preset(nn.Module, abc.ABC):
         theta = ops.affine_views(n, x.shape[0], tuple(x.shape[-2:]), scale,
                                  c.rotation if rotation is None else rotation, c.hflip, c.vflip, x.device,
                                  lesion=self._lesion, lesion_p=c.lesion_crop_p)
-        return ops.warp(x, theta, size, c.padding_mode)
+        if self._mask is None:
+            return ops.warp(x, theta, size, c.padding_mode)
+        # the mask as a 4th channel of the same grid_sample: it gets exactly the views' geometry
+        v = ops.warp(torch.cat([x, self._mask.to(x.dtype)], dim=1), theta, size, c.padding_mode)
+        self._view_masks.append(v[:, 3:].float())
+        return v[:, :3]
 
     def colour(self, v: Tensor, magnitude: float = 1.0, jitter_p=None, solarize_p=None) -> Tensor:
         """Colour jitter, grayscale, blur, solarize: (N,3,h,w) [0,1] -> same."""
@@ -108,16 +119,22 @@ class Preset(nn.Module, abc.ABC):
             from ssl_derm.augment.lesion import lesion_centres
 
             self._lesion = lesion_centres(x[:, 3]) if self.cfg.lesion_crop_p > 0 else None
+            self._mask = x[:, 3:4] if self.keep_masks else None
             x = x[:, :3]
-        elif self.cfg.lesion_crop_p > 0:
-            raise AugmentError(f"augment.lesion_crop_p={self.cfg.lesion_crop_p} needs the lesion masks of the batch "
-                               "(ssl-derm pretrain computes them); set augment.lesion_crop_p=0 for this command")
+        elif self.cfg.lesion_crop_p > 0 or self.keep_masks:
+            what = f"augment.lesion_crop_p={self.cfg.lesion_crop_p}" if self.cfg.lesion_crop_p > 0 else "method.lesion_weight > 0"
+            raise AugmentError(f"{what} needs the lesion masks of the batch "
+                               "(ssl-derm pretrain computes them); set it to 0 for this command")
+        self._view_masks, self.last_masks = [], None
         try:
             # autocast off: affine grids and colour matrices need more precision than bf16 gives
             with torch.autocast(x.device.type, enabled=False):
-                return self.views(ops.to_unit_float(x, self.compute_dtype(x)))
+                views = self.views(ops.to_unit_float(x, self.compute_dtype(x)))
+            if self._mask is not None:
+                self.last_masks = torch.cat(self._view_masks)
+            return views
         finally:
-            self._lesion = None
+            self._lesion, self._mask, self._view_masks = None, None, []
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}"
