@@ -111,10 +111,11 @@ def test_the_term_learns_where_the_lesion_is():
     assert late("lesion_cell_acc") > max(0.9, late("skin_only_acc") + 0.1)
 
 
-@pytest.mark.parametrize("name", ["byol", "vicreg", "densecl"])
-def test_other_two_view_methods_take_the_term(name):
+@pytest.mark.parametrize("name,enc", [("byol", "resnet18"), ("vicreg", "resnet18"), ("densecl", "resnet18"),
+                                      ("simclr", "vit_tiny_patch16_224")])
+def test_other_two_view_methods_and_a_vit_take_the_term(name, enc):
     torch.manual_seed(0)
-    m = method_with_term(name, stride=16)
+    m = method_with_term(name, stride=16, enc=enc)  # a ViT: its last block's patch tokens on their 2x2 grid
     preset = build_preset("two_view", AugmentConfig(**QUIET), 32)
     preset.keep_masks = True
     views = preset(blobs(4))
