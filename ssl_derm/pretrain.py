@@ -81,6 +81,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
     from ssl_derm.evaluate.finished import check_out_path
 
     check_out_path(out)
+    with_lesion = lesion_term.wanted(cfg.method, cfg.augment.preset)  # the lesion-vs-skin term (methods/lesion_term.py)
     if main:
         warn_unused_test_keys(cfg, "pretrain")
         prepare_out_dir(out, cfg)
@@ -88,7 +89,6 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         D.barrier()
     dataset = load_dataset(cfg.data)
     images = dataset.images
-    with_lesion = cfg.method.lesion_weight > 0  # the lesion-vs-skin term (methods/lesion_term.py)
     if cfg.augment.lesion_crop_p > 0 or with_lesion:  # annotation-free lesion masks ride along as a 4th channel
         from ssl_derm.augment.lesion import WithLesionChannel
         from ssl_derm.segment.archive_masks import archive_masks

@@ -133,6 +133,8 @@ def test_errors_name_the_key():
         lesion_term.attach(m, "multi_crop")
     with pytest.raises(ConfigError, match="method.lesion_weight.*>= 0"):
         lesion_term.LesionTerm(create_encoder("resnet18", 32), -1.0, 16)
+    with pytest.raises(ConfigError, match="method.lesion_weight.*>= 0, got -0.5"):  # not a silent "off"
+        lesion_term.wanted(plugin_settings("method", "simclr", {"lesion_weight": -0.5}))
     m = method_with_term()
     views = [torch.zeros(2, 3, 32, 32)] * 2
     with pytest.raises(MethodError, match="needs each view's lesion mask"):
@@ -169,3 +171,15 @@ def _keys(obj, prefix=""):
     else:
         yield prefix
 
+
+
+def test_pretrain_stops_before_any_work_where_the_term_cannot_run(tmp_path, capsys):
+    from ssl_derm.cli import main
+
+    code = main(["pretrain", "--out", str(tmp_path / "run"), "device=cpu", "data.synthetic_n=24", "data.image_size=32",
+                 f"data.cache_dir={tmp_path / 'cache'}", "method.name=dino", "augment.preset=multi_crop",
+                 "method.lesion_weight=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "method.lesion_weight" in err and "not 'multi_crop'" in err
+    assert not (tmp_path / "cache").exists()  # no image cache, no lesion masks computed first

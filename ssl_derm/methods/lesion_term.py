@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ssl_derm.encoders import Encoder
 from ssl_derm.errors import ConfigError, MethodError
 from ssl_derm.methods.base import fp32
+from ssl_derm.registry import get
 
 PRESETS = ("two_view",)  # presets whose views share one size and reach the student once each
 
@@ -103,16 +104,28 @@ class LesionTerm(nn.Module):
         return bce, {"loss_lesion": float(bce.detach()), "lesion_cell_acc": float(acc)}
 
 
-def attach(method: nn.Module, preset: str) -> LesionTerm:
-    """Give ``method`` its lesion term as ``method.lesion_term`` (so the optimiser and checkpoints hold
-    its head), on the method's device. Checks that the preset suits it."""
-    cfg = method.cfg
+def wanted(cfg, preset: str = "") -> bool:
+    """Whether the ``method.*`` settings ``cfg`` ask for the term, checked before any work: a negative weight
+    is an error (not a silent "off"), and so is a preset (``augment.preset``, empty: the method's own)
+    whose views do not reach the student once each."""
+    if cfg.lesion_weight < 0:
+        raise ConfigError(f"config key 'method.lesion_weight': must be >= 0, got {cfg.lesion_weight}")
+    if cfg.lesion_weight == 0:
+        return False
+    preset = preset or get("method", cfg.name).default_preset
     if preset not in PRESETS:
         raise ConfigError(f"config key 'method.lesion_weight': {cfg.lesion_weight} needs views of one size that "
                           f"reach the student once each (augment.preset {', '.join(PRESETS)}), not '{preset}' "
                           f"(method '{cfg.name}'); set method.lesion_weight=0")
+    return True
+
+
+def attach(method: nn.Module, preset: str) -> LesionTerm:
+    """Give ``method`` its lesion term as ``method.lesion_term`` (so the optimiser and checkpoints hold
+    its head), on the method's device."""
+    wanted(method.cfg, preset)
     device = next(method.parameters()).device
-    method.lesion_term = LesionTerm(method.encoder, cfg.lesion_weight, int(cfg.lesion_stride)).to(device)
+    method.lesion_term = LesionTerm(method.encoder, method.cfg.lesion_weight, int(method.cfg.lesion_stride)).to(device)
     return method.lesion_term
 
 
