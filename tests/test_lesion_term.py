@@ -156,7 +156,10 @@ def test_pretrain_with_the_lesion_term_end_to_end(tmp_path):
             "method.proj_hidden_dim=32", "method.proj_dim=16", "monitor.every_steps=0", "method.lesion_weight=0.5",
             "method.lesion_stride=8"]
     assert main(args) == 0
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2
+    last = metrics["loss_history"][-1]  # the term's own values are kept beside the total loss
+    assert last["loss_lesion"] > 0 and 0 <= last["lesion_cell_acc"] <= 1
     state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     flat = json.dumps(list(_keys(state)))
     assert "lesion_term.head.weight" in flat  # the head is trained and resumed with the method

@@ -200,11 +200,12 @@ class Engine:
 
     def _log(self, step, loss, logs, grad_norm, bar, t0, seen0) -> None:
         self.final_loss = float(loss)
-        self.history.append({"step": step, "loss": self.final_loss})
+        terms = {k: float(v) for k, v in logs.items()}  # the step's own terms (e.g. loss_lesion), kept in metrics.json too
+        self.history.append({"step": step, "loss": self.final_loss, **terms})
         if not self.main:
             return
         lr = self.optimizer.param_groups[-1]["lr"]
-        values = {"loss": self.final_loss, "lr": lr, **{k: float(v) for k, v in logs.items()}}
+        values = {"loss": self.final_loss, "lr": lr, **terms}
         if self.seen > seen0:
             values["img_per_s"] = (self.seen - seen0) / max(time.time() - t0, 1e-9)
         if grad_norm is not None:
