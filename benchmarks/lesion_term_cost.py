@@ -9,11 +9,11 @@ batches, the two interleaved block by block so that a busy machine slows both al
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from ssl_derm.augment import build_preset
+from ssl_derm.bench import _timed
 from ssl_derm.config import AugmentConfig, plugin_settings
 from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import build_method, lesion_term
@@ -31,20 +31,19 @@ def _setup(args, weight: float, device):
     return method, preset, opt
 
 
-def _block(setup, batch, steps: int, device) -> float:
+def _step_fn(setup, batch):
+    """One training step on ``batch`` as ``ssl_derm.bench._timed`` wants it: step -> images."""
     method, preset, opt = setup
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for s in range(steps):
+
+    def step(s: int) -> int:
         views = preset(batch)
         loss, _ = lesion_term.training_step(method, views, s, preset.last_masks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+        return len(batch)
+
+    return step
 
 
 def main(argv=None) -> dict:
@@ -67,13 +66,11 @@ def main(argv=None) -> dict:
     batch[:, 3] = 0
     batch[:, 3, s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1  # a lesion in the middle of every image
     batch = batch.to(device)
-    arms = {"plain": _setup(args, 0.0, device), "lesion term": _setup(args, 1.0, device)}
-    for arm in arms.values():  # warm-up
-        _block(arm, batch, 1, device)
+    arms = {k: _step_fn(_setup(args, w, device), batch) for k, w in (("plain", 0.0), ("lesion term", 1.0))}
     secs = {k: 0.0 for k in arms}
-    for _ in range(args.blocks):
-        for k, arm in arms.items():
-            secs[k] += _block(arm, batch, args.steps, device)
+    for block in range(args.blocks):
+        for k, step in arms.items():  # the first block of each arm warms it up with one untimed step
+            secs[k] += args.steps * args.batch_size / _timed(step, args.steps, int(block == 0), device)
     n = args.blocks * args.steps * args.batch_size
     out = {k: n / v for k, v in secs.items()}
     out["ratio"] = secs["lesion term"] / secs["plain"]

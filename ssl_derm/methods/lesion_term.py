@@ -101,7 +101,8 @@ class LesionTerm(nn.Module):
             logits = self.head(feats.float())
             bce = F.binary_cross_entropy_with_logits(logits, target)
         acc = ((logits.detach() > 0) == (target > 0.5)).float().mean()
-        return bce, {"loss_lesion": float(bce.detach()), "lesion_cell_acc": float(acc)}
+        # 0-d tensors: the engine reads them on the host only on the steps it logs (no sync per step)
+        return bce, {"loss_lesion": bce.detach(), "lesion_cell_acc": acc}
 
 
 def wanted(cfg, preset: str = "") -> bool:
