@@ -186,6 +186,13 @@ def test_densecl_dense_weight_mixes_the_terms_and_routes_the_gradients():
         losses[wgt] = float(loss.detach())
         grads[wgt] = {name: sum(float(p.grad.abs().sum()) for p in head.parameters() if p.grad is not None)
                       for name, head in (("global", m.projection), ("dense", m.dense_projection))}
+        if wgt == 0.0:  # weight 0 is SimCLR itself: SimCLR's own class, given the same encoder and projector
+            simclr = build_method(plugin_settings("method", "simclr", dict(proj_hidden_dim=16, proj_dim=8,
+                                                                           temperature=cfg.temperature)),
+                                  create_encoder("resnet18", 64), max_steps=5).eval()
+            simclr.encoder.load_state_dict(m.encoder.state_dict())
+            simclr.projection.load_state_dict(m.projection.state_dict())
+            assert float(simclr.training_step(views, 0)[0]) == pytest.approx(losses[0.0], rel=1e-5)
     # the loss is linear in the weight: 0.7 of the global-only loss plus 0.3 of the dense-only one
     assert losses[0.3] == pytest.approx(0.7 * losses[0.0] + 0.3 * losses[1.0], rel=1e-5)
     assert losses[0.0] != pytest.approx(losses[1.0])
