@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ssl_derm.augment import build_preset, denormalize
-from ssl_derm.config import PretrainConfig, to_dict
+from ssl_derm.config import PretrainConfig
 from ssl_derm.data import load_dataset
 from ssl_derm.data.splits import Split
 from ssl_derm.encoders import create_encoder, export_encoder
@@ -131,7 +131,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         loss, logs = module(views, step, augment.last_masks)
         return loss, {**logs, "batch_size": x.shape[0]}
 
-    engine = Engine(method, cfg.train, device, forward=_Step(method), hooks=hooks, config=to_dict(cfg),
+    engine = Engine(method, cfg.train, device, forward=_Step(method), hooks=hooks, config=cfg,
                     ckpt_dir=out / "checkpoints", logger=logger, name="pretrain",
                     sync_batchnorm=getattr(method, "sync_batchnorm_needed", False),
                     compile_modules=[m for m in (method.encoder, getattr(method, "teacher_encoder", None)) if m is not None])

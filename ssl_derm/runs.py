@@ -41,9 +41,10 @@ def prepare_out_dir(out, cfg) -> Path:
     if (out / "checkpoints").is_dir() and (out / "config.yaml").is_file() and getattr(train, "resume", False):
         import yaml
 
-        from ssl_derm.engine.resume import check_resume_config
+        from ssl_derm.engine.resume import check_resume_config, field_defaults
 
-        check_resume_config(out / "checkpoints", yaml.safe_load((out / "config.yaml").read_text()), to_dict(cfg))
+        check_resume_config(out / "checkpoints", yaml.safe_load((out / "config.yaml").read_text()), to_dict(cfg),
+                            field_defaults(cfg))
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "config.yaml")
     write_json(out / "version.json", code_version())

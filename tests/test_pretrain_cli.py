@@ -178,3 +178,44 @@ def test_finished_run_run_again_keeps_its_results(tmp_path):
     assert main([*args, "train.lr=0.5"]) == 2  # a config error, refused: the checkpoint was written with another LR
     assert main([*args[:3], "--force", *args[3:], "train.lr=0.5"]) == 0
     assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 0
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_while_the_key_keeps_its_default(tmp_path, capsys):
+    """A run written before ssl-derm gained ``method.lesion_*`` resumes; turning the new key on is a change."""
+    import yaml
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path, **{"monitor.every_steps": 0})]) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["method"]["lesion_weight"], state["config"]["method"]["lesion_stride"]  # an older ssl-derm
+    torch.save(state, ckpt)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["method"]["lesion_weight"], saved["method"]["lesion_stride"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path, **{"train.max_steps": 3, "monitor.every_steps": 0,
+                                                                   "method.lesion_weight": 0.5})]) == 2
+    err = capsys.readouterr().err
+    assert "method.lesion_weight (None -> 0.5)" in err and "lesion_stride" not in err and "--force" in err
+    assert main(["pretrain", "--out", str(out), *_tiny(tmp_path, **{"train.max_steps": 3,
+                                                                   "monitor.every_steps": 0})]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == 2 and m["steps"] == 3
+
+
+def test_resume_defaults_come_from_each_plugin_sections_own_class():
+    from ssl_derm.config import load_config
+    from ssl_derm.engine.resume import config_differences, field_defaults
+    from ssl_derm.segment.config import SegmentConfig
+
+    cfg = load_config(SegmentConfig, None, ["segment.method=contrast_em"])
+    d = field_defaults(cfg)
+    assert d["segment.em_iters"] == 4  # contrast_em's own default, not the shared class's 3
+    new = dataclasses.asdict(cfg)
+    old = json.loads(json.dumps(new))
+    del old["segment"]["em_iters"]
+    assert config_differences(old, new, d) == []
+    new["segment"]["em_iters"] = 3
+    assert config_differences(old, new, d) == ["segment.em_iters"]
+    assert config_differences(old, dataclasses.asdict(cfg)) == ["segment.em_iters"]  # no defaults: a difference

@@ -12,6 +12,7 @@ over ranks), atomic checkpoints every ``train.ckpt_every`` steps with resume, DD
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -24,7 +25,7 @@ from ssl_derm.engine import distributed as D
 from ssl_derm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
 from ssl_derm.engine.precision import Precision, resolve_precision
-from ssl_derm.engine.resume import check_resume_config
+from ssl_derm.engine.resume import check_resume_config, field_defaults
 from ssl_derm.errors import TrainingError
 
 
@@ -35,18 +36,21 @@ class Engine:
     (default ``model``; pretraining passes a wrapper routing ``forward`` to ``training_step``).
     hooks: :class:`~ssl_derm.engine.hooks.Hook` list. rank_state: name -> object with
     ``state_dict``/``load_state_dict`` saved for each rank (samplers, generators). config: the resolved
-    config dict stored in checkpoints and compared on resume. ckpt_dir: None = no checkpoints.
+    config (a config dataclass, or its dict) stored in checkpoints and compared on resume; a dataclass also
+    gives its keys' defaults, so a checkpoint written before a key existed resumes while the key keeps it. ckpt_dir: None = no checkpoints.
     optimizer: a ready optimiser (default: timm's from ``cfg``); schedule=False keeps its LR fixed.
     """
 
     def __init__(self, model: nn.Module, cfg, device, *, forward: Optional[nn.Module] = None,
-                 hooks: Sequence = (), rank_state: Optional[Dict] = None, config: Optional[dict] = None,
+                 hooks: Sequence = (), rank_state: Optional[Dict] = None, config=None,
                  ckpt_dir=None, logger=None, log_prefix: str = "train/", name: str = "train",
                  optimizer=None, schedule: bool = True, layer_decay=None, sync_batchnorm: bool = False,
                  compile_modules: Optional[Sequence[nn.Module]] = None, progress: bool = True,
                  final_checkpoint: bool = True):
         self.cfg, self.device, self.model = cfg, torch.device(device), model
-        self.hooks, self.rank_state, self.config = list(hooks), dict(rank_state or {}), config
+        self.hooks, self.rank_state = list(hooks), dict(rank_state or {})
+        self.config_defaults = field_defaults(config) if dataclasses.is_dataclass(config) else None
+        self.config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
         self.logger, self.log_prefix, self.name, self.progress = logger, log_prefix, name, progress
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.final_checkpoint = final_checkpoint
@@ -95,7 +99,7 @@ class Engine:
         if self.last is None or not self.cfg.resume or not self.last.is_file():
             return 0
         state = load_checkpoint(self.last)  # on the CPU; see load_checkpoint
-        check_resume_config(self.last, state.get("config"), self.config)
+        check_resume_config(self.last, state.get("config"), self.config, self.config_defaults)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         old_steps = (state.get("config") or {}).get("train", {}).get("max_steps", self.max_steps)

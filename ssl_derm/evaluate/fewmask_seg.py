@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_derm.config import to_dict
 from ssl_derm.engine import BestState, Engine, Stateful
 from ssl_derm.engine.precision import Precision, resolve_precision
 from ssl_derm.errors import ConfigError, EncoderError
@@ -181,7 +180,7 @@ def run_fewmask_seg(ctx) -> dict:
 
     best = (BestState(val_dice, lambda: model, p.eval_every, "val_dice", log=ctx.log, log_tag="val/dice")
             if len(ctx.rows["val"]) else None)
-    engine = Engine(model, t, dev, hooks=[best] if best else [], config=to_dict(cfg),
+    engine = Engine(model, t, dev, hooks=[best] if best else [], config=cfg,
                     rank_state={"rows": Stateful(rng), "flips": Stateful(gen)},
                     ckpt_dir=ctx.out_dir / "checkpoints" if t.ckpt_every else None, logger=ctx.logger,
                     name="fewmask_seg", sync_batchnorm=True)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_derm.config import to_dict
 from ssl_derm.engine import BestState, Engine
 from ssl_derm.engine import distributed as D
 from ssl_derm.engine.precision import Precision, resolve_precision
@@ -144,7 +143,7 @@ class ClassifierTrainer:
                                   log=ctx.log, log_tag="val/balanced_accuracy", at_start=bool(self.head_info),
                                   report=report)
         engine = Engine(self.model, t, self.device, hooks=self.hooks() + ([self.best] if self.best else []),
-                        rank_state=self.rank_state(), config=to_dict(self.cfg),
+                        rank_state=self.rank_state(), config=self.cfg,
                         ckpt_dir=ctx.out_dir / "checkpoints" if t.ckpt_every else None,
                         logger=ctx.logger if D.is_main() else None, name=p.name,
                         layer_decay=p.llrd if p.llrd < 1.0 else None, sync_batchnorm=True)

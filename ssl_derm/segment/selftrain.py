@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ssl_derm.augment import normalize
-from ssl_derm.config import to_dict
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import Engine, Stateful
 from ssl_derm.evaluate.features import to_device
@@ -97,7 +96,7 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
         return weighted_bce_dice(logits.float(), y, w), {"batch_size": len(pos)}
 
     ckpt = out_dir / "checkpoints" / f"round{round_idx}" if out_dir is not None and t.ckpt_every else None
-    engine = Engine(model, t, device, rank_state={"sampler": Stateful(gen)}, config=to_dict(cfg), ckpt_dir=ckpt,
+    engine = Engine(model, t, device, rank_state={"sampler": Stateful(gen)}, config=cfg, ckpt_dir=ckpt,
                     logger=logger, log_prefix=f"selftrain/round{round_idx}/", name=f"self-training round {round_idx}",
                     sync_batchnorm=True)
     engine.fit(step_fn)
