@@ -23,7 +23,8 @@ Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 im
 
 | method | images | mean Jaccard | mean Dice | thresholded Jaccard | s/image (CPU) | checkpoint |
 |---|---|---|---|---|---|---|
-| default (contrast_em) | 8019 | 0.7994 | 0.8725 | 0.7357 | 0.028-0.046 | no |
+| default (contrast_em, with the convex hull: 2026-11-29, session 8) | 8019 | 0.8097 | 0.8795 | 0.7571 | 0.026 | no |
+| default without the convex hull (`--set segment.convex_hull=false`) | 8019 | 0.7994 | 0.8725 | 0.7357 | 0.028-0.046 | no |
 | otsu_gray | 8019 | 0.5838 | 0.6862 | 0.4449 | 0.009 | no |
 | otsu_blue | 8019 | 0.6411 | 0.7322 | 0.5421 | 0.007 | no |
 | kmeans_color | 8019 | 0.6681 | 0.7649 | 0.5651 | 0.020 | no |

@@ -1,9 +1,11 @@
-"""The default segmenter's own steps: the local-contrast feature, the lesion prior log-odds, the EM round by edges."""
+"""The default segmenter's own steps: the local-contrast feature, the lesion prior log-odds, the EM round by edges,
+the convex hull."""
 import numpy as np
 import pytest
 
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.segment.base import build_segmenter
+from ssl_derm.segment.cleanup import convex_hull
 from ssl_derm.segment.config import SegmentConfig, check_segment_config
 from ssl_derm.segment.contrast_em import colour_edges, local_contrast, pick_round
 from ssl_derm.segment.em import em_split
@@ -111,3 +113,50 @@ def test_texture_keys_are_checked():
         _cfg("segment.texture_weight=0")
     with pytest.raises(ConfigError, match="segment.edge_margin"):
         _cfg("segment.edge_margin=-1")
+
+
+def test_convex_hull_fills_bays_and_leaves_convex_shapes():
+    m = np.zeros((12, 12), bool)
+    m[0:10, 0:3] = True  # an L: hull corners (0,0), (0,2), (9,0), (9,9), (7,9)
+    m[7:10, 0:10] = True
+    h = convex_hull(m)
+    assert (h >= m).all()
+    # inside the hull: x - y <= 2 (the edge from (0,2) to (7,9)) and within the L's box
+    yy, xx = np.mgrid[:12, :12]
+    expected = (xx - yy <= 2) & (yy <= 9) & (xx <= 9)
+    assert (h == expected).all()
+    assert h[5, 4] and not h[2, 6] and not h[11, 11]
+    disc = np.hypot(yy - 5.5, xx - 5.5) < 4.5
+    assert (convex_hull(disc) == disc).all()  # already convex: unchanged
+    line = np.zeros((12, 12), bool)
+    line[3, 1:9] = True
+    assert (convex_hull(line) == line).all() and not convex_hull(np.zeros((5, 5), bool)).any()
+
+
+def _disc_with_pale_sector(size=96):
+    """A dark lesion disc whose 70-degree sector (centre to rim) has the skin's own colour."""
+    yy, xx = np.mgrid[:size, :size]
+    r, ang = np.hypot(yy - size / 2, xx - size / 2), np.degrees(np.arctan2(yy - size / 2, xx - size / 2))
+    disc = r < size / 4
+    sector = disc & (np.abs(ang) < 35) & (r > 2)
+    img = np.where((disc & ~sector)[..., None], np.array([90.0, 50.0, 40.0]), SKIN)
+    img = img + np.random.default_rng(0).normal(0, 2, img.shape)
+    return img.clip(0, 255).astype(np.uint8)[None], disc, sector
+
+
+def test_the_default_takes_the_hull_closing_a_pale_bay():
+    images, disc, sector = _disc_with_pale_sector()
+    _, hull = predict_batch(build_segmenter(_cfg()), images)
+    _, plain = predict_batch(build_segmenter(_cfg("segment.convex_hull=false")), images)
+    assert _cfg().segment.convex_hull
+    assert plain[0][sector].mean() < 0.2  # without the hull, the pale sector is a bay of skin
+    assert hull[0][sector].mean() > 0.5 and _jaccard(hull[0], disc) > _jaccard(plain[0], disc) + 0.05
+    # it closes the bay and does not spill into the skin beyond the soft rim that both masks share
+    assert (hull[0] & ~disc).sum() <= (plain[0] & ~disc).sum() + 0.01 * disc.sum()
+
+
+def test_convex_hull_is_the_default_only_of_contrast_em_and_needs_one_component():
+    assert not load_config(SegmentConfig, None, ["segment.method=otsu_gray"]).segment.convex_hull
+    with pytest.raises(ConfigError, match="segment.convex_hull.*component.*all"):
+        _cfg("segment.component=all")
+    assert not _cfg("segment.component=all", "segment.convex_hull=false").segment.convex_hull

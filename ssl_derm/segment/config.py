@@ -38,6 +38,7 @@ class SegmenterSettings:
     # clean up (ssl_derm/segment/cleanup.py)
     component: str = "central"  # central | largest | all: which connected component is the lesion
     fill_holes: bool = True
+    convex_hull: bool = False  # the component's convex hull: fills bays as well as holes (contrast_em: on)
     upsample: str = "bilinear"  # to the original size: bilinear score of the mask > 0.5, or nearest
     # outputs
     write_masks: bool = True
@@ -47,6 +48,10 @@ class SegmenterSettings:
         """Choice and range checks of the shared keys; a segmenter adds its own."""
         if self.component not in COMPONENT_CHOICES:
             raise ConfigError(f"config key 'segment.component': {self.component!r} is not one of {', '.join(COMPONENT_CHOICES)}")
+        if self.convex_hull and self.component == "all":
+            raise ConfigError("config key 'segment.convex_hull': needs one lesion component, but "
+                              "'segment.component' is 'all' (the hull would join them); set component to "
+                              "central or largest, or convex_hull to false")
         if self.upsample not in UPSAMPLE_CHOICES:
             raise ConfigError(f"config key 'segment.upsample': {self.upsample!r} is not one of {', '.join(UPSAMPLE_CHOICES)}")
         if len(self.ring) != 2 or not 0 <= self.ring[0] < self.ring[1]:

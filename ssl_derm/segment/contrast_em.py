@@ -17,7 +17,10 @@ Per image, with no labels and nothing learnt across images:
 5. which round: a lesion's border is where the colour changes fastest, while an EM that leaks into skin
    draws its outline through smooth skin. An earlier round's mask replaces the last round's when its
    (cleaned) outline lies on colour edges at least ``edge_margin`` times stronger on average;
-6. the shared clean-up: the central component, holes filled.
+6. the shared clean-up: the central component and its convex hull (``convex_hull``). Lesion outlines
+   are nearly convex (1,600 of HAM10000's reference masks at 128 px fill 0.965 of their hull in the
+   median, 0.89 at the 5th percentile), while the EM's errors are bays: a pale or regressive part of the lesion that looks like
+   skin. The hull closes them; the outline comparison of step 5 uses the masks before it.
 
 The lesion score is the posterior of the lesion class, a sigmoid of the biased log-likelihood ratio.
 The same EM (``segment/em.py``, without the texture feature or bias) finishes other methods' masks when
@@ -69,6 +72,7 @@ class ContrastEMSettings(SegmenterSettings):
     texture_weight: float = 2.0  # the feature's scale next to Lab (L units): how much roughness counts
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
+    convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
 
     def check(self) -> None:
         super().check()

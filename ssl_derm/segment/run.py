@@ -68,7 +68,7 @@ def predict_batch(segmenter, images: np.ndarray):
     scores, masks = segmenter.segment(images, prep)
     if s.refine_em:
         scores, masks = em_refine(prep, masks, s)
-    masks = clean_masks(masks & prep.valid, s.component, s.fill_holes)
+    masks = clean_masks(masks & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
     return np.clip(scores, 0, 1).astype(np.float32), masks
 
 

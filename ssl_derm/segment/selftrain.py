@@ -114,5 +114,5 @@ def predict_round(model: SegModel, cfg, images: np.ndarray, rows: np.ndarray, de
         x = torch.from_numpy(np.asarray(images[rows[i:i + bs]])).permute(0, 3, 1, 2).to(device).float().div_(255)
         p = model(normalize(_resize(x, st.image_size, "bilinear"), cfg.augment)).float().sigmoid()
         scores[i:i + bs] = F.interpolate(p, size=(size, size), mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
-    masks = clean_masks(scores > 0.5, cfg.segment.component, cfg.segment.fill_holes)
+    masks = clean_masks(scores > 0.5, cfg.segment.component, cfg.segment.fill_holes, cfg.segment.convex_hull)
     return scores, masks

@@ -134,7 +134,7 @@ def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, i
 
     ``image_size``: the size images are decoded at (the cache); ``net_size``: the size the network runs
     at; scores are resized back to ``image_size``, thresholded, and (``clean``) cleaned up with
-    ``segment.component``/``fill_holes`` when the config has a ``segment`` section.
+    ``segment.component``/``fill_holes``/``convex_hull`` when the config has a ``segment`` section.
     """
     seg = getattr(cfg, "segment", None)
     meta = {"kind": "segmenter", "method": method, "protocol": method, **_common(cfg, cfg.encoder.name, image_size),
@@ -145,6 +145,7 @@ def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, i
             "postprocess": {"clean": bool(clean and seg is not None),
                             "component": seg.component if seg is not None else "all",
                             "fill_holes": bool(seg.fill_holes) if seg is not None else False,
+                            "convex_hull": bool(seg.convex_hull) if seg is not None else False,
                             "upsample": seg.upsample if seg is not None else "bilinear"}}
     meta.update(extra or {})
     return save_model(out_dir, dict(model.state_dict()), meta)
@@ -160,7 +161,7 @@ def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
             **_common(cfg, cfg.encoder.name, cfg.data.image_size), "timm_loadable": False,
             "uses_encoder": encoder is not None, "threshold": 0.5,
             "postprocess": {"clean": True, "component": cfg.segment.component, "fill_holes": cfg.segment.fill_holes,
-                            "upsample": cfg.segment.upsample},
+                            "convex_hull": cfg.segment.convex_hull, "upsample": cfg.segment.upsample},
             "segment_config": {k: v for k, v in to_dict(cfg).items() if k not in ("data",)}}
     meta["segment_config"]["data"] = {"image_size": int(cfg.data.image_size)}
     if encoder is not None:
