@@ -37,7 +37,8 @@ class Engine:
     hooks: :class:`~ssl_derm.engine.hooks.Hook` list. rank_state: name -> object with
     ``state_dict``/``load_state_dict`` saved for each rank (samplers, generators). config: the resolved
     config (a config dataclass, or its dict) stored in checkpoints and compared on resume; a dataclass also
-    gives its keys' defaults, so a checkpoint written before a key existed resumes while the key keeps it. ckpt_dir: None = no checkpoints.
+    gives its keys' defaults, so a checkpoint written before a key existed resumes while the key keeps
+    its default. ckpt_dir: None = no checkpoints.
     optimizer: a ready optimiser (default: timm's from ``cfg``); schedule=False keeps its LR fixed.
     """
 
