@@ -17,6 +17,15 @@ from torch import nn
 from ssl_derm.errors import EncoderError
 
 
+def weighted_pool(fmap: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) feature map, (B, 1, H, W) weights >= 0 -> (B, C) weighted mean over the cells.
+
+    A cell's weight is the mean of ``weights`` over the pixels it covers, plus 1e-3: a cell with no
+    weight at all still counts a little, so an all-zero mask gives the plain average."""
+    cell = nn.functional.adaptive_avg_pool2d(weights.to(fmap.dtype), fmap.shape[-2:]) + 1e-3
+    return (fmap * cell).sum(dim=(2, 3)) / cell.sum(dim=(2, 3))
+
+
 def _create(name: str, **kwargs) -> nn.Module:
     """timm.create_model, passing ``img_size`` only to models whose constructor takes it (ViT, Swin...)."""
     try:
@@ -54,23 +63,34 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
 
-    def pooled_stages(self, x: torch.Tensor, stages: int = 1) -> torch.Tensor:
+    def pooled_stages(self, x: torch.Tensor, stages: int = 1, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, D) frozen-probe features: ``stages=1`` is :meth:`forward`; ``stages=n`` concatenates the
         average-pooled outputs of the last n stages/blocks (timm ``forward_intermediates``), e.g. for
         resnet18 layers 2-4 (128 + 256 + 512 = 896) with n=3. Middle stages keep the colour and texture
-        detail that the last stage's invariances may have discarded."""
-        if stages <= 1:
+        detail that the last stage's invariances may have discarded.
+
+        ``weights`` (B, 1, H, W) >= 0, e.g. a lesion mask: each map (for ``stages=1`` the last feature map,
+        :meth:`forward_dense`, not the model's own pooling) is pooled as a weighted mean, see
+        :func:`weighted_pool`."""
+        if weights is None and stages <= 1:
             return self(x)
+        if stages <= 1:
+            return weighted_pool(self.forward_dense(x), weights)
         if not hasattr(self.model, "forward_intermediates"):
             raise EncoderError(f"{self.name} has no forward_intermediates in timm: multi-stage features "
                                "(protocol.feature_stages > 1) are not available for it; set protocol.feature_stages=1")
         inter = self.model.forward_intermediates(x, indices=stages, intermediates_only=True)
+        if weights is not None:
+            if any(t.ndim != 4 for t in inter):
+                raise EncoderError(f"{self.name}'s intermediate outputs are not feature maps, so they cannot be "
+                                   "pooled over the lesion; set protocol.feature_pool=avg or feature_stages=1")
+            return torch.cat([weighted_pool(t, weights) for t in inter], dim=1)
         return torch.cat([t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in inter], dim=1)
 
-    def stages_dim(self, stages: int = 1) -> int:
-        """Width of :meth:`pooled_stages` output."""
+    def stages_dim(self, stages: int = 1, weighted: bool = False) -> int:
+        """Width of :meth:`pooled_stages` output (``weighted``: with ``weights``)."""
         if stages <= 1:
-            return self.num_features
+            return self.dense_dim if weighted else self.num_features
         return int(sum(f["num_chs"] for f in self.model.feature_info[-stages:]))
 
     def to_dense(self, feats: torch.Tensor) -> torch.Tensor:

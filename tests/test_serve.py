@@ -92,12 +92,17 @@ def test_knn_multistage_and_d4_exports_reproduce_the_run(synth):
     from ssl_derm.encoders import create_encoder, export_encoder
 
     enc = export_encoder(create_encoder("test_resnet", SIZE), synth / "encoder.safetensors")  # a "pretrained" encoder
-    for name, extra in {"knn": ["protocol.knn_k=5", f"encoder.checkpoint={enc}"], "linear": ["protocol.feature_stages=2", "protocol.feature_tta=d4",
-                                                                "protocol.linear_C=[1.0]"]}.items():
+    runs = {"knn": ["protocol.knn_k=5", f"encoder.checkpoint={enc}"],
+            "linear": ["protocol.feature_stages=2", "protocol.feature_tta=d4", "protocol.linear_C=[1.0]"],
+            # pooled over the lesion too: predict runs the default segmenter on each image first
+            "linear_lesion": ["protocol.feature_pool=both", "protocol.feature_tta=d4", "protocol.linear_C=[1.0]"]}
+    for name, extra in runs.items():
         run = synth / f"run_{name}_frozen"
-        assert main(["finetune", "--config", f"finetune/{name}", "--out", str(run), *_base(synth, *extra)]) == 0
+        config = name.split("_")[0]
+        assert main(["finetune", "--config", f"finetune/{config}", "--out", str(run), *_base(synth, *extra)]) == 0
         clf = load_model(run)
-        assert clf.meta["timm_loadable"] is False and clf.meta["head"] == ("knn" if name == "knn" else "linear")
+        assert clf.meta["timm_loadable"] is False and clf.meta["head"] == config
+        assert clf.meta["feature_pool"] == ("both" if name == "linear_lesion" else "avg")
         assert clf.meta["encoder_sha256"] == (hashlib.sha256(enc.read_bytes()).hexdigest() if name == "knn" else None)
         ids, _, ref = _test_inputs(run, clf.meta, synth)
         imgs = [np.asarray(Image.open(synth / "synth" / "images" / f"{i}.jpg")) for i in ids]  # 48 px, resized inside

@@ -17,7 +17,7 @@ from ssl_derm.config import (
     load_config,
     plugin,
 )
-from ssl_derm.evaluate.features import TTA_CHOICES
+from ssl_derm.evaluate.features import POOL_CHOICES, TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
@@ -60,10 +60,12 @@ class Balanced:
 @dataclass
 class FrozenFeatures:
     """Frozen features (kNN, linear, label spreading): pooled outputs of the last n stages concatenated
-    (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips)."""
+    (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips);
+    pooled over the whole image (avg), over the annotation-free lesion mask (lesion), or both side by side."""
 
     feature_stages: int = 1
     feature_tta: str = "none"
+    feature_pool: str = "avg"
 
 
 @dataclass
@@ -98,6 +100,7 @@ _SHARED_RULES = {
     "balance": (lambda v: v in BALANCE_CHOICES, f"must be one of {', '.join(BALANCE_CHOICES)}"),
     "feature_stages": (lambda v: v >= 1, "must be >= 1 (1 = the pooled output)"),
     "feature_tta": (lambda v: v in TTA_CHOICES, f"must be one of {', '.join(TTA_CHOICES)}"),
+    "feature_pool": (lambda v: v in POOL_CHOICES, f"must be one of {', '.join(POOL_CHOICES)}"),
     "linear_C": (lambda v: bool(v) and all(c > 0 for c in v), "give one or more positive values"),
     "eval_every": (lambda v: v >= 1, "must be >= 1"),
     "llrd": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1] (1 = no decay)"),

@@ -52,16 +52,37 @@ class Context:
     def labels(self, side: str) -> np.ndarray:
         return np.asarray(self.dataset.labels)[self.rows[side]].astype(np.int64)
 
-    def features(self, side: str, l2: bool = True, stages: Optional[int] = None, tta: Optional[str] = None) -> torch.Tensor:
+    def features(self, side: str, l2: bool = True, stages: Optional[int] = None, tta: Optional[str] = None,
+                 pool: Optional[str] = None) -> torch.Tensor:
         """(len(rows[side]), D) frozen features of one side (cached per encoder when a cache is given),
-        of the kind ``protocol.feature_stages``/``feature_tta`` ask for (protocols without those keys: the pooled
-        output of one view) unless ``stages``/``tta`` say otherwise."""
+        of the kind ``protocol.feature_stages``/``feature_tta``/``feature_pool`` ask for (protocols without
+        those keys: the pooled output of one view) unless ``stages``/``tta``/``pool`` say otherwise."""
         p = self.cfg.protocol
         cache = self.feature_cache or FeatureCache()
         key = self.cache_key if self.feature_cache is not None else None
+        pool = getattr(p, "feature_pool", "avg") if pool is None else pool
         return cache.get(key, self.encoder, self.dataset.images, self.rows[side], self.cfg.augment, self.device,
                          p.feature_batch_size, l2, getattr(p, "feature_stages", 1) if stages is None else stages,
-                         getattr(p, "feature_tta", "none") if tta is None else tta)
+                         getattr(p, "feature_tta", "none") if tta is None else tta, pool,
+                         self.lesion_masks() if pool != "avg" else None)
+
+    def lesion_masks(self):
+        """(N, S, S) uint8 annotation-free lesion masks of every cache row (the default segmenter's,
+        cached beside the image cache: :func:`ssl_derm.segment.archive_masks.archive_masks`; computed in
+        memory for a dataset without a cache entry)."""
+        if "lesion_masks" not in self.extras:
+            from ssl_derm.errors import ConfigError
+            from ssl_derm.segment.archive_masks import archive_masks, default_masks
+
+            if "external" in self.rows:
+                raise ConfigError("protocol.feature_pool (lesion, both) and data.test_images cannot be used "
+                                  "together yet: the lesion masks are cached per image archive; set "
+                                  "protocol.feature_pool=avg or score the other archive in its own run")
+            if getattr(self.dataset, "cache_dir", None) is None or not getattr(self.dataset, "key", None):
+                self.extras["lesion_masks"] = default_masks(self.dataset.images)
+            else:
+                self.extras["lesion_masks"] = archive_masks(self.dataset, progress=False)
+        return self.extras["lesion_masks"]
 
     def log(self, tag: str, value, step: int) -> None:
         if self.logger is not None:

@@ -88,7 +88,7 @@ class ClassifierTrainer:
         """LP-FT: fit the linear probe on the encoder's frozen features (before any update) and copy it
         into the classifier head; returns the probe's C and val scores for metrics.json."""
         # the head sees one view's pooled output, so the probe does too, whatever protocol.feature_* say
-        feats = {side: self.ctx.features(side, l2=False, stages=1, tta="none").numpy() for side in ("labelled", "val")}
+        feats = {side: self.ctx.features(side, l2=False, stages=1, tta="none", pool="avg").numpy() for side in ("labelled", "val")}
         C, search, scaler, clf = fit_probe(self.ctx, feats)
         weight, bias = probe_as_linear_layer(scaler, clf, self.ctx.n_classes)
         head = self.model.get_classifier()

@@ -54,12 +54,25 @@ def archive_masks(dataset, progress: bool = True) -> np.ndarray:
     return np.memmap(final / "masks.u8", dtype=np.uint8, mode="r", shape=(n, s, s))
 
 
-def _build(dataset, final: Path, progress: bool) -> None:
+def _default_segmenter():
     from ssl_derm.segment.base import build_segmenter
-    from ssl_derm.segment.run import predict_batch
 
     cfg = _segment_config()
-    segmenter = build_segmenter(cfg)
+    return cfg, build_segmenter(cfg)
+
+
+def default_masks(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> (N, S, S) uint8 {0, 1}: the masks this cache would hold for these images
+    (``ssl-derm predict`` of a classifier that pooled its features over the lesion)."""
+    from ssl_derm.segment.run import predict_batch
+
+    return predict_batch(_default_segmenter()[1], np.asarray(images))[1].astype(np.uint8)
+
+
+def _build(dataset, final: Path, progress: bool) -> None:
+    from ssl_derm.segment.run import predict_batch
+
+    cfg, segmenter = _default_segmenter()
     n, s = len(dataset), dataset.image_size
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -38,6 +38,7 @@ class Classifier(nn.Module):
         self.image_size = int(meta["image_size"])
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
+        self.pool = meta.get("feature_pool", "avg")  # absent from model.json before 2026-11-29: avg
         self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if self.head_kind == "timm":
@@ -63,17 +64,33 @@ class Classifier(nn.Module):
         """uint8 (B, 3, S, S) -> normalised float32, as the run's ``ssl_derm.augment.normalize``."""
         return (x.float() / 255.0 - self.mean) / self.std
 
-    def _features(self, x: torch.Tensor, tta: str) -> torch.Tensor:
-        views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
-        return sum(self.encoder.pooled_stages(v, self.stages).float() for v in views) / len(views)
+    def _features(self, x: torch.Tensor, tta: str, masks: Optional[torch.Tensor]) -> torch.Tensor:
+        from ssl_derm.evaluate.features import pooled
 
-    def forward(self, x: torch.Tensor, tta: Optional[str] = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised -> (B, K) logits, averaged over ``tta`` views (default: the model's own)."""
+        views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
+        weights = [None] * len(views)
+        if self.pool != "avg":
+            weights = [w for _, _, w in d4_views(masks)] if tta == "d4" else [masks]
+        return sum(pooled(self.encoder, v, self.stages, self.pool, w).float() for v, w in zip(views, weights)) / len(views)
+
+    def lesion_masks(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float (B, 1, S, S): the default segmenter's masks, as the run's cache held."""
+        from ssl_derm.segment.archive_masks import default_masks
+
+        m = default_masks(x_uint8.permute(0, 2, 3, 1).cpu().numpy())
+        return torch.from_numpy(m.astype(np.float32))[:, None]
+
+    def forward(self, x: torch.Tensor, tta: Optional[str] = None, masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised -> (B, K) logits, averaged over ``tta`` views (default: the model's own).
+        ``masks`` (B, 1, S, S): the lesion masks, for a model whose ``feature_pool`` is lesion or both."""
+        if self.pool != "avg" and masks is None:
+            raise ValueError(f"this classifier pools its features over the lesion (feature_pool={self.pool}): "
+                             "pass masks, or use predict/predict_batch, which compute them")
         tta = self.tta if tta in (None, "none") else tta
         if self.head_kind == "timm":  # a linear head: the mean of the views' logits = the probe on mean features
             views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
             return sum(self.net(v).float() for v in views) / len(views)
-        f = self._features(x, tta)
+        f = self._features(x, tta, None if masks is None else masks.to(x.device, x.dtype))
         if self.head_kind == "linear":
             return self.probe(f)
         from ssl_derm.evaluate.knn import weighted_knn_probs
@@ -86,8 +103,9 @@ class Classifier(nn.Module):
     def predict_batch(self, x_uint8: torch.Tensor, tta: Optional[str] = None) -> torch.Tensor:
         """uint8 (B, 3, S, S) on any device -> (B, K) float32 probabilities on the CPU."""
         dev = self.mean.device
+        masks = self.lesion_masks(x_uint8).to(dev) if self.pool != "avg" else None
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = self(self.normalize(x_uint8.to(dev)), tta)
+            logits = self(self.normalize(x_uint8.to(dev)), tta, masks)
         return logits.float().softmax(1).cpu()
 
     @torch.no_grad()

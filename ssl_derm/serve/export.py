@@ -13,7 +13,8 @@ init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
       timm.create_model(m["timm_name"], pretrained=True, **m["timm_create_kwargs"],
                         pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=m["num_classes"]))
 
-- ``linear``: the probe read several stages (``feature_stages`` > 1), which no timm head can: the file
+- ``linear``: the probe read several stages (``feature_stages`` > 1) or pooled over the lesion
+  (``feature_pool`` lesion or both: predict runs the default segmenter first), which no timm head can: the file
   holds the encoder (timm keys, no classifier) and ``probe.weight``/``probe.bias``; ``timm_loadable`` false.
 - ``knn``: the encoder plus ``knn.bank`` (N, D) L2-normalised features, ``knn.labels`` (N,) and
   ``knn.class_weights`` (K,) when the run balanced classes; ``knn_k`` and ``knn_temperature``.
@@ -88,20 +89,20 @@ def export_classifier(ctx, out_dir) -> Optional[Path]:
         return None
     meta = {"kind": "classifier", "protocol": p.name, **_common(cfg, ctx.encoder.name, ctx.image_size),
             "classes": [str(c) for c in ctx.dataset.classes], "num_classes": ctx.n_classes,
-            "feature_stages": 1, "feature_tta": "none", "fraction": cfg.split.fraction, "seed": cfg.seed}
+            "feature_stages": 1, "feature_tta": "none", "feature_pool": "avg", "fraction": cfg.split.fraction, "seed": cfg.seed}
     if p.name in TIMM_HEAD_PROTOCOLS:
         model = got["model"]
         tensors = dict(model.state_dict())
         meta.update(head="timm", timm_loadable=True,
                     timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
         return save_model(out_dir, tensors, meta)
-    meta.update(feature_stages=int(p.feature_stages), feature_tta=p.feature_tta)
+    meta.update(feature_stages=int(p.feature_stages), feature_tta=p.feature_tta, feature_pool=p.feature_pool)
     if p.name in PROBE_PROTOCOLS:
         from ssl_derm.evaluate.linear import probe_as_linear_layer
 
         weight, bias = probe_as_linear_layer(got["scaler"], got["clf"], ctx.n_classes)
         weight, bias = torch.from_numpy(weight), torch.from_numpy(bias)
-        if p.feature_stages == 1:
+        if p.feature_stages == 1 and p.feature_pool == "avg":
             model = copy.deepcopy(ctx.encoder.model).cpu()
             model.reset_classifier(ctx.n_classes)
             head = model.get_classifier()
