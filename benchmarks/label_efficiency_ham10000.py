@@ -30,6 +30,29 @@ def budgets(args) -> dict:
     return {"finetune": ft, "fixmatch": fm, "meanteacher": fm}
 
 
+def route_overrides(overrides, protocols):
+    """Split the command line's ``key=value`` overrides: ``protocol.*`` keys go to each chosen protocol that
+    has the key (``protocol.feature_pool`` to kNN and linear, ``protocol.head_init`` to finetune...), the
+    rest to the base config. -> (base list, {protocol: list}); a protocol key no chosen protocol has is an error."""
+    import dataclasses
+
+    from ssl_derm.registry import settings_class
+
+    keys = {p: {f.name for f in dataclasses.fields(settings_class("protocol", p))} for p in protocols}
+    base, routed = [], {p: [] for p in protocols}
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if not key.startswith("protocol.") or key == "protocol.name":
+            base.append(o)
+            continue
+        takers = [p for p in protocols if key.split(".", 1)[1] in keys[p]]
+        if not takers:
+            raise SystemExit(f"override '{o}': none of the protocols {', '.join(protocols)} has the key '{key}'")
+        for p in takers:
+            routed[p].append(o)
+    return base, routed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ham10000"))
@@ -50,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: rebuild the tables from the finished cells of the given grid")
-    ap.add_argument("overrides", nargs="*", help="extra key.sub=value overrides for every cell")
+    ap.add_argument("overrides", nargs="*", help="extra key.sub=value overrides for every cell (protocol.* keys: "
+                    "for the chosen protocols that have them)")
     args = ap.parse_args(argv)
 
     from ssl_derm.evaluate.config import load_finetune_config
@@ -68,12 +92,14 @@ def main(argv=None) -> int:
     if "pretrained" in inits and not Path(args.checkpoint).is_file():
         print(f"no checkpoint at {args.checkpoint}: running the random-init rows only", file=sys.stderr)
         inits = tuple(i for i in inits if i != "pretrained")
+    base_overrides, routed = route_overrides(args.overrides, protocols)
     base = load_finetune_config(ROOT / "ssl_derm" / "configs" / "finetune" / "finetune.yaml", [
         f"data.images=[{data / 'images'}]", f"data.labels={data / 'labels.csv'}", f"data.image_size={args.size}",
         f"encoder.name={args.encoder}", f"device={args.device}", f"train.num_threads={args.threads}",
-        "protocol.balance=weighted_loss", "protocol.linear_C=[0.01,0.1,1.0]", *args.overrides])
+        "protocol.balance=weighted_loss", "protocol.linear_C=[0.01,0.1,1.0]", *base_overrides])
+    per_protocol = {p: [*budgets(args).get(p, []), *routed[p]] for p in protocols}
     rows = run_label_efficiency(base, args.checkpoint if "pretrained" in inits else None, fractions, protocols,
-                                seeds, args.out, inits=inits, protocol_overrides=budgets(args))
+                                seeds, args.out, inits=inits, protocol_overrides=per_protocol)
     print((Path(args.out) / "label_efficiency.md").read_text())
     print(f"{len(rows)} cells in {Path(args.out) / 'label_efficiency.csv'}")
     return 0

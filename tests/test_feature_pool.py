@@ -68,3 +68,20 @@ def test_frozen_protocols_pool_over_the_default_segmenters_masks(data, tmp_path,
 def test_feature_pool_is_checked():
     with pytest.raises(ConfigError, match="protocol.feature_pool.*avg, lesion, both"):
         load_finetune_config(None, ["protocol.name=linear", "protocol.feature_pool=mask"])
+
+
+def test_the_label_efficiency_benchmark_routes_protocol_keys_to_the_protocols_that_have_them():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "label_efficiency_ham10000.py"
+    spec = importlib.util.spec_from_file_location("le_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base, routed = bench.route_overrides(["split.redraw_labelled=true", "protocol.feature_pool=lesion",
+                                          "protocol.head_init=linear_probe"], ["knn", "linear", "finetune"])
+    assert base == ["split.redraw_labelled=true"]
+    assert routed == {"knn": ["protocol.feature_pool=lesion"], "linear": ["protocol.feature_pool=lesion"],
+                      "finetune": ["protocol.head_init=linear_probe"]}
+    with pytest.raises(SystemExit, match="protocol.feature_pool"):
+        bench.route_overrides(["protocol.feature_pool=lesion"], ["finetune"])  # no chosen protocol has it
