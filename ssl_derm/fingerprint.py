@@ -58,11 +58,16 @@ def data_sha256(dataset, split: Optional[dict] = None, external=None) -> str:
     return _sha([part(dataset), sides, part(external)])
 
 
-def fingerprint(cfg, dataset=None, split: Optional[dict] = None, encoder_file=None, external=None) -> dict:
+def fingerprint(cfg, dataset=None, split: Optional[dict] = None, encoder_file=None, external=None,
+                derived=None) -> dict:
+    """``derived``: what the run reads besides its config, data and encoder, e.g. the recipe of the
+    annotation-free lesion masks a lesion-pooled probe uses (a new default segmenter: a new result)."""
     enc = file_sha256(encoder_file)
     parts = {"config_sha256": config_sha256(cfg),
              "data_sha256": data_sha256(dataset, split, external) if dataset is not None else None,
              "encoder_sha256": enc}
+    if derived is not None:
+        parts["derived_sha256"] = _sha(derived)
     return {"sha256": _sha(parts), **parts}
 
 

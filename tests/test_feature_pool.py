@@ -85,3 +85,21 @@ def test_the_label_efficiency_benchmark_routes_protocol_keys_to_the_protocols_th
                       "finetune": ["protocol.head_init=linear_probe"]}
     with pytest.raises(SystemExit, match="protocol.feature_pool"):
         bench.route_overrides(["protocol.feature_pool=lesion"], ["finetune"])  # no chosen protocol has it
+
+
+def test_a_lesion_pooled_result_goes_stale_when_the_default_segmenter_changes(data, tmp_path, monkeypatch):  # noqa: F811
+    import ssl_derm.segment.archive_masks as am
+    from ssl_derm.segment.config import SegmentConfig
+
+    ds, split = data
+    cfg = _cfg("linear", **{"protocol.feature_pool": "lesion"})
+    first = run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)
+    again = run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)  # the same: reused as it is
+    assert again["fingerprint"] == first["fingerprint"] and "derived_sha256" in first["fingerprint"]
+    changed = SegmentConfig()
+    changed.segment.convex_hull = False
+    monkeypatch.setattr(am, "_segment_config", lambda: changed)
+    with pytest.raises(ConfigError, match="lesion masks' recipe"):
+        run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)
+    avg = run_finetune(_cfg("linear"), tmp_path / "avg", dataset=ds, split=split, quiet=True)
+    assert "derived_sha256" not in avg["fingerprint"]  # plain pooling reads no masks

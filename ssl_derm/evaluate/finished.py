@@ -55,6 +55,9 @@ def _differences(out: Path, cfg, old: dict, new: dict) -> str:
     if old.get("encoder_sha256") != new["encoder_sha256"]:
         parts.append(f"the encoder file (sha256 {str(old.get('encoder_sha256'))[:12]} there, "
                      f"{str(new['encoder_sha256'])[:12]} now)")
+    if old.get("derived_sha256") != new.get("derived_sha256"):
+        parts.append("what it derives from the images (the annotation-free lesion masks' recipe: another default "
+                     "segmenter)")
     return ", ".join(parts) or "its fingerprint (recorded by an older version)"
 
 

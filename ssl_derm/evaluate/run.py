@@ -87,7 +87,12 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
     split = Split.of(split, dataset)
     ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.name in SEG_PROTOCOLS)
-    fp = fingerprint(cfg, dataset, split.data, cfg.encoder.checkpoint, ext)
+    derived = None
+    if getattr(cfg.protocol, "feature_pool", "avg") != "avg":  # the lesion masks' recipe is part of the result
+        from ssl_derm.segment.archive_masks import recipe
+
+        derived = {"lesion_masks": recipe()}
+    fp = fingerprint(cfg, dataset, split.data, cfg.encoder.checkpoint, ext, derived)
     done = resolve_existing(out_dir, cfg, fp, existing) if main else None
     if done is not None:
         return done

@@ -30,12 +30,18 @@ def _segment_config():
     return SegmentConfig()  # segment.method=default with its default settings
 
 
+def recipe() -> list:
+    """What the masks depend on besides the images: this file's recipe version and the default
+    segmenter's name and settings."""
+    return [RECIPE_VERSION, dataclasses.asdict(_segment_config().segment)]
+
+
 def entry_dir(dataset) -> Path:
     """The cache folder of ``dataset``'s lesion masks (whether built yet or not)."""
     if dataset.cache_dir is None or not dataset.key:
         raise DataError("lesion masks are cached beside an image cache entry; this dataset has none")
-    seg = _segment_config().segment
-    key = _fingerprint([RECIPE_VERSION, dataset.key, dataclasses.asdict(seg)])
+    version, seg = recipe()
+    key = _fingerprint([version, dataset.key, seg])
     return Path(dataset.cache_dir) / f"lesions-{dataset.image_size}px-{key[:20]}"
 
 
