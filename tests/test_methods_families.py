@@ -169,13 +169,42 @@ def test_densecl_matches_each_cell_to_the_most_similar_cell_of_the_other_view():
     assert not torch.equal(q2, k2)  # matching stays inside each image: another image's cells never pair
 
 
+def ntxent_by_hand(a, b, temperature):
+    """SimCLR's NT-Xent written out: 2N rows, each row's positive its partner in the other set, the
+    other 2N - 2 rows its negatives."""
+    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = len(a)
+    return F.cross_entropy(sim, torch.cat([torch.arange(n) + n, torch.arange(n)]))
+
+
+def densecl_dense_term_by_hand(m, views):
+    """The dense term written out: each cell of one view is paired with the cell of the other view (same
+    image) whose backbone feature has the highest cosine similarity; NT-Xent of their dense projections,
+    one direction at a time, averaged."""
+    enc = m.encoder
+    feats = enc.to_dense(enc.forward_features(torch.cat(views)))  # (2B, C, h, w)
+    cells = feats.flatten(2).transpose(1, 2)  # (2B, hw, C)
+    dense = m.dense_projection(cells)  # (2B, hw, D)
+    (c0, c1), (d0, d1) = cells.chunk(2), dense.chunk(2)
+
+    def matched(ca, cb, db):  # for each cell of ca, db at the most similar cell of cb
+        best = (F.normalize(ca, dim=2) @ F.normalize(cb, dim=2).transpose(1, 2)).argmax(2)  # (B, hw)
+        return torch.stack([db[i, best[i]] for i in range(len(db))])
+
+    t = m.cfg.temperature
+    return 0.5 * (ntxent_by_hand(d0.flatten(0, 1), matched(c0, c1, d1).flatten(0, 1), t)
+                  + ntxent_by_hand(d1.flatten(0, 1), matched(c1, c0, d0).flatten(0, 1), t))
+
+
 def test_densecl_dense_weight_mixes_the_terms_and_routes_the_gradients():
     from ssl_derm.augment import build_preset
     from ssl_derm.config import AugmentConfig, plugin_settings
     from ssl_derm.encoders import create_encoder
 
     views = build_preset("two_view", AugmentConfig(), 64)(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
-    losses, grads = {}, {}
+    losses, grads, by_hand = {}, {}, {}
     for wgt in (0.0, 0.3, 1.0):
         torch.manual_seed(0)  # the same weights for every weight setting
         cfg = plugin_settings("method", "densecl", dict(proj_hidden_dim=16, proj_dim=8, dense_weight=wgt))
@@ -192,9 +221,13 @@ def test_densecl_dense_weight_mixes_the_terms_and_routes_the_gradients():
                                   create_encoder("resnet18", 64), max_steps=5).eval()
             simclr.encoder.load_state_dict(m.encoder.state_dict())
             simclr.projection.load_state_dict(m.projection.state_dict())
-            assert float(simclr.training_step(views, 0)[0]) == pytest.approx(losses[0.0], rel=1e-5)
-    # the loss is linear in the weight: 0.7 of the global-only loss plus 0.3 of the dense-only one
-    assert losses[0.3] == pytest.approx(0.7 * losses[0.0] + 0.3 * losses[1.0], rel=1e-5)
+            by_hand["global"] = float(simclr.training_step(views, 0)[0].detach())
+            with torch.no_grad():  # every weight setting builds the same weights (seed 0)
+                by_hand["dense"] = float(densecl_dense_term_by_hand(m, views))
+    # each term against its own independent computation, mixed by the weight
+    assert losses[0.0] == pytest.approx(by_hand["global"], rel=1e-5)
+    assert losses[1.0] == pytest.approx(by_hand["dense"], rel=1e-5)
+    assert losses[0.3] == pytest.approx(0.7 * by_hand["global"] + 0.3 * by_hand["dense"], rel=1e-5)
     assert losses[0.0] != pytest.approx(losses[1.0])
     # each head learns only from its own term
     assert grads[0.0]["dense"] == 0 and grads[0.0]["global"] > 0
