@@ -63,7 +63,8 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
 
-    def pooled_stages(self, x: torch.Tensor, stages: int = 1, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def pooled_stages(self, x: torch.Tensor, stages: int = 1, weights: Optional[torch.Tensor] = None,
+                      keep_avg: bool = False) -> torch.Tensor:
         """(B, D) frozen-probe features: ``stages=1`` is :meth:`forward`; ``stages=n`` concatenates the
         average-pooled outputs of the last n stages/blocks (timm ``forward_intermediates``), e.g. for
         resnet18 layers 2-4 (128 + 256 + 512 = 896) with n=3. Middle stages keep the colour and texture
@@ -71,21 +72,26 @@ class Encoder(nn.Module):
 
         ``weights`` (B, 1, H, W) >= 0, e.g. a lesion mask: each map (for ``stages=1`` the last feature map,
         :meth:`forward_dense`, not the model's own pooling) is pooled as a weighted mean, see
-        :func:`weighted_pool`."""
-        if weights is None and stages <= 1:
-            return self(x)
+        :func:`weighted_pool`; ``keep_avg`` puts the plain features before those, from the same forward pass."""
         if stages <= 1:
-            return weighted_pool(self.forward_dense(x), weights)
+            ff = self.forward_features(x)
+            avg = self.pool(ff)
+            if weights is None:
+                return avg
+            lesion = weighted_pool(self.to_dense(ff), weights)
+            return torch.cat([avg, lesion], dim=1) if keep_avg else lesion
         if not hasattr(self.model, "forward_intermediates"):
             raise EncoderError(f"{self.name} has no forward_intermediates in timm: multi-stage features "
                                "(protocol.feature_stages > 1) are not available for it; set protocol.feature_stages=1")
         inter = self.model.forward_intermediates(x, indices=stages, intermediates_only=True)
-        if weights is not None:
-            if any(t.ndim != 4 for t in inter):
-                raise EncoderError(f"{self.name}'s intermediate outputs are not feature maps, so they cannot be "
-                                   "pooled over the lesion; set protocol.feature_pool=avg or feature_stages=1")
-            return torch.cat([weighted_pool(t, weights) for t in inter], dim=1)
-        return torch.cat([t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in inter], dim=1)
+        avg = torch.cat([t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in inter], dim=1)
+        if weights is None:
+            return avg
+        if any(t.ndim != 4 for t in inter):
+            raise EncoderError(f"{self.name}'s intermediate outputs are not feature maps, so they cannot be "
+                               "pooled over the lesion; set protocol.feature_pool=avg or feature_stages=1")
+        lesion = torch.cat([weighted_pool(t, weights) for t in inter], dim=1)
+        return torch.cat([avg, lesion], dim=1) if keep_avg else lesion
 
     def stages_dim(self, stages: int = 1, weighted: bool = False) -> int:
         """Width of :meth:`pooled_stages` output (``weighted``: with ``weights``)."""

@@ -50,8 +50,7 @@ def pooled(encoder, x: torch.Tensor, stages: int, pool: str, weights: Optional[t
     the lesion masks, for ``lesion`` and ``both``."""
     if pool == "avg":
         return encoder.pooled_stages(x, stages)
-    lesion = encoder.pooled_stages(x, stages, weights=weights)
-    return lesion if pool == "lesion" else torch.cat([encoder.pooled_stages(x, stages), lesion], 1)
+    return encoder.pooled_stages(x, stages, weights=weights, keep_avg=pool == "both")
 
 
 def feature_dim(encoder, stages: int = 1, pool: str = "avg") -> int:

@@ -67,12 +67,18 @@ def _default_segmenter():
     return cfg, build_segmenter(cfg)
 
 
-def default_masks(images: np.ndarray) -> np.ndarray:
+def default_masks(images: np.ndarray, segmenter=None) -> np.ndarray:
     """uint8 (N, S, S, 3) -> (N, S, S) uint8 {0, 1}: the masks this cache would hold for these images
-    (``ssl-derm predict`` of a classifier that pooled its features over the lesion)."""
+    (``ssl-derm predict`` of a classifier that pooled its features over the lesion). ``segmenter``: one
+    built by :func:`default_segmenter` and kept by a caller that asks batch after batch."""
     from ssl_derm.segment.run import predict_batch
 
-    return predict_batch(_default_segmenter()[1], np.asarray(images))[1].astype(np.uint8)
+    return predict_batch(segmenter or default_segmenter(), np.asarray(images))[1].astype(np.uint8)
+
+
+def default_segmenter():
+    """The segmenter whose masks this cache holds."""
+    return _default_segmenter()[1]
 
 
 def _build(dataset, final: Path, progress: bool) -> None:

@@ -39,6 +39,7 @@ class Classifier(nn.Module):
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
         self.pool = meta.get("feature_pool", "avg")  # absent from model.json before 2026-11-29: avg
+        self._segmenter = None  # the default segmenter, built on the first batch that needs lesion masks
         self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if self.head_kind == "timm":
@@ -75,9 +76,11 @@ class Classifier(nn.Module):
 
     def lesion_masks(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float (B, 1, S, S): the default segmenter's masks, as the run's cache held."""
-        from ssl_derm.segment.archive_masks import default_masks
+        from ssl_derm.segment.archive_masks import default_masks, default_segmenter
 
-        m = default_masks(x_uint8.permute(0, 2, 3, 1).cpu().numpy())
+        if self._segmenter is None:
+            self._segmenter = default_segmenter()
+        m = default_masks(x_uint8.permute(0, 2, 3, 1).cpu().numpy(), self._segmenter)
         return torch.from_numpy(m.astype(np.float32))[:, None]
 
     def forward(self, x: torch.Tensor, tta: Optional[str] = None, masks: Optional[torch.Tensor] = None) -> torch.Tensor:
