@@ -1,4 +1,5 @@
-"""Label efficiency on HAM10000: kNN, linear, label spreading, finetune and FixMatch at 1, 10 and 100% of the labels,
+"""Label efficiency on HAM10000: kNN, linear, label spreading, finetune, FixMatch (and mean teacher, self-distillation)
+at 1, 10 and 100% of the labels,
 pretrained encoder against random initialisation, on the data layer's lesion-grouped split
 (test 20% of lesions, val 10%, labelled subsets nested inside train).
 
@@ -27,7 +28,10 @@ def budgets(args) -> dict:
     fm = [f"train.max_steps={args.fixmatch_steps}", f"train.batch_size={args.fixmatch_batch}",
           f"protocol.mu={args.mu}", "protocol.eval_every=50", f"train.warmup_steps={min(20, args.fixmatch_steps // 5)}",
           "train.lr=0.004"]
-    return {"finetune": ft, "fixmatch": fm, "meanteacher": fm}
+    # the teacher phase is the finetune cell's budget (same seed and draws: its test score is that cell's);
+    # the student trains as long on the labelled images plus mu x as many unlabeled ones
+    ds = [*ft, f"protocol.teacher_steps={args.finetune_steps}", f"protocol.mu={args.mu}"]
+    return {"finetune": ft, "fixmatch": fm, "meanteacher": fm, "distill": ds}
 
 
 def route_overrides(overrides, protocols):

@@ -58,10 +58,12 @@ def _cfg(protocol, **extra):
 
 
 def test_all_protocols_registered():
-    assert set(names("protocol")) >= {"knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "fewmask_seg"}
+    assert set(names("protocol")) >= {"knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "distill",
+                                      "fewmask_seg"}
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "lp-ft"])
+@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "distill",
+                                      "lp-ft"])
 def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     ds, split = data
     extra = {"protocol.head_init": "linear_probe"} if protocol == "lp-ft" else {}

@@ -42,7 +42,7 @@ class ProtocolSettings:
     (``evaluate/<name>.py``), built from this and the shared groups below (one level), and registers them
     with itself, so ``protocol.*`` is checked against the chosen protocol."""
 
-    name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | fewmask_seg
+    name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | distill | fewmask_seg
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
 
     def check(self) -> None:

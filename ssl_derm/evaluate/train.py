@@ -129,23 +129,26 @@ class ClassifierTrainer:
         return {"labelled": self.labelled}
 
     # ------------------------------------------------------------------ training
-    def fit(self) -> dict:
-        t, p, ctx = self.cfg.train, self.cfg.protocol, self.ctx
+    def fit(self, train=None, phase: str = "") -> dict:
+        """Train for ``train.max_steps`` (default ``cfg.train``). A protocol with several phases names
+        each (its checkpoints under ``checkpoints/<phase>``, its logs under ``<phase>/``)."""
+        t, p, ctx = train or self.cfg.train, self.cfg.protocol, self.ctx
+        name, where = (f"{p.name} {phase}", f"{phase}/") if phase else (p.name, "")
         t0 = time.time()
 
         def report(done: int, score: float) -> None:
             if D.is_main():
-                print(f"  [{p.name}] step {done}/{t.max_steps} val balanced_acc {score:.4f} "
+                print(f"  [{name}] step {done}/{t.max_steps} val balanced_acc {score:.4f} "
                       f"({time.time() - t0:.0f}s)", flush=True)
 
         if len(ctx.rows["val"]):  # LP-FT: the probe itself is the step-0 candidate
             self.best = BestState(self.val_score, self.eval_model, p.eval_every, "val_balanced_accuracy",
-                                  log=ctx.log, log_tag="val/balanced_accuracy", at_start=bool(self.head_info),
+                                  log=ctx.log, log_tag=f"val/{where}balanced_accuracy", at_start=bool(self.head_info),
                                   report=report)
         engine = Engine(self.model, t, self.device, hooks=self.hooks() + ([self.best] if self.best else []),
                         rank_state=self.rank_state(), config=self.cfg,
-                        ckpt_dir=ctx.out_dir / "checkpoints" if t.ckpt_every else None,
-                        logger=ctx.logger if D.is_main() else None, name=p.name,
+                        ckpt_dir=ctx.out_dir / "checkpoints" / phase if t.ckpt_every else None,
+                        logger=ctx.logger if D.is_main() else None, name=name, log_prefix=f"train/{where}",
                         layer_decay=p.llrd if p.llrd < 1.0 else None, sync_batchnorm=True)
 
         def step_fn(module, step: int, micro: int):

@@ -41,7 +41,7 @@ from ssl_derm.encoder_files import file_sha256
 from ssl_derm.runs import write_json
 
 FORMAT_VERSION = 1
-TIMM_HEAD_PROTOCOLS = ("finetune", "fixmatch", "meanteacher")
+TIMM_HEAD_PROTOCOLS = ("finetune", "fixmatch", "meanteacher", "distill")
 PROBE_PROTOCOLS = ("linear", "labelprop")
 
 
