@@ -29,7 +29,7 @@ from ssl_derm.engine.hooks import snapshot
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
 from ssl_derm.evaluate.features import rows_to_batch, to_device
-from ssl_derm.evaluate.fixmatch import unlabeled_rows
+from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
 from ssl_derm.evaluate.metrics import classification_metrics
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
@@ -106,10 +106,4 @@ class DistillSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolSe
 
 @register("protocol", "distill", settings=DistillSettings)
 def run_distill(ctx) -> dict:
-    trainer = DistillTrainer(ctx)
-    out = trainer.run()
-    ctx.extras["export"] = {"model": trainer.eval_model()}  # the student it scored, for ssl_derm.serve.export
-    out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
-    if trainer.note:
-        out["info"]["note"] = trainer.note
-    return out
+    return run_semi_supervised(DistillTrainer(ctx))  # exports the student

@@ -104,6 +104,17 @@ def unlabeled_rows(ctx) -> tuple:
     return ctx.rows["labelled"], "no unlabeled images: the labelled images (labels hidden) serve as the unlabeled set"
 
 
+def run_semi_supervised(trainer) -> dict:
+    """Run a trainer that draws unlabeled images (``trainer.unlabeled``, ``trainer.note``): its result dict,
+    with the model it scored set for export and how many unlabeled images it drew from."""
+    out = trainer.run()
+    trainer.ctx.extras["export"] = {"model": trainer.eval_model()}  # for ssl_derm.serve.export
+    out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
+    if trainer.note:
+        out["info"]["note"] = trainer.note
+    return out
+
+
 class FixMatchTrainer(ClassifierTrainer):
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -171,15 +182,11 @@ class FixMatchSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolS
 @register("protocol", "fixmatch", settings=FixMatchSettings)
 def run_fixmatch(ctx) -> dict:
     trainer = FixMatchTrainer(ctx)
-    out = trainer.run()
-    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
-    out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
+    out = run_semi_supervised(trainer)
     # how much the unlabeled term took part: 0 means no pseudo-label ever passed the threshold
     rate = trainer.mask_rate
     out["info"]["mean_mask_rate"] = float(rate.sum) / rate.n if rate.n else 0.0
     out["info"]["last_mask_rate"] = float(rate.last) if rate.n else 0.0
     if trainer.sat is not None:
         out["info"]["final_thresholds"] = dict(zip(ctx.dataset.classes, trainer.sat.thresholds().tolist()))
-    if trainer.note:
-        out["info"]["note"] = trainer.note
     return out

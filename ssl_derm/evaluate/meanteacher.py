@@ -8,14 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
 from ssl_derm.evaluate.features import rows_to_batch
-from ssl_derm.evaluate.fixmatch import unlabeled_rows
+from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
 from ssl_derm.engine import Hook
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
@@ -106,10 +105,4 @@ class MeanTeacherSettings(SemiSupervised, Trained, Balanced, LinearProbe, Protoc
 
 @register("protocol", "meanteacher", settings=MeanTeacherSettings)
 def run_meanteacher(ctx) -> dict:
-    trainer = MeanTeacherTrainer(ctx)
-    out = trainer.run()
-    ctx.extras["export"] = {"model": trainer.eval_model()}  # the teacher it scored, for ssl_derm.serve.export
-    out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
-    if trainer.note:
-        out["info"]["note"] = trainer.note
-    return out
+    return run_semi_supervised(MeanTeacherTrainer(ctx))  # exports the teacher
