@@ -1,6 +1,5 @@
-"""Label efficiency on HAM10000: kNN, linear, label spreading, finetune, FixMatch (and mean teacher, self-distillation)
-at 1, 10 and 100% of the labels,
-pretrained encoder against random initialisation, on the data layer's lesion-grouped split
+"""Label efficiency on HAM10000: kNN, linear, label spreading, finetune, FixMatch, mean teacher and self-distillation
+at 1, 10 and 100% of the labels, pretrained encoder against random initialisation, on the data layer's lesion-grouped split
 (test 20% of lesions, val 10%, labelled subsets nested inside train).
 
 CPU-sized by default (64 px, short budgets); on a GPU raise --size and the budgets:
