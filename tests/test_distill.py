@@ -98,3 +98,33 @@ def test_distill_killed_in_either_phase_resumes_to_the_same_result(phase, at, da
     for p in ("teacher", "student"):
         same_weights(tmp_path / "full" / "checkpoints" / p / "last.pt", tmp_path / "killed" / "checkpoints" / p / "last.pt")
     assert strip(resumed) == strip(full)
+
+
+def test_linear_probe_teacher_is_the_probe_itself(data, tmp_path, monkeypatch):
+    """teacher_steps=0 with head_init=linear_probe: the targets are the probe's probabilities (the start model's),
+    no teacher phase runs, and the student trains from the probe."""
+    from ssl_derm.evaluate.linear import fit_probe, predict_probs
+
+    ctx = _ctx(data, "distill", tmp_path, **{"protocol.teacher_steps": 0, "protocol.head_init": "linear_probe",
+                                              "protocol.linear_C": "[0.1,1.0]", "train.max_steps": 2})
+    feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val")}
+    _, _, scaler, clf = fit_probe(ctx, feats)
+    trainer = DistillTrainer(ctx)
+    rows = np.arange(len(ctx.dataset.labels))
+    start_probs = trainer.predict(rows)
+    np.testing.assert_allclose(start_probs[ctx.rows["val"]], predict_probs(scaler, clf, feats["val"], ctx.n_classes),
+                               atol=1e-4)
+    names = []
+    orig = Engine.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        names.append(self.name)
+
+    monkeypatch.setattr(Engine, "__init__", init)
+    info = trainer.fit()
+    assert names == ["distill student"]
+    np.testing.assert_allclose(trainer.targets.numpy(), start_probs, atol=1e-5)
+    assert info["teacher"]["steps"] == 0 and info["val_history"][0]["step"] == 0  # the probe is a candidate
+    with pytest.raises(ConfigError, match="protocol.teacher_steps.*head_init"):
+        load_finetune_config(None, ["protocol.name=distill", "protocol.teacher_steps=0"])

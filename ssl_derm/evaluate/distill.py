@@ -5,7 +5,8 @@ Two phases in one run, each on the engine with its own checkpoints (``checkpoint
 ``checkpoints/student``), so a killed run resumes in either:
 
 1. the **teacher**: plain finetuning (as protocol ``finetune``) for ``protocol.teacher_steps``, best
-   state on val;
+   state on val; or, with ``teacher_steps: 0`` and ``head_init: linear_probe``, the class-balanced linear
+   probe on the frozen features (the start itself);
 2. the **student**: the same network restarted from the same initial weights (the encoder the run was
    given, pretrained or random, and the same head), trained for ``train.max_steps`` on the labelled
    images (class-weighted cross-entropy) plus ``protocol.mu`` unlabeled images per labelled one, pulled
@@ -77,7 +78,10 @@ class DistillTrainer(ClassifierTrainer):
 
     def fit(self, train=None, phase: str = "") -> dict:
         p, ctx = self.cfg.protocol, self.ctx
-        teacher = super().fit(dataclasses.replace(self.cfg.train, max_steps=p.teacher_steps), phase="teacher")
+        if p.teacher_steps:
+            teacher = super().fit(dataclasses.replace(self.cfg.train, max_steps=p.teacher_steps), phase="teacher")
+        else:  # the linear probe in the head (head_init=linear_probe) is the teacher, as it starts
+            teacher = {"best_step": 0, "val_history": []}
         probs = self.predict(np.arange(len(ctx.dataset.labels)))
         scores = {side: classification_metrics(ctx.labels(side), probs[ctx.rows[side]], ctx.dataset.classes)["balanced_accuracy"]
                   for side in ctx.scored if len(ctx.rows[side])}
@@ -93,13 +97,19 @@ class DistillTrainer(ClassifierTrainer):
 @dataclass
 class DistillSettings(SemiSupervised, Trained, Balanced, LinearProbe, ProtocolSettings):
     name: str = "distill"
-    teacher_steps: int = 1000  # finetuning steps of the teacher (train.max_steps is the student's)
+    # finetuning steps of the teacher (train.max_steps is the student's); 0 with head_init=linear_probe: the
+    # linear probe on the frozen features is the teacher
+    teacher_steps: int = 1000
     temperature: float = 1.0  # of the teacher's and the student's softmax in the distillation term
 
     def check(self) -> None:
         super().check()
-        if self.teacher_steps < 1:
-            raise ConfigError(f"config key 'protocol.teacher_steps': must be >= 1, got {self.teacher_steps}")
+        if self.teacher_steps < 0:
+            raise ConfigError(f"config key 'protocol.teacher_steps': must be >= 0, got {self.teacher_steps}")
+        if self.teacher_steps == 0 and self.head_init != "linear_probe":
+            raise ConfigError("config key 'protocol.teacher_steps': 0 makes the untrained start the teacher, which "
+                              "only means something with protocol.head_init=linear_probe (the linear probe as "
+                              "the teacher); give a number of finetuning steps or set head_init")
         if not self.temperature > 0:
             raise ConfigError(f"config key 'protocol.temperature': must be > 0, got {self.temperature}")
 
