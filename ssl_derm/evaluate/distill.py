@@ -76,7 +76,8 @@ class DistillTrainer(ClassifierTrainer):
     def rank_state(self) -> dict:
         return {**super().rank_state(), "unlabeled": self.unlabeled}
 
-    def fit(self, train=None, phase: str = "") -> dict:
+    def fit(self) -> dict:
+        """The teacher phase (or the probe as it starts), its probabilities, then the student from the start."""
         p, ctx = self.cfg.protocol, self.ctx
         if p.teacher_steps:
             teacher = super().fit(dataclasses.replace(self.cfg.train, max_steps=p.teacher_steps), phase="teacher")
