@@ -10,6 +10,21 @@ from ssl_derm.methods.ibot import patch_mask
 from test_methods import RESNET, VIT, tiny_cfg
 
 
+def timm_tokens(encoder, images, mask=None, token=None):
+    """Tokens from timm's own ``forward_features`` (not the methods' ``vit_tokens``): masked patch embeddings are
+    replaced by ``token`` with a hook on the patch embedding, before the position embedding."""
+    vit = encoder.model
+    hook = None
+    if mask is not None:
+        hook = vit.patch_embed.register_forward_hook(
+            lambda mod, inp, out: torch.where(mask.view(*out.shape[:-1], 1), token.to(out.dtype), out))
+    try:
+        return vit.forward_features(images)
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
 def koleo_by_hand(f):
     f = F.normalize(f.float(), dim=1)
     d = torch.cdist(f, f)
@@ -36,8 +51,7 @@ def test_koleo_adds_weight_times_mean_per_view_koleo(method):
         torch.manual_seed(3)
         if method == "ibot":
             mask = m.random_mask(10, 2, 2, "cpu").flatten(1)
-            from ssl_derm.methods.base import vit_tokens
-            feats = enc.pool(vit_tokens(enc, torch.cat(views), mask=mask, mask_token=m.mask_token))
+            feats = enc.pool(timm_tokens(enc, torch.cat(views), mask, m.mask_token))
         else:
             feats = enc(torch.cat(views))
         expected = w * (koleo_by_hand(feats[:5]) + koleo_by_hand(feats[5:])) / 2
@@ -105,9 +119,8 @@ def test_swav_frozen_prototypes_get_zero_gradient_and_queue_fills():
 
 
 def test_ibot_patch_term_by_hand():
-    """loss(w) - loss(0) = w x the cross-entropy over masked patches only, each image weighted by 1/its count."""
-    from ssl_derm.methods.base import vit_tokens
-
+    """loss(w) - loss(0) = w x the cross-entropy over masked patches only, each image weighted by 1/its count;
+    the tokens come from timm's own forward, not the method's."""
     torch.manual_seed(0)
     enc = create_encoder(VIT, 32)
     m = build_method(tiny_cfg("ibot", ibot_mask_prob=1.0), enc, 10).eval()
@@ -124,8 +137,8 @@ def test_ibot_patch_term_by_hand():
         torch.manual_seed(4)
         mask = m.random_mask(6, 2, 2, "cpu")
         glob = torch.cat(views)
-        t = m.teacher_head(vit_tokens(m.teacher_encoder, glob)[:, 1:][mask.flatten(1)])
-        s = m.head(vit_tokens(enc, glob, mask=mask.flatten(1), mask_token=m.mask_token)[:, 1:][mask.flatten(1)])
+        t = m.teacher_head(timm_tokens(m.teacher_encoder, glob)[:, 1:][mask.flatten(1)])
+        s = m.head(timm_tokens(enc, glob, mask.flatten(1), m.mask_token)[:, 1:][mask.flatten(1)])
         ce = -(torch.softmax(t / m.teacher_temp(0), -1) * torch.log_softmax(s / m.cfg.student_temp, -1)).sum(-1)
         per_image = mask.flatten(1).sum(1).float()
         weight = (1 / per_image).repeat_interleave(per_image.long())  # masked tokens come image by image

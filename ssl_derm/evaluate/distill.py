@@ -57,7 +57,6 @@ class DistillTrainer(ClassifierTrainer):
         rows, self.note = unlabeled_rows(ctx)
         self.unlabeled = IndexStream(rows, rank_seed(ctx.cfg.seed + 1))
         self.targets = None  # (N, K) teacher probabilities at T, indexed by cache row, on the device
-        self.teacher_info = {}
 
     def loss(self, step: int):
         if self.targets is None:  # the teacher phase: plain finetuning
@@ -86,13 +85,13 @@ class DistillTrainer(ClassifierTrainer):
         probs = self.predict(np.arange(len(ctx.dataset.labels)))
         scores = {side: classification_metrics(ctx.labels(side), probs[ctx.rows[side]], ctx.dataset.classes)["balanced_accuracy"]
                   for side in ctx.scored if len(ctx.rows[side])}
-        self.teacher_info = {"best_step": teacher["best_step"], "steps": p.teacher_steps,
+        teacher_info = {"best_step": teacher["best_step"], "steps": p.teacher_steps,
                              "val_history": teacher["val_history"],
                              **{f"{side}_balanced_accuracy": v for side, v in scores.items()}}
         self.targets = to_device(torch.from_numpy(soften(probs, p.temperature)), self.device)
         self.model.load_state_dict(self.start_state)
         student = super().fit(phase="student")
-        return {**student, "teacher": self.teacher_info}
+        return {**student, "teacher": teacher_info}
 
 
 @dataclass
