@@ -14,7 +14,8 @@ from ssl_derm.data.synth import synth_arrays
 from ssl_derm.segment import run as run_mod
 from ssl_derm.segment.config import SegmentConfig
 from ssl_derm.segment.run import run_segment
-from ssl_derm.segment.selftrain import joint_augmentation, loss_weights
+from ssl_derm.config import ConfigError
+from ssl_derm.segment.selftrain import joint_augmentation, loss_weights, reliable_rows
 
 W, H = 60, 45  # original image size (not square, not the cache size)
 
@@ -108,9 +109,11 @@ def test_predictions_do_not_depend_on_masks(folder, tmp_path):
 
 def test_self_training_round_and_subset(folder, tmp_path):
     cfg = _cfg(folder, tmp_path, "selftrain.rounds=1", "selftrain.image_size=32", "train.max_steps=2",
-               "train.batch_size=4", "segment.max_images=6", "selftrain.decoder_widths=[16,16,8,8,8]")
+               "train.batch_size=4", "segment.max_images=6", "selftrain.decoder_widths=[16,16,8,8,8]",
+               "selftrain.select_frac=0.5", "selftrain.select_strata=3")
     metrics = run_segment(cfg, tmp_path / "st")
     assert list(metrics["stages"]) == ["contrast_em", "selftrain_1"]
+    assert metrics["stages"]["selftrain_1"]["n_teaching"] == 3  # one of each 2-image area bin teaches; all 6 are predicted
     assert metrics["mean"]["n"] == 6 and len(list((tmp_path / "st" / "masks").glob("*.png"))) == 6
     assert (tmp_path / "st" / "overlays_selftrain_1.png").is_file()
 
@@ -127,6 +130,30 @@ def test_loss_weights_leave_out_unsure_pixels_and_the_outline():
     assert loss_weights(scores, masks, 0.2, 0)[0, 8, 8] == 0
     w = loss_weights(scores, masks, 0.2, boundary_px=16)  # 2 px at this size
     assert w[0, 4, 8] == 0 and w[0, 2, 8] == 0 and w[0, 6, 6] == 1 and w[0, 0, 8] == 1
+
+
+def test_reliable_rows_rank_by_margin_within_area_strata():
+    n, s = 8, 8
+    masks = np.zeros((n, s, s), bool)
+    for i in range(n):  # rows 0-3 small lesions (4 px), rows 4-7 large (32 px)
+        masks[i].flat[: 4 if i < 4 else 32] = True
+    margin = np.array([0.9, 0.2, 0.5, 0.1, 0.3, 0.95, 0.4, 0.6])  # |2 score - 1|, uniform over each image
+    scores = np.where(masks, 0.5 + margin[:, None, None] / 2, 0.5 - margin[:, None, None] / 2).astype(np.float32)
+    assert reliable_rows(scores, masks, 1.0, 5).tolist() == list(range(n))
+    assert reliable_rows(scores, masks, 0.25, 1).tolist() == [0, 5]  # the two largest margins overall
+    assert reliable_rows(scores, masks, 0.25, 2).tolist() == [0, 5]  # the best of each size: here the same
+    assert reliable_rows(scores, masks, 0.5, 1).tolist() == [0, 2, 5, 7]
+    margin[4:] = [0.99, 0.98, 0.97, 0.96]  # large lesions now all more confident than any small one
+    scores = np.where(masks, 0.5 + margin[:, None, None] / 2, 0.5 - margin[:, None, None] / 2).astype(np.float32)
+    assert reliable_rows(scores, masks, 0.25, 1).tolist() == [4, 5]  # one ranking: large lesions only
+    assert reliable_rows(scores, masks, 0.25, 2).tolist() == [0, 4]  # strata keep one small lesion
+    assert reliable_rows(scores, masks, 0.01, 2).tolist() == [0, 4]  # at least one image per stratum
+
+
+@pytest.mark.parametrize("key,value", [("select_frac", "0"), ("select_frac", "1.5"), ("select_strata", "0")])
+def test_selection_keys_out_of_range_are_config_errors(folder, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"selftrain.{key}"):
+        run_segment(_cfg(folder, tmp_path, "selftrain.rounds=1", f"selftrain.{key}={value}"), tmp_path / "bad")
 
 
 def test_joint_augmentation_keeps_image_and_mask_aligned():

@@ -72,6 +72,9 @@ class SelfTrainSection:
     boundary_px: int = 2  # and a band this wide (px at 128) around the pseudo-mask outline
     decoder_widths: List[int] = field(default_factory=lambda: [128, 64, 32, 16, 16])
     max_images: int = 0  # >0: train on a random subset of this many images (all images are predicted)
+    # each round teaches with the most reliable pseudo-masks only (ssl_derm/segment/selftrain.py, reliable_rows):
+    select_frac: float = 1.0  # this fraction of the images, ranked by the mean margin |2 score - 1| of their scores
+    select_strata: int = 5  # ranked within this many mask-area quantile bins, so the lesion-size mix is kept
 
 
 @dataclass
@@ -94,6 +97,12 @@ def check_segment_config(cfg: SegmentConfig) -> SegmentConfig:
     cfg.segment.check()
     if not 0 <= cfg.selftrain.ignore_band < 0.5:
         raise ConfigError(f"config key 'selftrain.ignore_band': must be in [0, 0.5), got {cfg.selftrain.ignore_band}")
+    if not 0 < cfg.selftrain.select_frac <= 1:
+        raise ConfigError(f"config key 'selftrain.select_frac': must be in (0, 1] (1 = every image teaches), "
+                          f"got {cfg.selftrain.select_frac}")
+    if cfg.selftrain.select_strata < 1:
+        raise ConfigError(f"config key 'selftrain.select_strata': must be >= 1 (1 = one ranking over all images), "
+                          f"got {cfg.selftrain.select_strata}")
     if cfg.selftrain.rounds < 0 or cfg.selftrain.image_size < 16:
         raise ConfigError("config keys 'selftrain.rounds' must be >= 0 and 'selftrain.image_size' >= 16")
     return cfg

@@ -146,7 +146,8 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
         resumed = max(resumed, getattr(model, "resumed_from_step", 0))
         scores, masks = predict_round(model, cfg, ds.images, rows, device)
         stage = f"selftrain_{r}"
-        stages[stage] = {"n_images": len(rows), "seconds_per_image": (time.perf_counter() - t0) / max(len(rows), 1)}
+        stages[stage] = {"n_images": len(rows), "n_teaching": model.n_teaching,
+                         "seconds_per_image": (time.perf_counter() - t0) / max(len(rows), 1)}
         results[stage] = masks
     final = list(stages)[-1]
     from ssl_derm.serve.export import export_segment_run
