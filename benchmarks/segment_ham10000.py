@@ -70,6 +70,10 @@ ENTRIES = {
     "selftrain_random_2rounds": ("selftrain.yaml", ["encoder.checkpoint=none", "selftrain.rounds=2", *CPU_SELFTRAIN],
                                  0, False),
     "selftrain": ("selftrain.yaml", CPU_SELFTRAIN, 0, True),
+    # only the 30% most reliable pseudo-masks teach (selftrain.select_frac; session 10)
+    "selftrain_random_select": ("selftrain.yaml", ["encoder.checkpoint=none", "selftrain.select_frac=0.3", *CPU_SELFTRAIN],
+                                0, False),
+    "selftrain_select": ("selftrain.yaml", ["selftrain.select_frac=0.3", *CPU_SELFTRAIN], 0, True),
 }
 
 
