@@ -233,3 +233,36 @@ def test_resident_cache_upload_in_chunks_keeps_rows():
     rows = np.array([7, 1, 4, 9, 0])
     out = CacheBatches(imgs, 4, "cpu")._upload(rows, chunk=2)
     assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(imgs[rows]))
+
+
+def test_lr_scales_scale_one_child_and_keep_timms_weight_decay_split():
+    """lr_scales={"encoder": s}: the child trains at s x the scheduled LR at every step (timm's lr_scale),
+    0 leaves it untouched; biases and 1-d weights get no weight decay."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
+    model.add_module("head", nn.Linear(4, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 4)
+    cfg = _cfg(max_steps=3, ckpt_every=0, weight_decay=0.05, optimizer="adamw")
+    seen = []
+
+    def step_fn(module, step, micro):
+        seen.append({round(g["lr_scale"], 3): g["lr"] for g in engine.optimizer.param_groups})
+        return module(x).pow(2).mean(), {}
+
+    engine = Engine(model, cfg, "cpu", progress=False, lr_scales={"encoder": 0.0})
+    groups = engine.optimizer.param_groups
+    assert sorted((g["lr_scale"], g["weight_decay"], len(g["params"])) for g in groups) == [
+        (0.0, 0.0, 3), (0.0, 0.05, 1), (1.0, 0.0, 1), (1.0, 0.05, 1)]
+    engine.fit(step_fn)
+    assert all(lrs[0.0] == 0 and lrs[1.0] > 0 for lrs in seen[1:])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+    torch.manual_seed(0)
+    half = Engine(nn.Sequential(model.encoder, model.head), cfg, "cpu", progress=False, lr_scales={"0": 0.5})
+    assert sorted({g["lr"] / half.optimizer.param_groups[-1]["lr"] for g in half.optimizer.param_groups}) in ([0.5, 1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="decoder"):
+        Engine(model, cfg, "cpu", progress=False, lr_scales={"decoder": 0.1})

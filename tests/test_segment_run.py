@@ -150,7 +150,32 @@ def test_reliable_rows_rank_by_margin_within_area_strata():
     assert reliable_rows(scores, masks, 0.01, 2).tolist() == [0, 4]  # at least one image per stratum
 
 
-@pytest.mark.parametrize("key,value", [("select_frac", "0"), ("select_frac", "1.5"), ("select_strata", "0")])
+def test_encoder_lr_mult_zero_keeps_the_encoder_weights(tmp_path):
+    """selftrain.encoder_lr_mult=0: the decoder learns, the encoder's weights stay as they started."""
+    from ssl_derm.segment.selftrain import train_round
+
+    images, masks, _ = synth_arrays(6, 32, 3)
+    cfg = load_config(SegmentConfig, None, ["selftrain.image_size=32", "train.max_steps=3", "train.batch_size=4",
+                                            "selftrain.decoder_widths=[16,16,8,8,8]", "selftrain.encoder_lr_mult=0",
+                                            "encoder.name=resnet18"])
+    scores = masks.astype(np.float32)
+    torch.manual_seed(0)
+    model = train_round(cfg, images, np.arange(6), scores, masks.astype(bool), torch.device("cpu"))
+    torch.manual_seed(0)
+    from ssl_derm.encoders import create_encoder
+
+    start = create_encoder("resnet18", 32, None).model.state_dict()
+    trained = model.backbone.state_dict()
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running_" not in k]
+    assert weights and all(torch.equal(start[k], trained[k]) for k in weights)
+    cfg.selftrain.encoder_lr_mult = 1.0
+    torch.manual_seed(0)
+    moved = train_round(cfg, images, np.arange(6), scores, masks.astype(bool), torch.device("cpu")).backbone.state_dict()
+    assert any(not torch.equal(start[k], moved[k]) for k in weights)  # the default does train the encoder
+
+
+@pytest.mark.parametrize("key,value", [("select_frac", "0"), ("select_frac", "1.5"), ("select_strata", "0"),
+                                       ("encoder_lr_mult", "-0.1"), ("encoder_lr_mult", "2")])
 def test_selection_keys_out_of_range_are_config_errors(folder, tmp_path, key, value):
     with pytest.raises(ConfigError, match=f"selftrain.{key}"):
         run_segment(_cfg(folder, tmp_path, "selftrain.rounds=1", f"selftrain.{key}={value}"), tmp_path / "bad")

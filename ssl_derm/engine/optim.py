@@ -1,6 +1,8 @@
 """Optimiser and schedule from timm: no weight decay on biases and norms, cosine with linear warm-up."""
 from __future__ import annotations
 
+from typing import Dict, List, Optional
+
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -15,10 +17,36 @@ def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
     return cfg.lr * cfg.batch_size * max(getattr(cfg, "accumulate", 1), 1) * world_size / 256
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, layer_decay=None):
+def scaled_param_groups(model: nn.Module, weight_decay: float, lr_scales: Dict[str, float]) -> List[dict]:
+    """Parameter groups whose LR is scaled per top-level child (``{"backbone": 0.1}``: the child
+    ``model.backbone`` trains at a tenth of the LR; the rest at 1), each split like timm's
+    ``param_groups_weight_decay``: no weight decay on biases and 1-d parameters (norms). The scale goes in
+    the group's ``lr_scale``, which timm's schedulers apply at every step."""
+    unknown = set(lr_scales) - {name for name, _ in model.named_children()}
+    if unknown:
+        raise ValueError(f"lr_scales names {sorted(unknown)}, not children of {type(model).__name__}")
+    groups: Dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = float(lr_scales.get(name.split(".", 1)[0], 1.0))
+        decay = not (p.ndim <= 1 or name.endswith(".bias"))
+        g = groups.setdefault((scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
+                                               "lr_scale": scale})
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, layer_decay=None,
+                    lr_scales: Optional[Dict[str, float]] = None):
+    """timm's optimiser ``train.optimizer`` at the linearly scaled LR; ``layer_decay`` (timm's layer-wise
+    decay) or ``lr_scales`` (per top-level child, :func:`scaled_param_groups`) scale parts of the model."""
+    if layer_decay is not None and lr_scales:
+        raise ConfigError("layer-wise LR decay and per-module LR scales cannot be combined; set one of them")
+    group_fn = (lambda m: scaled_param_groups(m, cfg.weight_decay, lr_scales)) if lr_scales else None
     try:
         return create_optimizer_v2(model, opt=cfg.optimizer, lr=scaled_lr(cfg, world_size),
-                                   weight_decay=cfg.weight_decay, layer_decay=layer_decay)
+                                   weight_decay=cfg.weight_decay, layer_decay=layer_decay, param_group_fn=group_fn)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"train.optimizer='{cfg.optimizer}' is not usable ({e}); try adamw, sgd, lars or lamb") from None
 

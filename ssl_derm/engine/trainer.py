@@ -39,13 +39,14 @@ class Engine:
     config (a config dataclass, or its dict) stored in checkpoints and compared on resume; a dataclass also
     gives its keys' defaults, so a checkpoint written before a key existed resumes while the key keeps
     its default. ckpt_dir: None = no checkpoints.
-    optimizer: a ready optimiser (default: timm's from ``cfg``); schedule=False keeps its LR fixed.
+    optimizer: a ready optimiser (default: timm's from ``cfg``; ``layer_decay`` or ``lr_scales``
+    {child name: LR multiplier} scale parts of the model); schedule=False keeps its LR fixed.
     """
 
     def __init__(self, model: nn.Module, cfg, device, *, forward: Optional[nn.Module] = None,
                  hooks: Sequence = (), rank_state: Optional[Dict] = None, config=None,
                  ckpt_dir=None, logger=None, log_prefix: str = "train/", name: str = "train",
-                 optimizer=None, schedule: bool = True, layer_decay=None, sync_batchnorm: bool = False,
+                 optimizer=None, schedule: bool = True, layer_decay=None, lr_scales=None, sync_batchnorm: bool = False,
                  compile_modules: Optional[Sequence[nn.Module]] = None, progress: bool = True,
                  final_checkpoint: bool = True):
         self.cfg, self.device, self.model = cfg, torch.device(device), model
@@ -71,7 +72,8 @@ class Engine:
                 forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = forward
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = optimizer or build_optimizer(model, cfg, world_size=self.world, layer_decay=layer_decay)
+        self.optimizer = optimizer or build_optimizer(model, cfg, world_size=self.world, layer_decay=layer_decay,
+                                                        lr_scales=lr_scales)
         self.scheduler = build_scheduler(self.optimizer, cfg) if schedule else None
         self.precision = Precision(resolve_precision(cfg, self.device), self.device)
         self.start, self.stop = 0, False

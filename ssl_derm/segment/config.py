@@ -75,6 +75,7 @@ class SelfTrainSection:
     # each round teaches with the most reliable pseudo-masks only (ssl_derm/segment/selftrain.py, reliable_rows):
     select_frac: float = 1.0  # this fraction of the images, ranked by the mean margin |2 score - 1| of their scores
     select_strata: int = 5  # ranked within this many mask-area quantile bins, so the lesion-size mix is kept
+    encoder_lr_mult: float = 1.0  # the encoder's LR relative to the decoder's (e.g. 0.1 keeps pretrained features; 0 freezes them)
 
 
 @dataclass
@@ -103,6 +104,9 @@ def check_segment_config(cfg: SegmentConfig) -> SegmentConfig:
     if cfg.selftrain.select_strata < 1:
         raise ConfigError(f"config key 'selftrain.select_strata': must be >= 1 (1 = one ranking over all images), "
                           f"got {cfg.selftrain.select_strata}")
+    if not 0 <= cfg.selftrain.encoder_lr_mult <= 1:
+        raise ConfigError(f"config key 'selftrain.encoder_lr_mult': must be in [0, 1] (1 = the decoder's LR, "
+                          f"0 = a frozen encoder), got {cfg.selftrain.encoder_lr_mult}")
     if cfg.selftrain.rounds < 0 or cfg.selftrain.image_size < 16:
         raise ConfigError("config keys 'selftrain.rounds' must be >= 0 and 'selftrain.image_size' >= 16")
     return cfg

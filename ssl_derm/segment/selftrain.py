@@ -123,7 +123,7 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
     ckpt = out_dir / "checkpoints" / f"round{round_idx}" if out_dir is not None and t.ckpt_every else None
     engine = Engine(model, t, device, rank_state={"sampler": Stateful(gen)}, config=cfg, ckpt_dir=ckpt,
                     logger=logger, log_prefix=f"selftrain/round{round_idx}/", name=f"self-training round {round_idx}",
-                    sync_batchnorm=True)
+                    sync_batchnorm=True, lr_scales={"backbone": st.encoder_lr_mult} if st.encoder_lr_mult != 1 else None)
     engine.fit(step_fn)
     model.resumed_from_step = engine.start
     model.n_teaching = len(train_pos)
