@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -41,9 +42,11 @@ def segment_unused_keys(cfg, uses_encoder: bool) -> None:
         if cfg.encoder.name != default.name:
             raise ConfigError(f"encoder.name='{cfg.encoder.name}' is set, but segmenter '{cfg.segment.method}' uses no "
                               "encoder (and selftrain.rounds=0): drop the key or pick a segmenter with an encoder")
-    if cfg.selftrain.rounds == 0 and cfg.selftrain.select_frac < 1:
-        warn("selftrain.select_frac", "segment", "it picks the images that teach a self-training round; "
-             "set selftrain.rounds >= 1")
+    if cfg.selftrain.rounds == 0:
+        default = type(cfg.selftrain)()
+        for f in dataclasses.fields(default):
+            if f.name != "rounds" and getattr(cfg.selftrain, f.name) != getattr(default, f.name):
+                warn(f"selftrain.{f.name}", "segment", "it sets up self-training, and selftrain.rounds is 0")
     if cfg.data.labels:
         warn("data.labels", "segment", "segmentation reads images and, for scoring, data.masks")
     for key in ("test_images", "test_labels", "test_masks"):

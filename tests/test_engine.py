@@ -264,5 +264,5 @@ def test_lr_scales_scale_one_child_and_keep_timms_weight_decay_split():
     torch.manual_seed(0)
     half = Engine(nn.Sequential(model.encoder, model.head), cfg, "cpu", progress=False, lr_scales={"0": 0.5})
     assert sorted({g["lr"] / half.optimizer.param_groups[-1]["lr"] for g in half.optimizer.param_groups}) in ([0.5, 1.0], [1.0, 2.0])
-    with pytest.raises(ValueError, match="decoder"):
+    with pytest.raises(ValueError, match=r"lr_scales names \[.decoder.\], not children"):
         Engine(model, cfg, "cpu", progress=False, lr_scales={"decoder": 0.1})

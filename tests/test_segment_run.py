@@ -174,6 +174,14 @@ def test_encoder_lr_mult_zero_keeps_the_encoder_weights(tmp_path):
     assert any(not torch.equal(start[k], moved[k]) for k in weights)  # the default does train the encoder
 
 
+def test_selftrain_keys_without_a_round_are_named_as_ignored(folder, tmp_path, capsys):
+    run_segment(_cfg(folder, tmp_path, "selftrain.encoder_lr_mult=0.1", "selftrain.select_frac=0.5"), tmp_path / "r0")
+    err = capsys.readouterr().err
+    for key in ("selftrain.encoder_lr_mult", "selftrain.select_frac"):
+        assert f"warning: {key} is ignored by `ssl-derm segment`" in err
+    assert "selftrain.image_size" not in err  # keys at their defaults say nothing
+
+
 @pytest.mark.parametrize("key,value", [("select_frac", "0"), ("select_frac", "1.5"), ("select_strata", "0"),
                                        ("encoder_lr_mult", "-0.1"), ("encoder_lr_mult", "2")])
 def test_selection_keys_out_of_range_are_config_errors(folder, tmp_path, key, value):

@@ -43,7 +43,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, lay
     decay) or ``lr_scales`` (per top-level child, :func:`scaled_param_groups`) scale parts of the model."""
     if layer_decay is not None and lr_scales:
         raise ConfigError("layer-wise LR decay and per-module LR scales cannot be combined; set one of them")
-    group_fn = (lambda m: scaled_param_groups(m, cfg.weight_decay, lr_scales)) if lr_scales else None
+    groups = scaled_param_groups(model, cfg.weight_decay, lr_scales) if lr_scales else None
+    group_fn = (lambda m: groups) if groups else None
     try:
         return create_optimizer_v2(model, opt=cfg.optimizer, lr=scaled_lr(cfg, world_size),
                                    weight_decay=cfg.weight_decay, layer_decay=layer_decay, param_group_fn=group_fn)
