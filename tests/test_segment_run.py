@@ -9,12 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_derm.config import load_config
+from ssl_derm.config import ConfigError, load_config
 from ssl_derm.data.synth import synth_arrays
 from ssl_derm.segment import run as run_mod
 from ssl_derm.segment.config import SegmentConfig
 from ssl_derm.segment.run import run_segment
-from ssl_derm.config import ConfigError
 from ssl_derm.segment.selftrain import joint_augmentation, loss_weights, reliable_rows
 
 W, H = 60, 45  # original image size (not square, not the cache size)
