@@ -266,3 +266,18 @@ def test_lr_scales_scale_one_child_and_keep_timms_weight_decay_split():
     assert sorted({g["lr"] / half.optimizer.param_groups[-1]["lr"] for g in half.optimizer.param_groups}) in ([0.5, 1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"lr_scales names \[.decoder.\], not children"):
         Engine(model, cfg, "cpu", progress=False, lr_scales={"decoder": 0.1})
+
+    class Tokens(nn.Module):  # a child that names a 2-d parameter as free of weight decay, as timm's ViTs do
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(4, 4))
+
+        def no_weight_decay(self):
+            return {"pos"}
+
+    vit_like = nn.Sequential()
+    vit_like.add_module("tokens", Tokens())
+    vit_like.add_module("head", nn.Linear(4, 1))
+    groups = Engine(vit_like, cfg, "cpu", progress=False, lr_scales={"tokens": 0.5}).optimizer.param_groups
+    pos = next(g for g in groups if any(p is vit_like.tokens.pos for p in g["params"]))
+    assert pos["weight_decay"] == 0.0 and pos["lr_scale"] == 0.5

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -18,23 +18,23 @@ def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
 
 
 def scaled_param_groups(model: nn.Module, weight_decay: float, lr_scales: Dict[str, float]) -> List[dict]:
-    """Parameter groups whose LR is scaled per top-level child (``{"backbone": 0.1}``: the child
-    ``model.backbone`` trains at a tenth of the LR; the rest at 1), each split like timm's
-    ``param_groups_weight_decay``: no weight decay on biases and 1-d parameters (norms). The scale goes in
-    the group's ``lr_scale``, which timm's schedulers apply at every step."""
-    unknown = set(lr_scales) - {name for name, _ in model.named_children()}
+    """timm's weight-decay groups (``param_groups_weight_decay``, honouring each child's
+    ``no_weight_decay()``), made per top-level child with the child's LR multiplier in ``lr_scale``,
+    which timm's schedulers apply at every step: ``{"backbone": 0.1}`` trains ``model.backbone`` at a
+    tenth of the LR, every other child at 1."""
+    children = dict(model.named_children())
+    unknown = set(lr_scales) - set(children)
     if unknown:
         raise ValueError(f"lr_scales names {sorted(unknown)}, not children of {type(model).__name__}")
-    groups: Dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        scale = float(lr_scales.get(name.split(".", 1)[0], 1.0))
-        decay = not (p.ndim <= 1 or name.endswith(".bias"))
-        g = groups.setdefault((scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
-                                               "lr_scale": scale})
-        g["params"].append(p)
-    return list(groups.values())
+    if any(p.requires_grad for p in model.parameters(recurse=False)):
+        raise ValueError(f"lr_scales: {type(model).__name__} holds parameters outside its children; "
+                         "move them into a child module")
+    groups = []
+    for name, child in children.items():
+        skip = child.no_weight_decay() if hasattr(child, "no_weight_decay") else ()
+        for g in param_groups_weight_decay(child, weight_decay, no_weight_decay_list=skip):
+            groups.append({**g, "lr_scale": float(lr_scales.get(name, 1.0))})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1, layer_decay=None,
