@@ -160,3 +160,45 @@ def test_convex_hull_is_the_default_only_of_contrast_em_and_needs_one_component(
     with pytest.raises(ConfigError, match="segment.convex_hull.*component.*all"):
         _cfg("segment.component=all")
     assert not _cfg("segment.component=all", "segment.convex_hull=false").segment.convex_hull
+
+
+def _dense_em_prototypes():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dense_em_prototypes.py"
+    spec = importlib.util.spec_from_file_location("dense_em_prototypes", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_dense_em_prototypes_reproduce_the_default_and_add_unit_variance_components():
+    """benchmarks/dense_em_prototypes.py: its EM loop without dense features is the default segmenter's, mask for
+    mask, and a start given from outside (the Gharawi-style variant) is where that EM begins."""
+    import torch
+
+    from ssl_derm.encoders import create_encoder
+    from ssl_derm.segment.cleanup import clean_masks
+    from ssl_derm.segment.contrast_em import features
+    from ssl_derm.segment.prep import prepare
+
+    bench = _dense_em_prototypes()
+    cfg = _cfg()
+    s = cfg.segment
+    images = np.concatenate([_rough_lesion(64, seed)[0] for seed in range(3)])
+    images[1] = np.roll(images[1], 9, axis=1)  # not all alike
+    prep = prepare(images, s)
+    _, expected = predict_batch(build_segmenter(cfg), images)
+    keep = lambda m: clean_masks(m & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
+    got = keep(bench.em_masks(features(prep, s), prep, s))
+    assert got.any() and np.array_equal(got, expected)
+    # a start with no lesion pixel leaves the EM nothing to refit: it stays empty, where the default's Otsu start finds one
+    empty = np.zeros_like(prep.valid)
+    assert not bench.em_masks(features(prep, s), prep, s, empty).any()
+
+    torch.manual_seed(0)
+    comps = bench.dense_components(create_encoder("resnet18", 64).eval(), images, cfg.augment, 2, 32, 8)
+    assert comps.shape == (3, 2, 64, 64)
+    assert np.allclose(comps.reshape(3, 2, -1).std(-1), 1.0, atol=1e-2)
+    assert abs(float(np.corrcoef(comps[0, 0].ravel(), comps[0, 1].ravel())[0, 1])) < 1e-2  # principal axes
