@@ -181,8 +181,21 @@ def test_densecl_matches_each_cell_to_the_most_similar_cell_of_the_other_view():
     q, k = dense_pairs(torch.cat([f0, f1]), torch.cat([d0, d1]))
     assert q.shape == k.shape == (2 * b * h * w, d)
     assert torch.equal(q, k)  # every positive is the same cell seen in the other view
-    q2, k2 = dense_pairs(torch.cat([f0, f0.roll(1, 0)]), torch.cat([d0, d0.roll(1, 0)]))
-    assert not torch.equal(q2, k2)  # matching stays inside each image: another image's cells never pair
+    # unrelated views: every key is, by hand, the other view's cell of the same image with the highest cosine
+    # similarity of backbone features (another image's cells never pair, however similar)
+    g0, g1, e0, e1 = torch.randn(b, c, h, w), torch.randn(b, c, h, w), torch.randn(b, h * w, d), torch.randn(b, h * w, d)
+    g1[1] = g0[0] * 2  # image 1's view 1 is image 0's view 0: a match across images would pick its cells
+    q2, k2 = dense_pairs(torch.cat([g0, g1]), torch.cat([e0, e1]))
+
+    def nearest(fa, fb, eb):
+        a, bb = F.normalize(fa.flatten(1).T, dim=1), F.normalize(fb.flatten(1).T, dim=1)
+        return eb[(a @ bb.T).argmax(1)]
+
+    want_q = torch.cat([e0, e1]).flatten(0, 1)
+    want_k = torch.cat([torch.stack([nearest(g0[i], g1[i], e1[i]) for i in range(b)]),
+                        torch.stack([nearest(g1[i], g0[i], e0[i]) for i in range(b)])]).flatten(0, 1)
+    assert torch.equal(q2, want_q) and torch.equal(k2, want_k)
+    assert not torch.equal(k2, torch.cat([e1, e0]).flatten(0, 1))  # not simply the same position
 
 
 def ntxent_by_hand(a, b, temperature):
