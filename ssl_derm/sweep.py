@@ -16,6 +16,10 @@ A sweep file (``configs/sweeps/*.yaml``)::
       pretrain.method.name: [simclr, byol]
       finetune.split.fraction: [0.01, 0.1, 1.0]
       encoder.name: [resnet18]        # a bare key goes to both stages
+    select:                           # optional: tune keys chosen on validation, reported on test
+      by: val.balanced_accuracy       # (selected.md / selected.csv; see ssl_derm.select)
+      tune: [finetune.train.lr]
+      paired: init                    # optional: each init at its own choice, pretrained - random by seed
 
 A key of a plug-in section (``method.*``, ``protocol.*``, ``segment.*``) that is set for the whole sweep
 goes to the cells whose plug-in has it (``protocol.linear_C`` reaches the linear cells, not the kNN ones);
@@ -39,9 +43,10 @@ import yaml
 from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
 from ssl_derm.fingerprint import config_sha256, file_sha256, move_aside, recorded
 from ssl_derm.runs import flatten, write_json
+from ssl_derm.select import check_select, select_on_val, write_selection
 
 _TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
-             "finetune", "segment", "grid"}
+             "finetune", "segment", "grid", "select"}
 
 
 def _overrides(flat: dict) -> list:
@@ -70,6 +75,7 @@ def load_sweep(path, overrides=()) -> dict:
     for k, v in spec.get("grid", {}).items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"sweep file '{path}': grid key '{k}' needs a non-empty list of values, got {v!r}")
+    check_select(path, spec)
     return spec
 
 
@@ -225,14 +231,19 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
         metric_keys += [f"external.{k}" for k in metric_keys if not k.startswith("external.")]
     ci_keys = [f"{k}_ci" for k in metric_keys if any(metric_ci(m, k) for m in found)]
     rows = []
+    sel = spec.get("select")
     for cell in cells:
         mpath = root / "cells" / cell["id"] / "metrics.json"
         if mpath.is_file():
             m = json.loads(mpath.read_text())
             rows.append({**cell["values"], "seed": cell["seed"], **{k: metric_value(m, k) for k in metric_keys},
-                         **{k: metric_ci(m, k[:-3]) for k in ci_keys}})
+                         **{k: metric_ci(m, k[:-3]) for k in ci_keys},
+                         **({sel["by"]: metric_value(m, sel["by"])} if sel else {})})
+    if sel and rows:
+        result = select_on_val(rows, keys, sel["tune"], sel["by"], metric_keys, sel.get("paired"))
+        write_selection(root, result, sel["tune"], sel["by"], metric_keys, sel.get("paired"))
     with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys + ["seed"] + metric_keys + ci_keys)
+        w = csv.DictWriter(f, fieldnames=keys + ["seed"] + metric_keys + ci_keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     groups: dict = {}

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from ssl_derm.config import load_config, to_dict
 from ssl_derm.errors import ConfigError
@@ -27,6 +26,7 @@ from ssl_derm.evaluate.config import FinetuneConfig
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.run import load_data_and_split, run_finetune
 from ssl_derm.registry import names
+from ssl_derm.select import paired_t
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc")
 INITS = ("pretrained", "random")
@@ -155,10 +155,7 @@ def _paired(by_init: dict, metric: str) -> tuple:
     half-width of the two-sided 95% t interval, n); Nones where there are too few pairs."""
     pre = {r["seed"]: r[metric] for r in by_init.get("pretrained", []) if r[metric] is not None}
     rnd = {r["seed"]: r[metric] for r in by_init.get("random", []) if r[metric] is not None}
-    d = [pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())]
-    mean, std = _mean_std(d)
-    half = None if std is None else float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d)))
-    return mean, std, half, len(d)
+    return paired_t([pre[s] - rnd[s] for s in sorted(pre.keys() & rnd.keys())])
 
 
 def _reaches_full_labels(means: dict) -> list:
