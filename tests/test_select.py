@@ -11,6 +11,7 @@ from scipy.stats import t as student_t
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.select import check_select, select_on_val, selection_lines
+from test_sweep import _spec
 
 KEYS = ["init", "lr"]
 
@@ -73,16 +74,10 @@ def test_bad_select_keys_are_named(sel, msg):
 def test_sweep_select_picks_each_inits_best_val_setting(tmp_path):
     from ssl_derm.sweep import run_sweep
 
-    spec = {
-        "seeds": [0, 1], "downstream": "finetune", "metrics": ["balanced_accuracy"],
-        "common": {"data.images": ["synthetic"], "data.synthetic_n": 64, "data.image_size": 32,
-                   "data.cache_dir": str(tmp_path / "cache"), "encoder.name": "resnet18", "device": "cpu"},
-        "pretrain": {"set": {"method.name": "simclr", "train.max_steps": 2, "train.batch_size": 8,
-                             "method.proj_hidden_dim": 32, "method.proj_dim": 16}},
-        "finetune": {"set": {"protocol.name": "knn"}},
-        "grid": {"init": ["pretrained", "random"], "finetune.protocol.knn_k": [1, 9]},
-        "select": {"by": "val.balanced_accuracy", "tune": ["finetune.protocol.knn_k"], "paired": "init"},
-    }
+    spec = yaml.safe_load(_spec(tmp_path).read_text())  # test_sweep's tiny kNN sweep, with its own grid
+    spec["metrics"] = ["balanced_accuracy"]
+    spec["grid"] = {"init": ["pretrained", "random"], "finetune.protocol.knn_k": [1, 9]}
+    spec["select"] = {"by": "val.balanced_accuracy", "tune": ["finetune.protocol.knn_k"], "paired": "init"}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))  # cell ids follow the grid's key order
     root = run_sweep(path, out=tmp_path / "sw")
