@@ -68,12 +68,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", required=True, help="comma-separated config keys the folders differ in, e.g. train.lr")
     ap.add_argument("--ignore", default="train.num_threads,data.cache_dir",
                     help="config keys allowed to differ because they cannot change a result")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds to keep (default: every finished seed)")
     ap.add_argument("--out", default=None, help="where selected.md / selected.csv go (default: print only)")
     args = ap.parse_args(argv)
     from ssl_derm.select import select_on_val, selection_lines, write_selection
 
     tune = [k for k in args.tune.split(",") if k]
     rows = read_cells(args.folders, tune, set(k for k in args.ignore.split(",") if k))
+    if args.seeds is not None:  # e.g. the seeds every setting has finished while the others still run
+        keep = {int(s) for s in args.seeds.split(",") if s}
+        rows = [r for r in rows if r["seed"] in keep]
     keys = ["protocol", "fraction", "init", *tune]
     rows.sort(key=lambda r: (r["protocol"], r["fraction"], r["init"] != "pretrained"))  # pretrained - random
     result = select_on_val(rows, keys, tune, "val.balanced_accuracy", METRICS[:2], paired="init")
