@@ -92,7 +92,10 @@ def test_ibot_student_sees_mask_tokens_teacher_does_not():
     _, teacher_a, student_a = step(0.0)
     loss, teacher_b, student_b = step(5.0)
     assert len(teacher_a) == 2 and all(torch.equal(a, b) for a, b in zip(teacher_a, teacher_b))  # cls + patches
-    assert any(not torch.allclose(a, b) for a, b in zip(student_a, student_b))  # the student reads the token
+    assert len(student_a) == len(student_b) >= 1
+    # every input of the student's head (its cls tokens, its masked patches) moves with the token value; the
+    # tiny random ViT moves them by about 5e-5, far above float noise of an identical pass (0: teacher above)
+    assert all(float((a - b).abs().max()) > 1e-5 for a, b in zip(student_a, student_b))
     loss.backward()
     assert float(m.mask_token.grad.abs().sum()) > 0
 
@@ -167,7 +170,10 @@ def test_method_settings_out_of_range_name_the_key(overrides, key, rule):
 
     with pytest.raises(ConfigError, match=f"'{key}': must be {rule}, got"):
         load_config(PretrainConfig, None, overrides)
-    assert load_config(PretrainConfig, None, overrides[:1]).method.name == overrides[0].split("=")[1]  # defaults pass
+    import yaml
+
+    default = getattr(load_config(PretrainConfig, None, overrides[:1]).method, key.split(".")[1])  # defaults load
+    assert default != yaml.safe_load(overrides[1].split("=")[1])  # the error came from the bad value, not the default
 
 
 def test_densecl_matches_each_cell_to_the_most_similar_cell_of_the_other_view():
