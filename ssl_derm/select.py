@@ -24,16 +24,21 @@ from scipy.stats import t as student_t
 from ssl_derm.errors import ConfigError
 
 
+def mean_std(vals) -> tuple:
+    """(mean, sample std or None for a single value) of the values that are not None; (None, None) without any."""
+    v = np.array([x for x in vals if x is not None], dtype=float)
+    if not len(v):
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
 def paired_t(diffs) -> tuple:
     """(mean, sample std, half-width of the two-sided 95% t interval, n) of paired differences;
     std and half-width are None below two pairs, everything None without any."""
-    d = np.array([x for x in diffs if x is not None], dtype=float)
-    if not len(d):
-        return None, None, None, 0
-    if len(d) == 1:
-        return float(d[0]), None, None, 1
-    std = float(d.std(ddof=1))
-    return float(d.mean()), std, float(student_t.ppf(0.975, len(d) - 1) * std / np.sqrt(len(d))), len(d)
+    n = sum(x is not None for x in diffs)
+    mean, std = mean_std(diffs)
+    half = None if std is None else float(student_t.ppf(0.975, n - 1) * std / np.sqrt(n))
+    return mean, std, half, n
 
 
 def check_select(path, spec: dict) -> None:
@@ -142,8 +147,8 @@ def selection_lines(result: dict, tune: Sequence[str], by: str, report: Sequence
         vals = "; ".join(f"{', '.join(str(v) for _, v in s)}: {_fmt(x, scale)}" for s, x in c["val"].items())
         stats = []
         for m in report:
-            d = paired_t([r.get(m) for r in c["rows"]])  # mean and std of the values themselves
-            stats.append(_fmt(d[0], scale) + ("" if d[1] is None else f" ± {_fmt(d[1], scale)}"))
+            mean, std = mean_std([r.get(m) for r in c["rows"]])
+            stats.append(_fmt(mean, scale) + ("" if std is None else f" ± {_fmt(std, scale)}"))
         lines.append("| " + " | ".join([*(str(v) for v in c["group"].values()),
                                         ", ".join(str(v) for _, v in c["setting"]), vals, str(len(c["rows"])),
                                         *stats]) + " |")

@@ -26,7 +26,7 @@ from ssl_derm.evaluate.config import FinetuneConfig
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.run import load_data_and_split, run_finetune
 from ssl_derm.registry import names
-from ssl_derm.select import paired_t
+from ssl_derm.select import mean_std as _mean_std, paired_t
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc")
 INITS = ("pretrained", "random")
@@ -133,14 +133,6 @@ def _ci_and_external(m: dict) -> dict:
             ci = src.get(f"{k}_ci") or [None, None]
             out[f"{prefix}{k}_ci_lo"], out[f"{prefix}{k}_ci_hi"] = ci
     return out
-
-
-def _mean_std(vals) -> tuple:
-    """(mean, sample std or None for a single seed); (None, None) when there is no value."""
-    vals = np.array([v for v in vals if v is not None], dtype=float)
-    if not len(vals):
-        return None, None
-    return float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
 
 
 def _fmt(ms: tuple) -> str:
