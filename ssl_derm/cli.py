@@ -176,8 +176,20 @@ def _run(args) -> int:
     raise AssertionError(args.command)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; ``key=value`` overrides may also follow an option (``sweep FILE --out DIR k=v``),
+    which plain argparse refuses once a positional argument stands before the option."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -58,11 +58,23 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _set_override(spec: dict, key: str, value) -> None:
+    """``common.K``, ``grid.K`` and ``<stage>.set.K`` name one config key ``K`` of that section (its keys are
+    dotted: ``grid.finetune.train.lr=[1e-3]`` replaces that axis); any other key is a path into the file."""
+    parts = key.split(".")
+    if parts[0] in ("common", "grid") and len(parts) > 1:
+        spec.setdefault(parts[0], {})[".".join(parts[1:])] = value
+    elif parts[0] in ("pretrain", "finetune", "segment") and len(parts) > 2 and parts[1] == "set":
+        spec.setdefault(parts[0], {}).setdefault("set", {})[".".join(parts[2:])] = value
+    else:
+        set_nested(spec, parts, value)
+
+
 def load_sweep(path, overrides=()) -> dict:
     spec = read_yaml(path)
     for text in overrides:
         key, _, raw = text.partition("=")
-        set_nested(spec, key.split("."), yaml.safe_load(raw))
+        _set_override(spec, key, yaml.safe_load(raw))
     unknown = set(spec) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"sweep file '{path}': unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")

@@ -60,3 +60,19 @@ def test_default_config_gives_way_to_the_chosen_plugin(tmp_path):
                                       "protocol.name=knn"])
     with pytest.raises(ConfigError, match="protocol.linear_C.*knn"):
         load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
+
+
+def test_overrides_may_follow_an_option_after_a_positional(capsys):
+    """``sweep FILE --out DIR k=v`` (the order a user types) keeps every override; a stray non-override
+    word is still refused with argparse's message and exit 2."""
+    from ssl_derm.cli import parse_args
+
+    args = parse_args(["sweep", "configs/sweeps/finetune_gap_ham10000.yaml", "seeds=[0]", "--out", "runs/x",
+                       "common.device=cpu", "grid.init=[random]"])
+    assert (args.config, args.out) == ("configs/sweeps/finetune_gap_ham10000.yaml", "runs/x")
+    assert args.overrides == ["seeds=[0]", "common.device=cpu", "grid.init=[random]"]
+    with pytest.raises(SystemExit) as e:
+        parse_args(["sweep", "configs/sweeps/finetune_gap_ham10000.yaml", "--out", "runs/x", "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        parse_args(["configs", "show", "finetune/linear", "k=v"])

@@ -39,6 +39,23 @@ def test_plan_routes_keys_and_shares_pretraining(tmp_path):
     assert all("split.fraction" not in (c["pretrain"] or {}) for c in cells)
 
 
+def test_command_line_overrides_reach_the_dotted_keys_of_each_section(tmp_path):
+    """``grid.K=[..]`` replaces one axis, ``common.K`` and ``pretrain.set.K`` set one config key of their
+    section; any other key is a path into the file (``seeds``)."""
+    from ssl_derm.sweep import load_sweep
+
+    path = _spec(tmp_path)
+    spec = load_sweep(path, ["grid.finetune.split.fraction=[0.25]", "common.data.image_size=48",
+                                        "pretrain.set.train.max_steps=3", "finetune.set.protocol.knn_k=5", "seeds=[4]"])
+    cells = plan_cells(spec)
+    assert len(cells) == 2 and {c["seed"] for c in cells} == {4}
+    assert {c["downstream"]["split.fraction"] for c in cells} == {0.25}
+    assert all(c["downstream"]["data.image_size"] == 48 and c["downstream"]["protocol.knn_k"] == 5 for c in cells)
+    pre = next(c["pretrain"] for c in cells if c["pretrain"] is not None)
+    assert pre["train.max_steps"] == 3 and pre["data.image_size"] == 48 and "protocol.knn_k" not in pre
+    assert list(spec["grid"]) == list(load_sweep(path)["grid"])  # the axis kept its place, no new axis
+
+
 def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     path = _spec(tmp_path)
     full = run_sweep(path, out=tmp_path / "full")
