@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="grid of runs x seeds, resumable, with tables and plots")
     p.add_argument("config", help="configs/sweeps/<name>.yaml")
     p.add_argument("--out", help="sweep folder (default: the config's out key)")
+    p.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process "
+                   "(pretrainings still run one at a time first); e.g. 2 on 2 CPU cores")
     p.add_argument("overrides", nargs="*")
 
     p = sub.add_parser("demo", help="pretrain, segment and finetune on synthetic data; writes a report")
@@ -148,7 +150,7 @@ def _run(args) -> int:
     if args.command == "sweep":
         from ssl_derm.sweep import run_sweep
 
-        run_sweep(args.config, out=args.out, overrides=args.overrides)
+        run_sweep(args.config, out=args.out, overrides=args.overrides, workers=args.workers)
         return 0
     if args.command == "demo":
         from ssl_derm.demo import run_demo

@@ -200,9 +200,18 @@ def metric_ci(metrics: dict, key: str):
     return ci if isinstance(ci, list) and len(ci) == 2 else None
 
 
-def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
-    """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests)."""
+def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -> Path:
+    """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests).
+
+    ``workers > 1`` runs that many cells at once, each in its own process (spawned) with ``cores // workers``
+    torch threads unless the cell sets ``train.num_threads``, and its output in ``cells/<id>/log.txt``.
+    Pretrainings still run first, one at a time, in this process. A failed cell stops the sweep once the
+    cells already running have finished, and names the cell and its log."""
     spec = load_sweep(path, overrides)
+    if workers < 1:
+        raise ConfigError(f"sweep: workers must be >= 1, got {workers}")
+    if workers > 1 and stop_after is not None:
+        raise ConfigError("sweep: stop_after counts cells run one at a time; use it with workers=1")
     root = Path(out or spec.get("out") or "runs/sweep")
     from ssl_derm.evaluate.finished import check_out_path
 
@@ -214,7 +223,8 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
     shared: dict = {}  # data, split and frozen features reused across cells
     from tqdm import tqdm
 
-    for cell in tqdm(cells, desc="sweep", dynamic_ncols=True):
+    tasks = []
+    for cell in tqdm(cells, desc="sweep", dynamic_ncols=True, disable=workers > 1):
         cdir = root / "cells" / cell["id"]
         if stop_after is not None and ran >= stop_after:
             break
@@ -228,10 +238,61 @@ def run_sweep(path, out=None, overrides=(), stop_after=None) -> Path:
             flat["encoder.checkpoint"] = str(_run_pretrain(spec, pre, root))
         elif "init" in cell["values"]:
             flat["encoder.checkpoint"] = "none"
+        if workers > 1:
+            tasks.append((cell["id"], flat, cdir))
+            continue
         _run_downstream(spec, flat, cdir, shared)
         ran += int(recorded(cdir) != before)
+    if tasks:
+        _run_parallel(spec, tasks, workers)
     write_tables(root, spec, cells)
     return root
+
+
+_WORKER_SHARED: dict = {}  # a worker process's data, split and features, reused by the cells it runs
+
+
+def _worker_cell(spec: dict, flat: dict, out: str, threads: int) -> None:
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(threads)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        _run_downstream(spec, flat, Path(out), _WORKER_SHARED)
+
+
+def _run_parallel(spec: dict, tasks: list, workers: int) -> None:
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker_cell, spec, flat, str(cdir), threads): (cid, cdir) for cid, flat, cdir in tasks}
+        bar = tqdm(total=len(futures), desc=f"sweep ({workers} workers)", dynamic_ncols=True)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            bar.update(len(done))
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for f in pending:
+                    f.cancel()  # queued cells never start; running ones finish and keep their results
+                wait(pending)
+                bar.close()
+                cid, cdir = futures[failed[0]]
+                e = failed[0].exception()
+                msg = f"sweep cell {cid} failed (its output: {cdir / 'log.txt'}): {e}"
+                try:
+                    err = type(e)(msg)  # the same kind of error, so the CLI gives its exit code
+                except Exception:
+                    err = RuntimeError(msg)
+                raise err from e
+        bar.close()
 
 
 def write_tables(root: Path, spec: dict, cells: list) -> list:
