@@ -204,7 +204,7 @@ def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -
     """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests).
 
     ``workers > 1`` runs that many cells at once, each in its own process (spawned) with ``cores // workers``
-    torch threads unless the cell sets ``train.num_threads``, and its output in ``cells/<id>/log.txt``.
+    torch threads unless the cell sets ``train.num_threads``, and its output in ``logs/<id>.log``.
     Pretrainings still run first, one at a time, in this process. A failed cell stops the sweep once the
     cells already running have finished, and names the cell and its log."""
     spec = load_sweep(path, overrides)
@@ -252,14 +252,20 @@ def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -
 _WORKER_SHARED: dict = {}  # a worker process's data, split and features, reused by the cells it runs
 
 
+def _log_path(cdir: Path) -> Path:
+    """A worker's output for a cell: beside the cells, so a stale cell moved aside keeps its own log."""
+    return cdir.parent.parent / "logs" / f"{cdir.name}.log"
+
+
 def _worker_cell(spec: dict, flat: dict, out: str, threads: int) -> None:
     import contextlib
 
     import torch
 
     torch.set_num_threads(threads)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    log_path = _log_path(Path(out))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         _run_downstream(spec, flat, Path(out), _WORKER_SHARED)
 
 
@@ -286,7 +292,7 @@ def _run_parallel(spec: dict, tasks: list, workers: int) -> None:
                 bar.close()
                 cid, cdir = futures[failed[0]]
                 e = failed[0].exception()
-                msg = f"sweep cell {cid} failed (its output: {cdir / 'log.txt'}): {e}"
+                msg = f"sweep cell {cid} failed (its output: {_log_path(cdir)}): {e}"
                 try:
                     err = type(e)(msg)  # the same kind of error, so the CLI gives its exit code
                 except Exception:

@@ -82,14 +82,15 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
 
 
 def test_workers_run_cells_in_parallel_to_the_same_table(tmp_path):
-    """Two worker processes give the table of one process, each cell's output goes to its log.txt, and a
-    rerun skips the finished cells."""
+    """Two worker processes give the table of one process, each cell's output goes to logs/<cell>.log, and
+    a rerun skips the finished cells."""
     path = _spec(tmp_path)
     one = _rows(run_sweep(path, out=tmp_path / "one"))
     par = run_sweep(path, out=tmp_path / "par", workers=2)
     assert _rows(par) == one and len(one) == 8
-    logs = list((par / "cells").glob("*/log.txt"))
-    assert len(logs) == 8 and all("test balanced_acc=" in p.read_text() for p in logs)
+    logs = {p.stem: p.read_text() for p in (par / "logs").glob("*.log")}
+    assert set(logs) == {p.name for p in (par / "cells").iterdir()}
+    assert all(f"-> {par / 'cells' / cid / 'metrics.json'}" in text for cid, text in logs.items())
     first = {p: p.stat().st_mtime_ns for p in (par / "cells").glob("*/metrics.json")}
     run_sweep(path, out=tmp_path / "par", workers=2)
     assert {p: p.stat().st_mtime_ns for p in (par / "cells").glob("*/metrics.json")} == first
@@ -101,7 +102,7 @@ def test_a_failing_cell_in_a_worker_names_itself_and_its_log(tmp_path):
     from ssl_derm.errors import UserError
 
     path = _spec(tmp_path)
-    with pytest.raises(UserError, match=r"sweep cell \S*fraction-0.3\S* failed \(its output: .*log.txt\)"
+    with pytest.raises(UserError, match=r"sweep cell \S*fraction-0.3\S* failed \(its output: .*logs/\S*fraction-0.3\S*\.log\)"
                                         r".*split.fraction=0.3"):
         run_sweep(path, out=tmp_path / "sw", workers=2,
                   overrides=["grid.init=[random]", "grid.finetune.split.fraction=[0.3]"])
