@@ -272,33 +272,28 @@ def _worker_cell(spec: dict, flat: dict, out: str, threads: int) -> None:
 def _run_parallel(spec: dict, tasks: list, workers: int) -> None:
     import multiprocessing as mp
     import os
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=len(tasks), desc=f"sweep ({workers} workers)", dynamic_ncols=True) as bar:
         futures = {pool.submit(_worker_cell, spec, flat, str(cdir), threads): (cid, cdir) for cid, flat, cdir in tasks}
-        bar = tqdm(total=len(futures), desc=f"sweep ({workers} workers)", dynamic_ncols=True)
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            bar.update(len(done))
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                for f in pending:
-                    f.cancel()  # queued cells never start; running ones finish and keep their results
-                wait(pending)
-                bar.close()
-                cid, cdir = futures[failed[0]]
-                e = failed[0].exception()
-                msg = f"sweep cell {cid} failed (its output: {_log_path(cdir)}): {e}"
-                try:
-                    err = type(e)(msg)  # the same kind of error, so the CLI gives its exit code
-                except Exception:
-                    err = RuntimeError(msg)
-                raise err from e
-        bar.close()
+        for done in as_completed(futures):
+            bar.update(1)
+            e = done.exception()
+            if e is None:
+                continue
+            for f in futures:
+                f.cancel()  # queued cells never start; running ones finish (the pool waits) and keep their results
+            cid, cdir = futures[done]
+            msg = f"sweep cell {cid} failed (its output: {_log_path(cdir)}): {e}"
+            try:
+                err = type(e)(msg)  # the same kind of error, so the CLI gives its exit code
+            except Exception:
+                err = RuntimeError(msg)
+            raise err from e
 
 
 def write_tables(root: Path, spec: dict, cells: list) -> list:

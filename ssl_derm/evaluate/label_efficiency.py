@@ -26,7 +26,7 @@ from ssl_derm.evaluate.config import FinetuneConfig
 from ssl_derm.evaluate.features import FeatureCache
 from ssl_derm.evaluate.run import load_data_and_split, run_finetune
 from ssl_derm.registry import names
-from ssl_derm.select import mean_std as _mean_std, paired_t
+from ssl_derm.select import mean_std, paired_t
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc")
 INITS = ("pretrained", "random")
@@ -186,8 +186,8 @@ def _table(rows: list, metric: str, side: str) -> list:
     groups = dict(sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])))
     means = {}
     for (protocol, fraction), by_init in groups.items():
-        pre = _mean_std([r[metric] for r in by_init.get("pretrained", [])])
-        rnd = _mean_std([r[metric] for r in by_init.get("random", [])])
+        pre = mean_std([r[metric] for r in by_init.get("pretrained", [])])
+        rnd = mean_std([r[metric] for r in by_init.get("random", [])])
         means[(protocol, fraction)] = (pre[0], rnd[0])
         d_mean, d_std, half, n_pairs = _paired(by_init, metric)
         diff = "-" if d_mean is None else (f"{100 * d_mean:+.1f}" if d_std is None else f"{100 * d_mean:+.1f} ± {100 * d_std:.1f}")
