@@ -205,10 +205,12 @@ def main(argv=None) -> int:
 
 def _report(command: str, e: Exception) -> int:
     """Print ``e`` as one line on stderr; -> the exit code (2 config error, 1 other user error or a bug)."""
-    from ssl_derm.errors import UserError
+    from ssl_derm.errors import as_user_error
 
+    user = as_user_error(e)  # a full disk or an unwritable path is the user's to fix, wherever it was raised
+    e = user or e
     msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
-    if isinstance(e, UserError):
+    if user is not None:
         print(f"ssl-derm {command}: error: {msg}", file=sys.stderr)
         return e.exit_code
     print(f"ssl-derm {command}: error: {msg}  [{type(e).__name__}; set SSL_DERM_DEBUG=1 for the traceback]",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import struct
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -64,14 +66,20 @@ def check_fits(path, name: str, model: nn.Module) -> None:
 
 
 def file_sha256(path) -> Optional[str]:
-    """sha256 hex of a file (an encoder checkpoint), or None for no file. Read once per (path, size, mtime):
-    a label-efficiency table asks for the same encoder's hash in every cell (fingerprint and export)."""
+    """sha256 of the weights an encoder file holds, or None for no file. For safetensors it covers the tensor
+    names, dtypes, shapes and bytes but not the metadata, so a file rewritten with the same tensors keeps its
+    hash; other files hash their bytes. Read once per (path, size, mtime): a label-efficiency table asks for
+    the same encoder's hash in every cell (fingerprint and export)."""
     if path is None or str(path).lower() in ("", "none"):
         return None
     p = Path(path)
     if p.is_dir():
         p = p / "encoder.safetensors"
-    st = p.stat()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise EncoderFileError(f"encoder.checkpoint '{path}' does not exist; give the encoder.safetensors that "
+                               "`ssl-derm pretrain` exported, or encoder.checkpoint=none") from None
     return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
 
 
@@ -79,9 +87,44 @@ def file_sha256(path) -> Optional[str]:
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        if path.endswith(".safetensors"):
+            head = _read_header(f, path)
+            head.pop("__metadata__", None)
+            h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _read_header(f, path) -> dict:
+    """The JSON header of an open safetensors file (u64 little-endian length, then the JSON); the file
+    is left at the start of the tensor bytes."""
+    try:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        assert isinstance(head, dict)
+        return head
+    except (struct.error, ValueError, AssertionError, MemoryError, OverflowError):
+        raise EncoderFileError(f"encoder file '{path}' is not a readable safetensors file (corrupt header); "
+                               "export it again with `ssl-derm pretrain`") from None
+
+
+def save_safetensors(tensors: Dict[str, "torch.Tensor"], path, metadata: Dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with the metadata in sorted order: safetensors keeps metadata in a
+    hash map whose order changes with every process, so the same tensors gave a new file (and sha256) on
+    every write. Writes ``path`` itself (the caller writes a temp file and renames it)."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = struct.unpack("<Q", data[:8])[0]
+    head = json.loads(data[8:8 + n])
+    meta = head.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | head
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensor bytes stay 8-byte aligned, as safetensors writes them
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.write(memoryview(data)[8 + n:])
 
 
 def check_image_size(model: nn.Module, name: str, img_size: int) -> None:

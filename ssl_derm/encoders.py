@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ssl_derm.errors import EncoderError
+from ssl_derm.errors import EncoderError, written_whole
 
 
 def weighted_pool(fmap: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -203,12 +203,13 @@ def _from_init(name: str, init: str, kwargs: dict) -> nn.Module:
 def export_encoder(encoder: Encoder, path) -> Path:
     """Write the timm state dict as safetensors, atomically, so that plain timm can load it with
     ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0)``."""
-    from safetensors.torch import save_file
+    from ssl_derm.encoder_files import save_safetensors
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"timm_name": encoder.name, "img_size": str(encoder.img_size)})
-    tmp.replace(path)
+    with written_whole(tmp, path):  # the same tensors give the same bytes (a rerun keeps the file's sha256)
+        save_safetensors(state, tmp, {"timm_name": encoder.name, "img_size": str(encoder.img_size)})
+        tmp.replace(path)
     return path

@@ -12,7 +12,7 @@ import torch
 
 from ssl_derm import __version__
 from ssl_derm.config import dump_yaml, to_dict
-from ssl_derm.errors import DeviceError
+from ssl_derm.errors import DeviceError, written_whole
 
 
 def code_version() -> dict:
@@ -55,8 +55,9 @@ def write_json(path, obj) -> None:
     """Atomic JSON write (temp file, then rename)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    with written_whole(tmp, path):
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+        os.replace(tmp, path)
 
 
 def _json_default(o):

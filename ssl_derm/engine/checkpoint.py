@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_derm.errors import CheckpointError
+from ssl_derm.errors import CheckpointError, written_whole
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -20,8 +20,9 @@ def save_checkpoint(path, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with written_whole(tmp, path):
+        torch.save(state, tmp)
+        os.replace(tmp, path)
     return path
 
 

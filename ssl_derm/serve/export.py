@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ssl_derm.config import to_dict
-from ssl_derm.encoder_files import file_sha256
+from ssl_derm.encoder_files import file_sha256, save_safetensors
+from ssl_derm.errors import written_whole
 from ssl_derm.runs import write_json
 
 FORMAT_VERSION = 1
@@ -53,15 +54,14 @@ def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
 
 def save_model(out_dir, tensors: Dict[str, torch.Tensor], meta: dict) -> Path:
     """Write ``model.safetensors`` (when ``tensors``) and then ``model.json`` atomically; returns model.json."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     st = out / "model.safetensors"
     if tensors:
         tmp = st.with_name(st.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"kind": meta["kind"], "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, st)
+        with written_whole(tmp, st):
+            save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                             {"format_version": str(FORMAT_VERSION), "kind": meta["kind"]})
+            os.replace(tmp, st)
     elif st.exists():  # a classical segmenter has no weights; a stale file from an earlier run must not linger
         st.unlink()
     write_json(out / "model.json", {"format_version": FORMAT_VERSION, **meta,
