@@ -8,9 +8,13 @@ Layout under the cache dir (``DataConfig.cache_dir``, else ``$SSL_DERM_CACHE``, 
     masks-<S>px-<key>/masks.u8      raw uint8 (N, S, S) in {0, 1}, rows aligned with the image entry
     masks-<S>px-<key>/index.json    which rows have a mask, bad masks with reasons
 
-The image key hashes (cache format version, image size, every file's id, path, size and mtime), so adding,
-removing or touching a file gives a new entry. Masks are a separate entry keyed by the image key plus
-every mask file's path, size and mtime: adding masks to a cached archive decodes only the masks.
+The image key hashes (cache format version, image size, every file's id, path, size, mtime and a hash of
+its first and last 4 KiB), so adding, removing or touching a file gives a new entry, and so does a file
+replaced in place by another of the same size and mtime (its header or its last bytes differ). What the key
+does not see: a change inside the middle of a file that keeps its size, mtime, first and last 4 KiB.
+The data fingerprint of every ``metrics.json`` is built on this key, so it covers the same. Masks are a
+separate entry keyed by the image key plus every mask file's path, size, mtime and end blocks: adding masks
+to a cached archive decodes only the masks.
 An entry is built in a temporary folder and renamed into place when complete, so a crash or a second
 process never sees half an entry. Rows are written one at a time into the memory map, so an archive larger
 than RAM builds fine. Old entries are never deleted automatically: remove the folder to reclaim disk.
@@ -34,8 +38,10 @@ from tqdm import tqdm
 
 from ssl_derm.data import decode
 from ssl_derm.data.sources import DataError, _few
+from ssl_derm.errors import NO_SPACE, check_free_space, disk_full
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key reads each file's first and last block
+END_BLOCK = 4096
 
 
 def default_cache_dir(cache_dir: Optional[str] = None) -> Path:
@@ -46,12 +52,19 @@ def _fingerprint(items) -> str:
     return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()
 
 
-def _stat(path: str) -> Tuple[int, int]:
+def _stat(path: str) -> Tuple[int, int, str]:
+    """(size, mtime, hash of the first and last END_BLOCK bytes): two small reads per file, so the key sees
+    a file replaced by another of the same size and mtime."""
     try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            head = f.read(END_BLOCK)
+            if st.st_size > 2 * END_BLOCK:
+                f.seek(-END_BLOCK, os.SEEK_END)
+            tail = f.read(END_BLOCK)
+        return st.st_size, st.st_mtime_ns, hashlib.blake2b(head + tail, digest_size=8).hexdigest()
     except OSError:
-        return -1, -1
+        return -1, -1, ""
 
 
 def _ordered_map(fn, args: Sequence, workers: int, window: int = 256):
@@ -97,6 +110,22 @@ class CachedMasks:
     masks: np.ndarray
     has_mask: np.ndarray  # bool (N,)
     bad: List[Tuple[str, str]]
+
+
+def _new_array(path: Path, shape: tuple, what: str, folder: Path) -> np.memmap:
+    """A writable (shape) uint8 memory map whose blocks are reserved first: a write into a memory map on a
+    full disk is a SIGBUS that kills the process with no message, so the space is asked for (free-space
+    check) and taken (posix_fallocate, ENOSPC as an error) before the first row is written."""
+    need = int(np.prod(shape))
+    check_free_space(folder, need + (1 << 20), what)  # + 1 MiB for the index and the list of bad files
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, need)
+        except (AttributeError, OSError) as e:  # no fallocate here (macOS, some file systems): a sparse file
+            if isinstance(e, OSError) and e.errno in NO_SPACE:
+                raise
+            f.truncate(need)
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
 
 
 def _open_array(path: Path, shape: tuple) -> np.ndarray:
@@ -186,7 +215,8 @@ class ImageCache:
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
-            out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(N, S, S, 3))
+            out = _new_array(tmp / "images.u8", (N, S, S, 3), f"the image cache ({N} images at {S} px)",
+                             self.root)
             keep_ids, keep_paths, sizes, bad = [], [], [], []
             bar = tqdm(total=N, desc=f"caching images at {S}px", unit="img", disable=not self.progress,
                        mininterval=0.5, file=sys.stderr)
@@ -209,6 +239,10 @@ class ImageCache:
                      "ids": keep_ids, "paths": keep_paths, "orig_sizes": sizes, "bad": bad}
             (tmp / "index.json").write_text(json.dumps(index))
             _commit(tmp, final)
+        except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
+            if e.errno in NO_SPACE:
+                raise disk_full(e, self.root) from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -237,7 +271,8 @@ class ImageCache:
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
-            out = np.memmap(tmp / "masks.u8", dtype=np.uint8, mode="w+", shape=(N, S, S))
+            out = _new_array(tmp / "masks.u8", (N, S, S), f"the mask cache ({N} masks at {S} px)",
+                             self.root)
             good, bad = [], []
             bar = tqdm(total=len(rows), desc=f"caching masks at {S}px", unit="mask", disable=not self.progress,
                        mininterval=0.5, file=sys.stderr)
@@ -257,6 +292,10 @@ class ImageCache:
                      "rows": good, "bad": bad}
             (tmp / "index.json").write_text(json.dumps(index))
             _commit(tmp, final)
+        except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
+            if e.errno in NO_SPACE:
+                raise disk_full(e, self.root) from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

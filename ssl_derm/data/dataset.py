@@ -146,6 +146,11 @@ def load_dataset(data_cfg, need_labels: bool = False, need_masks: bool = False, 
             raise DataError(f"labels file '{table.path}' gives no non-empty label for any of the {len(ds)} images")
         if table.has_lesion_id:
             ds.lesion_ids = [table.lesion_id.get(i, i) for i in ds.ids]  # no lesion id: its own group
+            blank = sorted(set(table.no_lesion_id) & set(ds.ids))
+            if blank:  # each its own group (as an image without a row): one group for all would put them on one side
+                print(f"[ssl-derm] warning: {len(blank)} images have an empty or NaN lesion_id in labels file "
+                      f"'{table.path}' ({_few(blank)}); each is its own group in the split: fill in lesion_id "
+                      "where images show the same lesion", file=sys.stderr)
         if table.has_split:
             ds.given_split = [table.split.get(i, "") for i in ds.ids]
 

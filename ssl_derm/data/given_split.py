@@ -7,6 +7,8 @@ Column values are matched case-insensitively: train/training, val/valid/validati
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ssl_derm.data.sources import DataError
@@ -22,6 +24,28 @@ def side_of(value: str, where: str = "data.labels") -> str:
         raise DataError(f"split column of {where}: value {value!r} is not one of train, val/validation, test "
                         "(split.mode=given takes the sides from this column)")
     return side
+
+
+def _warn_leaks(dataset, rows: dict) -> None:
+    """Say so when the given sides share a lesion or an image (same pixels under two ids): the column is the
+    dataset's own split, so it is used as given, but its test score then is not of unseen lesions."""
+    from ssl_derm.data.duplicates import pairs_text, same_pixels, shared_groups
+    from ssl_derm.data.sources import _few
+
+    fit = np.concatenate([rows["train"], rows["val"]])
+    for held, name in ((rows["test"], "test"), (rows["val"], "val")):
+        base = rows["train"] if name == "val" else fit
+        lesions = shared_groups(dataset.lesion_ids, dataset.ids, base, held)
+        if lesions:
+            print(f"[ssl-derm] warning: split.mode=given: {len(lesions)} lesions of data.labels have images on the "
+                  f"{name} side and on the training side ({_few(lesions)}); fix the split column so that each "
+                  "lesion is on one side, or use split.mode=draw (lesion-grouped)", file=sys.stderr)
+        if getattr(dataset, "images", None) is not None:
+            same = same_pixels(dataset.images, dataset.ids, base, dataset.images, dataset.ids, held)
+            if same:
+                print(f"[ssl-derm] warning: split.mode=given: {len(same)} {name} images are identical to training "
+                      f"images under another id ({pairs_text(same)}); remove the copies from data.images",
+                      file=sys.stderr)
 
 
 def given_split(dataset, seed: int = 0) -> dict:
@@ -42,6 +66,7 @@ def given_split(dataset, seed: int = 0) -> dict:
     if not len(rows["train"]):
         raise DataError("split.mode=given: no labelled image has split=train in data.labels")
     ids = dataset.ids
+    _warn_leaks(dataset, rows)
     return {
         "version": SPLIT_VERSION,
         "params": {"mode": "given", "n": len(ids), "seed": seed},

@@ -13,6 +13,9 @@ from typing import Dict, List, Optional, Sequence
 
 from ssl_derm.errors import DataError
 
+# Cells that mean "no value" (pandas writes NaN as 'nan' once a column is cast to str): an empty lesion_id
+# must not make one lesion of every image without one.
+MISSING_CELLS = ("", "nan", "none", "null", "n/a")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = ("", "_segmentation")  # <id>.png and <id>_segmentation.png (ISIC challenge naming)
 
@@ -35,10 +38,27 @@ class ImageList:
         return len(self.ids)
 
 
+def _dir_key(path) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
 def _walk_images(root: Path) -> List[str]:
+    """Image files under ``root``, following symlinked folders but each real folder once (by device and
+    inode): two links to a parent would otherwise be walked an exponential number of times."""
     out = []
+    seen = {_dir_key(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            key = _dir_key(os.path.join(dirpath, d))
+            if key is not None and key not in seen:
+                seen.add(key)
+                keep.append(d)
+        dirnames[:] = keep
         # Dot files are skipped: macOS leaves '._name.jpg' resource forks next to real images.
         out.extend(os.path.join(dirpath, f) for f in filenames
                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS))
@@ -82,6 +102,7 @@ class LabelTable:
     split: Dict[str, str]
     has_lesion_id: bool
     has_split: bool
+    no_lesion_id: List[str] = field(default_factory=list)  # ids whose lesion_id cell is empty or NaN
 
     def classes(self) -> List[str]:
         """Class names, numerically sorted when they are all integers, otherwise alphabetically."""
@@ -105,24 +126,28 @@ def read_labels(path: str) -> LabelTable:
                             f"its columns are: {', '.join(cols) or '(none: empty file)'}; "
                             "expected a header 'image_id,label[,lesion_id][,split]'")
         reader.fieldnames = cols
-        label, lesion, split, conflicts = {}, {}, {}, []
+        label, lesion, split, conflicts, no_lesion = {}, {}, {}, [], []
         for row in reader:
             image_id = Path((row.get("image_id") or "").strip()).stem  # tolerate 'x.jpg' in the id column
             if not image_id:
                 continue
             lab = (row.get("label") or "").strip()
+            lab = "" if lab.lower() == "nan" else lab  # a NaN label is no label
             if image_id in label and label[image_id] != lab:
                 conflicts.append(f"{image_id} ({label[image_id]!r} vs {lab!r})")
                 continue
             label[image_id] = lab
-            if row.get("lesion_id"):
-                lesion[image_id] = row["lesion_id"].strip()
-            if row.get("split"):
+            lesion_id = (row.get("lesion_id") or "").strip()
+            if lesion_id.lower() not in MISSING_CELLS:
+                lesion[image_id] = lesion_id
+            elif "lesion_id" in cols:
+                no_lesion.append(image_id)
+            if (row.get("split") or "").strip().lower() not in MISSING_CELLS:
                 split[image_id] = row["split"].strip()
     if conflicts:
         raise DataError(f"labels file '{path}' gives {len(conflicts)} image ids two different labels: "
                         f"{_few(conflicts)}; keep one row per image_id")
-    return LabelTable(str(p), label, lesion, split, "lesion_id" in cols, "split" in cols)
+    return LabelTable(str(p), label, lesion, split, "lesion_id" in cols, "split" in cols, no_lesion)
 
 
 def find_masks(folder: Optional[str]) -> Dict[str, str]:

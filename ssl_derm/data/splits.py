@@ -20,6 +20,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from ssl_derm.data.sources import MISSING_CELLS
 from ssl_derm.errors import DataError, SplitError
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -55,6 +56,15 @@ def _holdout(y: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> np.nd
     return held
 
 
+def _group(lesion_id, image_id) -> str:
+    """The split group of an image: its lesion id, or the image itself where the lesion id is missing
+    (None, NaN, empty): one shared "missing" group would put every such image on one side."""
+    if lesion_id is None or (isinstance(lesion_id, float) and lesion_id != lesion_id):
+        return str(image_id)
+    text = str(lesion_id).strip()
+    return str(image_id) if text.lower() in MISSING_CELLS else text
+
+
 def _fingerprint(ids, labels, lesion_ids) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([list(ids), [int(v) for v in labels], list(lesion_ids) if lesion_ids is not None else None]).encode())
@@ -86,7 +96,7 @@ def make_split(ids: Sequence[str], labels, lesion_ids: Optional[Sequence[str]] =
     if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
         raise DataError(f"split fractions data.test_frac={test_frac}, data.val_frac={val_frac}: each must be in "
                         "[0, 1) and together below 1")
-    groups = np.array(lesion_ids if lesion_ids is not None else ids, dtype=object)
+    groups = np.array(ids if lesion_ids is None else [_group(g, i) for g, i in zip(lesion_ids, ids)], dtype=object)
     lab = np.flatnonzero(labels >= 0)
     # Group ids must be comparable for sklearn: map them to integers.
     _, gid = np.unique(groups[lab].astype(str), return_inverse=True)

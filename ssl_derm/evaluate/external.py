@@ -84,7 +84,28 @@ def load_external(cfg, pool, need_masks: bool = False):
     if overlap:
         raise DataError(f"{len(overlap)} external test images are also in data.images (e.g. {sorted(overlap)[:3]}): "
                         "an evaluated image must never be trained on; remove them from one of the folders")
-    return _subset(ext, np.flatnonzero(keep))
+    ext = _subset(ext, np.flatnonzero(keep))
+    _refuse_copies(pool, ext, cfg)
+    return ext
+
+
+def _refuse_copies(pool, ext, cfg) -> None:
+    """The id check above misses a training image copied into the external set under another name, and
+    an external image of a lesion the pool holds: either would be scored as unseen."""
+    from ssl_derm.data.duplicates import pairs_text, same_pixels
+
+    same = same_pixels(pool.images, pool.ids, range(len(pool.ids)), ext.images, ext.ids, range(len(ext.ids)))
+    if same:
+        raise DataError(f"{len(same)} external test images of data.test_images are identical to images in "
+                        f"data.images under another id (data.images = data.test_images: {pairs_text(same)}): an "
+                        "evaluated image must never be trained on; remove the copies from one of the folders")
+    if pool.lesion_ids is not None and ext.lesion_ids is not None:
+        own = lambda ds: {g for g, i in zip(ds.lesion_ids, ds.ids) if g != i}  # noqa: E731 (no lesion id: no group)
+        shared = sorted(own(pool) & own(ext))
+        if shared:
+            raise DataError(f"{len(shared)} lesions of data.test_labels also have images in data.labels "
+                            f"(e.g. {shared[:3]}): an external test set must hold unseen lesions; remove those "
+                            "images from one of the sets")
 
 
 def _subset(ds, rows: np.ndarray):

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ssl_derm.errors import written_whole
+
 
 def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     """Write ``predictions.csv`` from ``(ids, uint8 (B,S,S,3), sizes)`` batches; with ``cfg.data.labels``
@@ -21,19 +23,20 @@ def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     tmp = path.with_name(path.name + ".tmp")
     all_ids, all_probs = [], []
     n = 0
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id", "label"] + [f"prob_{c}" for c in model.classes])
-        for ids, arr, _ in batches:
-            probs = model.predict_batch(torch.from_numpy(arr).permute(0, 3, 1, 2), cfg.tta).numpy().astype(np.float64)
-            probs /= probs.sum(1, keepdims=True)  # float32 softmax rows are within 1e-6 of 1; make them exact to print
-            for i, p in zip(ids, probs):
-                w.writerow([i, model.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p])
-            n += len(ids)
-            if cfg.data.labels:
-                all_ids.extend(ids)
-                all_probs.append(probs.astype(np.float32))
-    os.replace(tmp, path)
+    with written_whole(tmp, path):  # a full disk: one message, and no half predictions.csv
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image_id", "label"] + [f"prob_{c}" for c in model.classes])
+            for ids, arr, _ in batches:
+                probs = model.predict_batch(torch.from_numpy(arr).permute(0, 3, 1, 2), cfg.tta).numpy().astype(np.float64)
+                probs /= probs.sum(1, keepdims=True)  # float32 softmax rows are within 1e-6 of 1; make them exact to print
+                for i, p in zip(ids, probs):
+                    w.writerow([i, model.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p])
+                n += len(ids)
+                if cfg.data.labels:
+                    all_ids.extend(ids)
+                    all_probs.append(probs.astype(np.float32))
+        os.replace(tmp, path)
     if not cfg.data.labels:
         return n, None
     return n, _label_metrics(model, cfg.data.labels, all_ids, all_probs, classification_metrics)
@@ -78,10 +81,10 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
         small = model.predict_small(arr, cfg.tta)
         for row, (i, m, hw) in enumerate(zip(ids, small, sizes)):
             full = to_original(m, hw, mode)
-            Image.fromarray(full).save(mask_dir / f"{i}.png")
+            _save_png(full, mask_dir / f"{i}.png")
             if cfg.overlays < 0 or n + row < cfg.overlays:
                 ov_dir.mkdir(exist_ok=True)
-                Image.fromarray(draw_overlays(arr[row:row + 1], m[None])[0]).save(ov_dir / f"{i}.png")
+                _save_png(draw_overlays(arr[row:row + 1], m[None])[0], ov_dir / f"{i}.png")
             if truth is not None:
                 gt, reason = load_mask(truth[i], image_hw=tuple(hw)) if i in truth else (None, "no mask file")
                 if gt is None:
@@ -93,3 +96,11 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
         return n, None
     return n, {"mean": mean_metrics(per_image), "per_image": per_image, "missing_masks": len(missing),
                "missing_examples": missing[:5], "masks": str(cfg.data.masks)}
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    """One PNG through a temp name: a full disk leaves no truncated mask that looks like a result."""
+    tmp = path.with_name(path.name + ".tmp")
+    with written_whole(tmp, path):
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)

@@ -1,0 +1,260 @@
+"""Hostile input: bad data, model files and configs end in one clear line (exit 1 or 2) naming what to fix,
+or in a correct result, never in a silent wrong result, an internal error or a hang. Each test names its case."""
+import csv
+import errno
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_derm.cli import main
+from ssl_derm.config import DataConfig
+from ssl_derm.data import load_dataset, make_split, write_synthetic
+from ssl_derm.errors import DataError, DiskFullError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """24 synthetic 32 px images with labels, lesion ids and masks."""
+    root = tmp_path_factory.mktemp("hostile")
+    write_synthetic(root / "s", n=24, size=SIZE, seed=0, quiet=True)
+    return root / "s"
+
+
+def _copy(synth, tmp_path):
+    shutil.copytree(synth, tmp_path / "d")
+    return tmp_path / "d"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _data(folder, tmp_path, **kw):
+    return DataConfig(images=[str(folder / "images")], labels=str(folder / "labels.csv"), image_size=SIZE,
+                      cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def _err(capsys):
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "%|" not in ln]
+
+
+# ------------------------------------------------------------------------------------------- data
+@pytest.mark.parametrize("blank", ["", "NaN", "nan", " "])
+def test_empty_or_nan_lesion_ids_are_one_group_each_not_one_lesion(synth, tmp_path, capsys, blank):
+    """Case: lesion_id empty/NaN for 12 of 24 images. Each is its own group (as an image without a row),
+    with a warning naming them; before, all 12 were one lesion and landed on one side together."""
+    d = _copy(synth, tmp_path)
+    rows = _rows(d / "labels.csv")
+    for r in rows[:12]:
+        r["lesion_id"] = blank
+    _write_rows(d / "labels.csv", rows)
+    ds = load_dataset(_data(d, tmp_path), need_labels=True, progress=False)
+    err = capsys.readouterr().err
+    assert "12 images have an empty or NaN lesion_id" in err and rows[0]["image_id"] in err
+    blank_ids = {r["image_id"] for r in rows[:12]}
+    assert all(g == i for g, i in zip(ds.lesion_ids, ds.ids) if i in blank_ids)
+    split = make_split(ds.ids, ds.labels, ds.lesion_ids, test_frac=0.25, val_frac=0.0, seed=0)
+    sides = [len(blank_ids & set(split[s])) for s in ("train", "test")]
+    assert min(sides) > 0, sides  # one group of 12 would sit on one side whole
+
+
+def test_make_split_gives_missing_lesion_ids_their_own_group():
+    """Case (API): lesion ids None/NaN/'' passed to make_split directly are not one shared group."""
+    ids = [f"i{k}" for k in range(20)]
+    lesions = [None, float("nan"), ""] * 6 + ["a", "a"]
+    split = make_split(ids, [k % 2 for k in range(20)], lesions, test_frac=0.3, val_frac=0.0, seed=0)
+    missing = set(ids[:18])
+    assert 0 < len(missing & set(split["test"])) < 18
+
+
+def test_image_replaced_in_place_with_same_size_and_mtime_is_decoded_again(tmp_path):
+    """Case: an image replaced by another of the same byte size and mtime (two BMPs of one shape): the cache
+    key reads the files' first and last blocks, so the new pixels are decoded and the data key changes."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "im").mkdir()
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "im" / f"i{k}.bmp")
+    cfg = DataConfig(images=[str(tmp_path / "im")], image_size=SIZE, cache_dir=str(tmp_path / "cache"))
+    before = load_dataset(cfg, progress=False)
+    a = tmp_path / "im" / "i0.bmp"
+    st = a.stat()
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(a)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = load_dataset(cfg, progress=False)
+    assert after.key != before.key
+    assert not np.array_equal(after.images[0], before.images[0])
+    assert np.array_equal(after.images[1], before.images[1])
+
+
+def test_symlink_loops_are_walked_once(synth, tmp_path):
+    """Case: `data check` on a tree with two symlinks to its parent (was exponential: killed after 120 s).
+    Each real folder is followed once, by device and inode; every image is found once."""
+    d = _copy(synth, tmp_path)
+    sub = d / "images" / "deeper"
+    sub.mkdir()
+    shutil.move(str(sorted((d / "images").glob("*.jpg"))[0]), sub)
+    for name in ("up1", "up2", "up3"):
+        os.symlink("..", sub / name)
+    t = time.perf_counter()
+    assert main(["data", "check", str(d / "images")]) == 0
+    assert time.perf_counter() - t < 30
+    from ssl_derm.data.sources import list_images
+
+    found = list_images([str(d / "images")])
+    assert len(found) == 24 and not found.duplicates
+
+
+def test_external_image_identical_to_a_training_image_is_refused(synth, tmp_path):
+    """Case: an external test image byte-identical to a training image under another id was scored as
+    external; now a DataError names both ids."""
+    from ssl_derm.evaluate.config import FinetuneConfig
+    from ssl_derm.evaluate.external import load_external
+
+    d = _copy(synth, tmp_path)
+    ext = tmp_path / "ext"
+    (ext / "images").mkdir(parents=True)
+    src = sorted((d / "images").glob("*.jpg"))
+    shutil.copy(src[0], ext / "images" / "copy_of_first.jpg")
+    shutil.copy(src[1], ext / "images" / "other.jpg")
+    (d / "images" / src[1].name).unlink()  # 'other' is not in the pool
+    _write_rows(ext / "labels.csv", [{"image_id": "copy_of_first", "label": "nevus"},
+                                     {"image_id": "other", "label": "nevus"}])
+    cfg = FinetuneConfig(data=_data(d, tmp_path, test_images=[str(ext / "images")],
+                                    test_labels=str(ext / "labels.csv")))
+    pool = load_dataset(cfg.data, need_labels=True, progress=False)
+    with pytest.raises(DataError, match=f"identical.*{src[0].stem} = copy_of_first"):
+        load_external(cfg, pool)
+
+
+def test_external_image_of_a_training_lesion_is_refused(synth, tmp_path):
+    """Case: an external image of a lesion that the training pool holds (same lesion_id)."""
+    from ssl_derm.evaluate.config import FinetuneConfig
+    from ssl_derm.evaluate.external import load_external
+
+    d = _copy(synth, tmp_path)
+    rows = _rows(d / "labels.csv")
+    ext = tmp_path / "ext"
+    (ext / "images").mkdir(parents=True)
+    shutil.move(str(d / "images" / f"{rows[0]['image_id']}.jpg"), ext / "images" / "x.jpg")
+    _write_rows(ext / "labels.csv", [{"image_id": "x", "label": rows[0]["label"], "lesion_id": rows[1]["lesion_id"]}])
+    cfg = FinetuneConfig(data=_data(d, tmp_path, test_images=[str(ext / "images")],
+                                    test_labels=str(ext / "labels.csv")))
+    pool = load_dataset(cfg.data, need_labels=True, progress=False)
+    with pytest.raises(DataError, match=f"lesions.*{rows[1]['lesion_id']}"):
+        load_external(cfg, pool)
+
+
+def test_given_split_with_a_lesion_on_train_and_test_warns(synth, tmp_path, capsys):
+    """Case: split.mode=given whose split column puts one lesion on train and test, and a copy of a
+    training image on test under another id: used as given, with a warning naming both."""
+    from ssl_derm.data.given_split import given_split
+
+    d = _copy(synth, tmp_path)
+    rows = _rows(d / "labels.csv")
+    for k, r in enumerate(rows):
+        r["split"] = "test" if k < 6 else "train"
+        r["lesion_id"] = f"L{k}"
+    rows[0]["lesion_id"] = rows[10]["lesion_id"] = "shared_lesion"
+    shutil.copy(d / "images" / f"{rows[11]['image_id']}.jpg", d / "images" / "copy_on_test.jpg")
+    rows.append({**rows[11], "image_id": "copy_on_test", "split": "test", "lesion_id": "L99"})
+    _write_rows(d / "labels.csv", rows)
+    ds = load_dataset(_data(d, tmp_path), need_labels=True, progress=False)
+    capsys.readouterr()
+    split = given_split(ds)
+    err = capsys.readouterr().err
+    assert "copy_on_test" in split["test"]
+    assert "shared_lesion" in err and "test side and on the training side" in err
+    assert f"{rows[11]['image_id']} = copy_on_test" in err
+
+
+def test_cache_on_a_full_disk_is_one_message_and_no_partial_entry(synth, tmp_path, monkeypatch, capsys):
+    """Case: disk full while the cache is built (was a SIGBUS with no message): free space is asked before
+    the memory map is sized; the message names the cache folder and the space needed."""
+    import ssl_derm.errors as errors
+
+    d = _copy(synth, tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    args = ["segment", "--out", str(tmp_path / "run"), f"data.images=[{d / 'images'}]", f"data.image_size={SIZE}",
+            f"data.cache_dir={tmp_path / 'cache'}", "device=cpu"]
+    assert main(args) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and str(tmp_path / "cache") in err[0] and "MiB needed" in err[0], err
+    assert "SSL_DERM_DEBUG" not in err[0]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(("images-", ".images-"))]
+
+
+def test_cache_fallocate_enospc_is_one_message(synth, tmp_path, monkeypatch):
+    """Case: the free-space figure passes but reserving the blocks fails (another writer filled the disk)."""
+    import ssl_derm.data.cache as cache
+
+    def full(fd, off, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full, raising=False)
+    d = _copy(synth, tmp_path)
+    with pytest.raises(DiskFullError, match=f"no space left on the disk of '{tmp_path / 'cache'}'"):
+        load_dataset(_data(d, tmp_path), progress=False)
+    assert not [p for p in (tmp_path / "cache").iterdir() if "images" in p.name]
+
+
+@pytest.mark.parametrize("what", ["json", "safetensors", "checkpoint", "predictions"])
+def test_writes_on_a_full_disk_leave_no_partial_file(tmp_path, monkeypatch, what):
+    """Case: ENOSPC while writing the model, metrics, a checkpoint or the predictions: one DiskFullError
+    naming the folder, and neither the temp file nor a half file stays behind."""
+    import torch
+
+    def fill_then_fail(path):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    target = tmp_path / "out"
+    target.mkdir()
+    if what == "json":
+        from ssl_derm.runs import write_json
+
+        monkeypatch.setattr("pathlib.Path.write_text", lambda self, *a, **k: fill_then_fail(self))
+        call = lambda: write_json(target / "metrics.json", {"a": 1})  # noqa: E731
+    elif what == "safetensors":
+        from ssl_derm.serve import export
+
+        monkeypatch.setattr(export, "save_safetensors", lambda t, path, m: fill_then_fail(path))
+        call = lambda: export.save_model(target, {"w": torch.zeros(2)}, {"kind": "classifier"})  # noqa: E731
+    elif what == "checkpoint":
+        from ssl_derm.engine import checkpoint
+
+        monkeypatch.setattr(checkpoint.torch, "save", lambda state, path: fill_then_fail(path))
+        call = lambda: checkpoint.save_checkpoint(target / "last.pt", {"step": 1})  # noqa: E731
+    else:
+        from types import SimpleNamespace
+
+        from ssl_derm.serve.write import classify_all
+
+        model = SimpleNamespace(classes=["a", "b"], predict_batch=lambda x, tta: torch.full((len(x), 2), 0.5))
+        cfg = SimpleNamespace(tta="none", data=SimpleNamespace(labels=None))
+
+        def batches():
+            yield ["i1"], np.zeros((1, 4, 4, 3), np.uint8), [(4, 4)]
+            raise OSError(errno.ENOSPC, "No space left on device", str(target / "predictions.csv.tmp"))
+
+        call = lambda: classify_all(model, batches(), target, cfg)  # noqa: E731
+    with pytest.raises(DiskFullError, match=f"'{target}'"):
+        call()
+    assert list(target.iterdir()) == []
