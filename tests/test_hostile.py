@@ -258,3 +258,90 @@ def test_writes_on_a_full_disk_leave_no_partial_file(tmp_path, monkeypatch, what
     with pytest.raises(DiskFullError, match=f"'{target}'"):
         call()
     assert list(target.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- model files
+@pytest.fixture()
+def model_dir(tmp_path):
+    """A linear-probe classifier export of a tiny timm encoder: 4 classes."""
+    import timm
+    import torch
+
+    from ssl_derm.serve.export import save_model
+
+    run = tmp_path / "model"
+    run.mkdir()
+    enc = timm.create_model("test_resnet", num_classes=0)
+    tensors = {**enc.state_dict(), "probe.weight": torch.randn(4, enc.num_features), "probe.bias": torch.zeros(4)}
+    save_model(run, tensors, {"kind": "classifier", "timm_name": "test_resnet", "image_size": SIZE,
+                              "mean": [0.5] * 3, "std": [0.25] * 3, "classes": ["a", "b", "c", "d"],
+                              "num_classes": 4, "head": "linear", "timm_create_kwargs": {}, "protocol": "linear"})
+    (tmp_path / "imgs").mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(tmp_path / "imgs" / f"i{k}.png")
+    return run
+
+
+def _edit_meta(run, **changes):
+    meta = json.loads((run / "model.json").read_text())
+    meta.update(changes)
+    (run / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("image_size", 0), ("image_size", -32), ("image_size", "32"), ("std", [0.25, 0.0, 0.25]), ("std", [0.25, 0.25]),
+    ("mean", [0.5, 0.5]), ("mean", [0.5, "x", 0.5]), ("mean", [0.5, float("nan"), 0.5]),
+    ("classes", ["a", "b"]), ("classes", ["a", "a", "b", "c"]), ("num_classes", 7), ("timm_name", "no_such_net_v9"),
+    ("timm_name", 3)])
+def test_model_json_values_are_validated_on_load(model_dir, tmp_path, capsys, field, value):
+    """Cases: model.json with image_size 0/negative (was: exit 0, every image 'bad'), std 0 (was: NaN
+    probabilities), mean of 2 values, classes shorter than the head, an unknown timm name (were internal
+    errors): one line, exit 1, naming the field."""
+    if field == "classes":
+        _edit_meta(model_dir, classes=value, num_classes=len(value))
+    else:
+        _edit_meta(model_dir, **{field: value})
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_dir), "--images", str(tmp_path / "imgs"), "--out", str(out),
+                 "device=cpu"]) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and f"'{field}'" in err[0] and "SSL_DERM_DEBUG" not in err[0], err
+    assert not (out / "predictions.csv").exists()
+
+
+def test_valid_model_json_predicts(model_dir, tmp_path):
+    """The control of the cases above: the untouched export predicts every image."""
+    from ssl_derm.serve.predict import read_predictions
+
+    assert main(["predict", "--model", str(model_dir), "--images", str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "pred"), "device=cpu"]) == 0
+    assert len(read_predictions(tmp_path / "pred" / "predictions.csv")) == 3
+
+
+def test_encoder_file_is_byte_stable_across_processes(tmp_path):
+    """Case: encoder.safetensors rewritten with identical tensors got a new sha256 (metadata in hash-map
+    order), so an unchanged finetune on it was refused as stale. The bytes are now the same in every process,
+    and the fingerprint hashes the tensors, not the metadata."""
+    import subprocess
+    import sys
+
+    code = ("import sys, timm; from ssl_derm.encoders import Encoder, export_encoder; import torch; "
+            "torch.manual_seed(0); m = timm.create_model('test_resnet', num_classes=0); "
+            "export_encoder(Encoder(m, 'test_resnet', 32), sys.argv[1])")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "PYTHONHASHSEED": "random"}
+    files = [tmp_path / f"e{k}.safetensors" for k in range(4)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", code, str(f)], check=True, env=env)
+    assert len({f.read_bytes() for f in files}) == 1
+
+    from safetensors.torch import load_file, save_file
+
+    from ssl_derm.encoder_files import file_sha256
+
+    other = tmp_path / "other_meta.safetensors"
+    save_file(load_file(str(files[0])), str(other), metadata={"timm_name": "test_resnet", "note": "x"})
+    assert file_sha256(other) == file_sha256(files[0])  # same tensors, other metadata: same weights hash
+    changed = load_file(str(files[0]))
+    next(iter(changed.values())).add_(1)
+    save_file(changed, str(other))
+    assert file_sha256(other) != file_sha256(files[0])
