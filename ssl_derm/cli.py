@@ -145,7 +145,8 @@ def _run(args) -> int:
         from ssl_derm.segmenters.config import SegmentConfig
         from ssl_derm.commands.segment import run_segment
 
-        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out)
+        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out,
+                    existing="force" if args.force else "error")
         return 0
     if args.command == "sweep":
         from ssl_derm.commands.sweep import run_sweep

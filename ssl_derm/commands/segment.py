@@ -27,7 +27,7 @@ from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, writ
 from ssl_derm.segmenters.base import build_segmenter, method_name, segmenter_class
 from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
 from ssl_derm.segmenters.overlay import save_overlay_grid
-from ssl_derm.segmenters.pipeline import predict_all, predict_batch
+from ssl_derm.segmenters.pipeline import predict_all
 from ssl_derm.segmenters.scoring import score_predictions, write_masks
 
 
@@ -62,32 +62,38 @@ def _summary(stages: dict) -> str:
     return "\n".join(lines)
 
 
-def run_segment(cfg: SegmentConfig, out_dir) -> dict:
+def run_segment(cfg: SegmentConfig, out_dir, existing: str = "error") -> dict:
     """Segment ``cfg.data.images``, write masks and overlays into ``out_dir``, score them when masks are
-    known; returns the metrics dict (also in ``out_dir/metrics.json``)."""
+    known; returns the metrics dict (also in ``out_dir/metrics.json``). ``existing``: what to do with a
+    finished run in ``out_dir`` (see :mod:`ssl_derm.runs.finished`)."""
     check_segment_config(cfg)
     segmenter_class(cfg.segment.method)  # an unknown method fails before any image is decoded
     threads = torch.get_num_threads()
     if cfg.train.num_threads > 0:  # for this run only: the caller's setting comes back afterwards
         torch.set_num_threads(cfg.train.num_threads)
     try:
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, existing)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: SegmentConfig, out_dir) -> dict:
+def _run(cfg: SegmentConfig, out_dir, existing: str) -> dict:
     from ssl_derm.commands.checks import segment_unused_keys
-    from ssl_derm.runs.finished import check_out_path
+    from ssl_derm.runs.fingerprint import fingerprint
+    from ssl_derm.runs.finished import check_out_path, resolve_existing
 
     uses_encoder = segmenter_class(method_name(cfg.segment.method)).needs_encoder or cfg.selftrain.rounds > 0
     segment_unused_keys(cfg, uses_encoder)
     check_out_path(out_dir)
-    out = prepare_out_dir(out_dir, cfg)
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data_cfg, masks_dir = resolve_data(cfg)
     ds = load_dataset(data_cfg)
+    fp = fingerprint(cfg, ds, None, cfg.encoder.checkpoint if uses_encoder else None)
+    done = resolve_existing(out_dir, cfg, fp, existing)
+    if done is not None:
+        return done
+    out = prepare_out_dir(out_dir, cfg)
+    seed_everything(cfg.seed)
     rows = _rows(len(ds), cfg)
     ids = [ds.ids[r] for r in rows]
     sizes = [ds.orig_sizes[r] for r in rows]
@@ -154,9 +160,7 @@ def _run(cfg: SegmentConfig, out_dir) -> dict:
 
         ids_ = list(per)
         metrics["mean"].update(mean_cis({k: [per[i][k] for i in ids_] for k in ("jaccard", "dice") if k in per[ids_[0]]}))
-    from ssl_derm.runs.fingerprint import fingerprint
-
-    metrics["fingerprint"] = fingerprint(cfg, ds, None, cfg.encoder.checkpoint if uses_encoder else None)
+    metrics["fingerprint"] = fp
     metrics["encoder_sha256"] = metrics["fingerprint"]["encoder_sha256"]
     write_metrics(out, metrics)
     print(_summary(stages))

@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 
 from ssl_derm.config import ConfigError, PretrainConfig, set_nested, load_config, read_yaml
-from ssl_derm.runs.fingerprint import config_sha256, file_sha256, move_aside, recorded
+from ssl_derm.runs.fingerprint import recorded
 from ssl_derm.runs import flatten, write_json
 from ssl_derm.select import check_select, select_on_val, write_selection
 
@@ -167,12 +167,7 @@ def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
         from ssl_derm.commands.segment import run_segment
 
         cfg = load_config(SegmentConfig, spec.get("segment", {}).get("config"), _overrides(flat), lenient=True)
-        old = recorded(out)
-        if old is not None:  # segment cells: config and encoder file (their data keys are in the config)
-            if (old.get("config_sha256"), old.get("encoder_sha256")) == (config_sha256(cfg), file_sha256(cfg.encoder.checkpoint)):
-                return json.loads((out / "metrics.json").read_text())
-            print(f"[ssl-derm] {out.name}: results are stale; moved to {move_aside(out).name}, rerunning")
-        return run_segment(cfg, out)
+        return run_segment(cfg, out, existing="stale")
     from ssl_derm.commands.finetune import run_finetune
 
     cfg = _finetune_cfg(spec, flat)

@@ -4,7 +4,7 @@
 
     {"sha256": <of the three below>, "config_sha256": ..., "data_sha256": ..., "encoder_sha256": ... | None}
 
-Keys that do not change results are left out of the config hash (:data:`IGNORED`): logging and
+Keys that do not change results are left out of the config hash (:data:`ssl_derm.runs.diff.IGNORED`): logging and
 checkpoint frequencies, CPU threads, the device (CPU and CUDA runs of one config are meant to agree;
 their last digits differ), the cache location and feature-extraction batch size. Reused results (sweep
 and label-efficiency cells, finished finetune folders) are compared by ``sha256``; when they differ,
@@ -19,19 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from ssl_derm.encoder_files import file_sha256
-from ssl_derm.runs.folder import flatten
-
-IGNORED = {"device", "train.dist_timeout_min", "train.log_every", "train.image_log_every", "train.ckpt_every", "train.num_threads",
-           "train.resume", "data.cache_dir", "protocol.feature_batch_size", "monitor.every_steps",
-           "monitor.max_images"}
-
-
-def flat_config(cfg) -> dict:
-    """{"a.b": value} of a config dataclass or dict, without the :data:`IGNORED` keys."""
-    from ssl_derm.config import to_dict
-
-    return {k: v for k, v in flatten(cfg if isinstance(cfg, dict) else to_dict(cfg)).items() if k not in IGNORED}
+from ssl_derm.encoder_files import file_sha256  # noqa: F401  (re-exported: the encoder part of a fingerprint)
+from ssl_derm.runs.diff import IGNORED, differences, flat_config, flatten  # noqa: F401  (IGNORED: re-exported)
 
 
 def _sha(obj) -> str:
@@ -73,8 +62,7 @@ def fingerprint(cfg, dataset=None, split: Optional[dict] = None, encoder_file=No
 
 def config_diff(old: dict, new: dict, limit: int = 8) -> list:
     """["key: old -> new", ...] for the keys (outside :data:`IGNORED`) whose values differ."""
-    a, b = flat_config(old), flat_config(new)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    a, b, keys = flatten(old or {}), flatten(new or {}), differences(old, new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]] + (
         [f"... and {len(keys) - limit} more"] if len(keys) > limit else [])
 

@@ -1,4 +1,5 @@
-"""What ``ssl-derm finetune`` does with an output folder that already holds a finished run.
+"""What a command (``finetune``, ``segment``, a sweep cell) does with an output folder that already holds a
+finished run: one rule for all of them, decided by the run's fingerprint.
 
 ``existing`` (how the caller wants an earlier ``metrics.json`` treated):
 
@@ -22,8 +23,10 @@ from ssl_derm.config import ConfigError
 from ssl_derm.runs.fingerprint import config_diff, move_aside, recorded
 
 EXISTING = ("error", "force", "stale")
+# what any command writes into its run folder (globs), cleared by --force so no file of the old run is left
+# beside the new one's
 OUTPUTS = ("metrics.json", "tb", "checkpoints", "test_probs.npy", "test_ids.json", "external_probs.npy",
-           "external_ids.json", "confusion_matrix.png", "external_confusion_matrix.png")
+           "external_ids.json", "*.png", "model.json", "model.safetensors", "masks", "*.csv")
 
 
 def check_out_path(out) -> None:
@@ -33,12 +36,12 @@ def check_out_path(out) -> None:
 
 
 def clear_outputs(out: Path) -> None:
-    for name in OUTPUTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    for pattern in OUTPUTS:
+        for p in out.glob(pattern):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
 
 def _differences(out: Path, cfg, old: dict, new: dict) -> str:

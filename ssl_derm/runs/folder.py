@@ -13,6 +13,7 @@ import torch
 from ssl_derm import __version__
 from ssl_derm.config import dump_yaml, to_dict
 from ssl_derm.errors import DeviceError
+from ssl_derm.runs.diff import field_defaults, flatten  # noqa: F401  (flatten: re-exported)
 
 
 def code_version() -> dict:
@@ -41,7 +42,7 @@ def prepare_out_dir(out, cfg) -> Path:
     if (out / "checkpoints").is_dir() and (out / "config.yaml").is_file() and getattr(train, "resume", False):
         import yaml
 
-        from ssl_derm.runs.resume import check_resume_config, field_defaults
+        from ssl_derm.runs.resume import check_resume_config
 
         check_resume_config(out / "checkpoints", yaml.safe_load((out / "config.yaml").read_text()), to_dict(cfg),
                             field_defaults(cfg))
@@ -69,14 +70,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}: nested config sections as dotted key paths."""
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def write_metrics(out, metrics: dict) -> Path:

@@ -67,19 +67,3 @@ def em_split(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,
         return rounds[-1]
     m = init & valid
     return m.astype(np.float64), m
-
-
-def em_refine(prep, masks: np.ndarray, s) -> Tuple[np.ndarray, np.ndarray]:
-    """The refine step: masks bool (N, S, S) of any segmenter -> the colour EM's (scores, masks), started
-    from them (``prep``: the batch's :class:`~ssl_derm.segmenters.prep.Prepared`; ``s``: the segment settings)."""
-    from ssl_derm.segmenters.prep import smooth_lab
-
-    lab = smooth_lab(prep.lab, s.smooth_sigma)
-    n, c, size, _ = lab.shape
-    scores = np.zeros((n, size, size), np.float32)
-    out = np.zeros((n, size, size), bool)
-    for i in range(n):
-        f, v = lab[i].reshape(c, -1), prep.valid[i].ravel()
-        post, m = em_split(f, v, masks[i].ravel(), max(s.em_iters, 1))
-        scores[i], out[i] = post.reshape(size, size), m.reshape(size, size)
-    return scores, out

@@ -6,13 +6,14 @@ that lesion-aware crops read, so all three give the same mask for the same image
 from __future__ import annotations
 
 import time
+from typing import Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from ssl_derm.segmenters.cleanup import clean_masks
-from ssl_derm.segmenters.em import em_refine
-from ssl_derm.segmenters.prep import prepare
+from ssl_derm.segmenters.em import em_split
+from ssl_derm.segmenters.prep import prepare, smooth_lab
 
 
 def predict_batch(segmenter, images: np.ndarray):
@@ -44,3 +45,17 @@ def predict_all(segmenter, images: np.ndarray, rows: np.ndarray, batch_size: int
         scores[i:i + batch_size], masks[i:i + batch_size] = predict_batch(segmenter, batch)
         seconds += time.perf_counter() - t0
     return scores, masks, seconds
+
+
+def em_refine(prep, masks: np.ndarray, s) -> Tuple[np.ndarray, np.ndarray]:
+    """The refine step: masks bool (N, S, S) of any segmenter -> the colour EM's (scores, masks), started
+    from them (``prep``: the batch's :class:`~ssl_derm.segmenters.prep.Prepared`; ``s``: the segment settings)."""
+    lab = smooth_lab(prep.lab, s.smooth_sigma)
+    n, c, size, _ = lab.shape
+    scores = np.zeros((n, size, size), np.float32)
+    out = np.zeros((n, size, size), bool)
+    for i in range(n):
+        f, v = lab[i].reshape(c, -1), prep.valid[i].ravel()
+        post, m = em_split(f, v, masks[i].ravel(), max(s.em_iters, 1))
+        scores[i], out[i] = post.reshape(size, size), m.reshape(size, size)
+    return scores, out

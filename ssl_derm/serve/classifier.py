@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_derm.serve.loaders import d4_views, load_strict, square_uint8
+from ssl_derm.serve.views import d4_views, load_strict, square_uint8
 
 
 def _timm(meta: dict, num_classes: int) -> nn.Module:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_derm.segmenters.cleanup import clean_masks
-from ssl_derm.serve.loaders import d4_undo, d4_views, load_strict, square_uint8
+from ssl_derm.serve.views import d4_undo, d4_views, load_strict, square_uint8
 
 
 class Segmenter(nn.Module):
