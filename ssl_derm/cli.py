@@ -24,6 +24,25 @@ def _add_run_args(p: argparse.ArgumentParser, default_config: str | None = None,
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
 
 
+def _listed(text: str, kind, ok, what: str) -> list:
+    """``"a,b"`` -> [kind(a), kind(b)]; argparse turns the error into a usage line naming the option (exit 2)."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(ok(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}")
+    return values
+
+
+def _fractions(text: str) -> list:
+    return _listed(text, float, lambda f: 0 < f <= 1, "label fractions in (0, 1], e.g. 0.01,0.1,1.0")
+
+
+def _seeds(text: str) -> list:
+    return _listed(text, int, lambda s: s >= 0, "integer seeds >= 0, e.g. 0,1,2")
+
+
 def _default(rel: str) -> str | None:
     path = CONFIGS / rel
     return str(path) if path.is_file() else None
@@ -52,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label-efficiency", help="pretrained vs random init across label fractions")
     _add_run_args(p, _default("finetune/linear.yaml"))
     p.add_argument("--checkpoint", required=True, help="exported encoder (encoder.safetensors)")
-    p.add_argument("--fractions", default="0.01,0.1,1.0")
+    p.add_argument("--fractions", default="0.01,0.1,1.0", type=_fractions, help="label fractions in (0, 1], comma-separated")
     p.add_argument("--protocols", default="knn,linear")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="0", type=_seeds, help="integer seeds, comma-separated")
 
     p = sub.add_parser("sweep", help="grid of runs x seeds, resumable, with tables and plots")
     p.add_argument("config", help="configs/sweeps/<name>.yaml")
@@ -138,8 +157,7 @@ def _run(args) -> int:
         from ssl_derm.commands.label_efficiency import run_label_efficiency
 
         cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
-        run_label_efficiency(cfg, args.checkpoint, [float(f) for f in args.fractions.split(",")],
-                             args.protocols.split(","), [int(s) for s in args.seeds.split(",")], args.out)
+        run_label_efficiency(cfg, args.checkpoint, args.fractions, args.protocols.split(","), args.seeds, args.out)
         return 0
     if args.command == "segment":
         from ssl_derm.segmenters.config import SegmentConfig

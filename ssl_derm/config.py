@@ -7,6 +7,7 @@ typo never passes silently. Every command has one top-level dataclass (``Pretrai
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -158,6 +159,9 @@ def read_yaml(path) -> dict:
     from ssl_derm.packaged import resolve_config
 
     p = resolve_config(path)  # a file, or a packaged name such as finetune/linear
+    if p.is_dir():
+        raise ConfigError(f"config file '{p}' is a folder; give a YAML file, e.g. {p / 'config.yaml'} or a packaged "
+                          "name such as finetune/linear (`ssl-derm configs list`)")
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist")
     try:
@@ -213,6 +217,10 @@ def validate(cfg, prefix: str = "") -> None:
         key = prefix + f.name
         if dataclasses.is_dataclass(v):
             validate(v, key + ".")
+        elif isinstance(v, float) and not math.isfinite(v):  # nan/inf reached the optimiser or sklearn unnamed
+            raise ConfigError(f"config key '{key}': must be a finite number, got {v}")
+        elif key in ("data.test_frac", "data.val_frac") and not 0 <= v < 1:
+            raise ConfigError(f"config key '{key}': must be in [0, 1), got {v}")
         elif f.name in _CHOICES and v not in _CHOICES[f.name] and not (f.name == "device" and str(v).startswith("cuda:")):
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(_CHOICES[f.name])}")
         elif f.name in ("image_size", "batch_size") and v <= 0:

@@ -311,7 +311,7 @@ def test_model_json_values_are_validated_on_load(model_dir, tmp_path, capsys, fi
 
 def test_valid_model_json_predicts(model_dir, tmp_path):
     """The control of the cases above: the untouched export predicts every image."""
-    from ssl_derm.serve.predict import read_predictions
+    from ssl_derm.commands.predict import read_predictions
 
     assert main(["predict", "--model", str(model_dir), "--images", str(tmp_path / "imgs"), "--out",
                  str(tmp_path / "pred"), "device=cpu"]) == 0
@@ -345,3 +345,102 @@ def test_encoder_file_is_byte_stable_across_processes(tmp_path):
     next(iter(changed.values())).add_(1)
     save_file(changed, str(other))
     assert file_sha256(other) != file_sha256(files[0])
+
+
+# ------------------------------------------------------------------------------------------ config / CLI
+def _ft(synth, tmp_path, *extra):
+    return ["finetune", "--out", str(tmp_path / "run"), f"data.images=[{synth / 'images'}]",
+            f"data.labels={synth / 'labels.csv'}", f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}",
+            "encoder.name=test_resnet", "encoder.checkpoint=none", "device=cpu", *extra]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=.nan", "train.lr"), ("train.lr=.inf", "train.lr"), ("train.lr=nan", "train.lr"),
+    ("train.weight_decay=.nan", "train.weight_decay"), ("train.min_lr=.inf", "train.min_lr"),
+    ("data.test_frac=-0.1", "data.test_frac"), ("data.val_frac=1.5", "data.val_frac")])
+def test_non_finite_or_out_of_range_numbers_name_their_key_exit_2(synth, tmp_path, capsys, override, key):
+    """Cases: train.lr=nan blamed the optimizer ('adamw is not usable'), train.lr=inf ended in sklearn's
+    'Input contains NaN' (internal error), a negative data.test_frac exited 1: now one line, exit 2, the key."""
+    assert main(_ft(synth, tmp_path, "protocol.name=finetune", "train.max_steps=2", override)) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and f"'{key}'" in err[0] and "SSL_DERM_DEBUG" not in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_given_as_config_is_named_as_a_folder(synth, tmp_path, capsys):
+    """Case: --config DIR was reported as 'does not exist'."""
+    assert main(_ft(synth, tmp_path, "--config", str(tmp_path))) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "is a folder; give a YAML file" in err[0], err
+
+
+def test_given_split_without_test_rows_does_not_advise_test_frac(synth, tmp_path, capsys):
+    """Case: 'raise data.test_frac' was the advice under split.mode=given, where the fraction does not apply;
+    and the refusal now comes before training."""
+    d = _copy(synth, tmp_path)
+    rows = _rows(d / "labels.csv")
+    for k, r in enumerate(rows):
+        r["split"], r["lesion_id"] = ("val" if k < 4 else "train"), f"L{k}"
+    _write_rows(d / "labels.csv", rows)
+    assert main(_ft(d, tmp_path, "split.mode=given", "protocol.name=linear")) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and "split=test" in err[0] and "test_frac" not in err[0], err
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--fractions", "abc"), ("--fractions", "0.1,2"), ("--fractions", "nan"),
+                                           ("--seeds", "x"), ("--seeds", "1.5")])
+def test_label_efficiency_lists_are_usage_errors(tmp_path, capsys, option, value):
+    """Case: `label-efficiency --fractions abc` was an internal error (could not convert string to float)."""
+    with pytest.raises(SystemExit) as e:
+        main(["label-efficiency", "--out", str(tmp_path / "le"), "--checkpoint", "x", option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "comma-separated list" in err and "Traceback" not in err
+
+
+def test_missing_encoder_checkpoint_is_named(synth, tmp_path, capsys):
+    """Case: an encoder.checkpoint that does not exist was a bare FileNotFoundError."""
+    missing = tmp_path / "nope.safetensors"
+    assert main(_ft(synth, tmp_path, f"encoder.checkpoint={missing}")) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and f"encoder.checkpoint '{missing}' does not exist" in err[0], err
+
+
+@pytest.mark.parametrize("command", ["finetune", "segment", "pretrain", "predict"])
+def test_out_that_cannot_be_created_is_named_before_any_work(synth, tmp_path, capsys, command, model_dir):
+    """Case: `--out /proc/x` (cannot be created) was a bare FileNotFoundError at the end of the run."""
+    data = [f"data.images=[{synth / 'images'}]", f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}",
+            "device=cpu"]
+    if command == "predict":
+        args = ["predict", "--model", str(model_dir), "--images", str(tmp_path / "imgs"), "--out", "/proc/x/y",
+                "device=cpu"]
+    else:
+        args = [command, "--out", "/proc/x/y", *data] + (["encoder.name=test_resnet", f"data.labels={synth / 'labels.csv'}"]
+                                                          if command == "finetune" else [])
+    assert main(args) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and "--out '/proc/x/y' cannot be created" in err[0] and "SSL_DERM_DEBUG" not in err[0], err
+
+
+def test_predict_out_that_is_a_file_is_refused(model_dir, tmp_path, capsys):
+    """Case: `predict --out FILE` was an internal error (FileExistsError)."""
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    assert main(["predict", "--model", str(model_dir), "--images", str(tmp_path / "imgs"), "--out", str(target),
+                 "device=cpu"]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "is an existing file, not a folder" in err[0], err
+    assert target.read_text() == "keep me"
+
+
+def test_self_training_on_a_single_image_runs(tmp_path):
+    """Case: self-training with one image (BatchNorm with one value per channel) was an internal error; the
+    batch now holds the image twice, augmented apart, and the run writes its mask."""
+    write_synthetic(tmp_path / "one", n=1, size=SIZE, seed=0, quiet=True)
+    args = ["segment", "--out", str(tmp_path / "run"), f"data.images=[{tmp_path / 'one' / 'images'}]",
+            f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}", "device=cpu",
+            "selftrain.rounds=1", "encoder.name=test_resnet", "train.max_steps=2", "train.batch_size=4",
+            "selftrain.image_size=32"]
+    assert main(args) == 0
+    assert len(list((tmp_path / "run" / "masks").glob("*.png"))) == 1

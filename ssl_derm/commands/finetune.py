@@ -100,6 +100,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)
     redraw = cfg.seed if cfg.split.redraw_labelled else None
     rows = split.rows(cfg.split.fraction, redraw_seed=redraw)
+    if not len(rows["test"]) and ext is None and cfg.protocol.name not in SEG_PROTOCOLS:
+        raise SplitError(_no_test_advice(cfg))  # before training: nothing would be scored
     cache_key = encoder_key(cfg)
     if ext is not None:  # external rows go behind the pool's, so the split's rows keep their numbers
         dataset, rows["external"] = external.attach(dataset, ext)
@@ -154,6 +156,14 @@ def _summary(metrics: dict) -> str:
     return "; ".join(parts)
 
 
+def _no_test_advice(cfg) -> str:
+    if cfg.split.mode == "given":
+        return ("the split's test side is empty: no labelled image has split=test in the split column of "
+                f"data.labels '{cfg.data.labels}'; mark test rows there, or give an external test set with "
+                "data.test_images and data.test_labels")
+    return f"the split's test side is empty (data.test_frac={cfg.data.test_frac:g}): nothing to score; raise data.test_frac"
+
+
 def _metrics(ctx: Context, result: dict, logger) -> dict:
     if "seg" in result:
         return _seg_metrics(ctx, result, logger)
@@ -162,7 +172,7 @@ def _metrics(ctx: Context, result: dict, logger) -> dict:
     if "test" in probs:
         metrics.update(_test_metrics(ctx, probs, logger))
     elif "external" not in ctx.rows:  # with an external set, data.test_frac=0 gives the whole pool to train/val
-        raise SplitError("the split's test side is empty: nothing to score; raise data.test_frac")
+        raise SplitError(_no_test_advice(ctx.cfg))
     if "external" in ctx.rows:
         metrics["external"] = external.score(ctx, probs["external"], logger)
     return metrics

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.runs import resolve_device, write_json, write_metrics
+from ssl_derm.runs.finished import check_out_path
 
 TTA_CHOICES = ("none", "d4")
 
@@ -96,6 +97,7 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         if not len(found):
             raise DataError(f"no image files (jpg, jpeg, png, bmp, tif, tiff) under {', '.join(map(str, images))}")
         out = Path(out_dir)
+        check_out_path(out)
         out.mkdir(parents=True, exist_ok=True)
         bad: List[tuple] = []
         t0 = time.perf_counter()

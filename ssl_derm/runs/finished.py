@@ -12,6 +12,7 @@ finished run: one rule for all of them, decided by the run's fingerprint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,25 @@ def check_out_path(out) -> None:
     """``--out`` must be a folder (or not exist yet)."""
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out '{out}' is an existing file, not a folder: give a folder for the run's outputs")
+    check_writable(out)
+
+
+def check_writable(out) -> None:
+    """``--out`` can be made and written: a temp folder in the nearest existing parent is made and removed
+    (before any work; ``/proc/x`` or a read-only mount fail here with the folder named, not at the end)."""
+    import tempfile
+
+    from ssl_derm.errors import RunFolderError
+
+    out = Path(out).expanduser().absolute()
+    base = next((p for p in (out, *out.parents) if p.exists()), None)
+    if base is None or not base.is_dir():
+        raise RunFolderError(f"--out '{out}' cannot be created: '{base}' is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=base))
+    except OSError as e:
+        raise RunFolderError(f"--out '{out}' cannot be created or written ({e.strerror} in '{base}'): "
+                             "give a folder you can write to") from None
 
 
 def clear_outputs(out: Path) -> None:

@@ -109,8 +109,12 @@ def train_round(cfg, images: np.ndarray, rows: np.ndarray, scores: np.ndarray, m
     model = SegModel(enc, st.decoder_widths, st.image_size).to(device).train()
     aug = joint_augmentation(cfg.augment).to(device)
 
+    # at least 2 samples a batch (one image twice, augmented apart, when only one teaches): BatchNorm in
+    # training mode needs more than one value per channel at the encoder's 1x1 stage
+    n_batch = max(2, min(t.batch_size, len(train_pos)))
+
     def step_fn(module, step: int, micro: int):
-        pos = np.sort(gen.choice(train_pos, min(t.batch_size, len(train_pos)), replace=False))
+        pos = np.sort(gen.choice(train_pos, n_batch, replace=n_batch > len(train_pos)))
         x = to_device(torch.from_numpy(np.asarray(images[rows[pos]])), device).permute(0, 3, 1, 2).float().div_(255)
         y = to_device(torch.from_numpy(masks[pos])[:, None], device).float()
         w = to_device(torch.from_numpy(weights[pos])[:, None], device)
