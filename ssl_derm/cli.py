@@ -124,12 +124,19 @@ def load_run_config(cls, args, default_rel: str):
     return load_config(cls, path, args.overrides, lenient="file")
 
 
+def _locked(out, command: str):
+    """The run-folder lock on ``out`` for the command's duration (rank 0 only: the ranks of one torchrun
+    job share their --out)."""
+    import contextlib
+
+    if out is None or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from ssl_derm.runs.lock import run_folder_lock
+
+    return run_folder_lock(out, f"ssl-derm {command}")
+
+
 def _run(args) -> int:
-    if getattr(args, "force", False) and os.environ.get("RANK", "0") == "0":
-        from ssl_derm.runs.resume import discard_checkpoints
-
-        discard_checkpoints(args.out)
-
     if args.command == "data":
         if args.data_command == "synth":
             from ssl_derm.data import write_synthetic
@@ -139,48 +146,66 @@ def _run(args) -> int:
         from ssl_derm.data import run_check
 
         return run_check(args.paths, masks=args.masks, labels=args.labels)
+    if args.command in ("configs", "bench"):
+        return _run_tool(args)
+    work = _command(args)  # the config is read (and refused) before the folder is made or locked
+    out = args.out
+    if args.command == "sweep" and out is None:
+        from ssl_derm.commands.sweep import load_sweep
+
+        out = load_sweep(args.config, args.overrides).get("out") or "runs/sweep"
+    with _locked(out, args.command):
+        if getattr(args, "force", False) and os.environ.get("RANK", "0") == "0":
+            from ssl_derm.runs.resume import discard_checkpoints
+
+            discard_checkpoints(args.out)  # under the lock, after the config is known to load
+        work()
+    return 0
+
+
+def _command(args):
+    """The command's work as a function of nothing, with its config already loaded."""
     if args.command == "pretrain":
         from ssl_derm.config import PretrainConfig
         from ssl_derm.commands.pretrain import run_pretrain
 
-        run_pretrain(load_run_config(PretrainConfig, args, "pretrain/simclr_resnet18.yaml"), args.out)
-        return 0
+        cfg = load_run_config(PretrainConfig, args, "pretrain/simclr_resnet18.yaml")
+        return lambda: run_pretrain(cfg, args.out)
     if args.command == "finetune":
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.commands.finetune import run_finetune
 
-        run_finetune(load_run_config(FinetuneConfig, args, "finetune/linear.yaml"), args.out,
-                     existing="force" if args.force else "error")
-        return 0
+        cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
+        return lambda: run_finetune(cfg, args.out, existing="force" if args.force else "error")
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig
         from ssl_derm.commands.label_efficiency import run_label_efficiency
 
         cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
-        run_label_efficiency(cfg, args.checkpoint, args.fractions, args.protocols.split(","), args.seeds, args.out)
-        return 0
+        return lambda: run_label_efficiency(cfg, args.checkpoint, args.fractions, args.protocols.split(","),
+                                            args.seeds, args.out)
     if args.command == "segment":
         from ssl_derm.segmenters.config import SegmentConfig
         from ssl_derm.commands.segment import run_segment
 
-        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out,
-                    existing="force" if args.force else "error")
-        return 0
+        cfg = load_run_config(SegmentConfig, args, "segment/default.yaml")
+        return lambda: run_segment(cfg, args.out, existing="force" if args.force else "error")
     if args.command == "sweep":
         from ssl_derm.commands.sweep import run_sweep
 
-        run_sweep(args.config, out=args.out, overrides=args.overrides, workers=args.workers)
-        return 0
+        return lambda: run_sweep(args.config, out=args.out, overrides=args.overrides, workers=args.workers)
     if args.command == "demo":
         from ssl_derm.commands.demo import run_demo
 
-        run_demo(args.out, data=args.data, quick=args.quick)
-        return 0
+        return lambda: run_demo(args.out, data=args.data, quick=args.quick)
     if args.command == "predict":
         from ssl_derm.commands.predict import run_predict
 
-        run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
-        return 0
+        return lambda: run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
+    raise AssertionError(args.command)
+
+
+def _run_tool(args) -> int:
     if args.command == "configs":
         from ssl_derm.packaged import CONFIG_DIR, list_configs, show_config
 

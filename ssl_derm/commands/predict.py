@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +98,14 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         found = list_images(images)
         if not len(found):
             raise DataError(f"no image files (jpg, jpeg, png, bmp, tif, tiff) under {', '.join(map(str, images))}")
+        if found.duplicates:
+            p, i, kept = found.duplicates[0]
+            print(f"[ssl-derm] {len(found.duplicates)} image files share an id with an earlier file and are not "
+                  f"predicted (one row per id, first folder wins; e.g. {p} = {kept}); rename them to predict them",
+                  file=sys.stderr)
         out = Path(out_dir)
         check_out_path(out)
+        clear_earlier_predict(out)
         out.mkdir(parents=True, exist_ok=True)
         bad: List[tuple] = []
         t0 = time.perf_counter()
@@ -127,6 +135,27 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         return summary
     finally:
         torch.set_num_threads(threads)
+
+
+PREDICT_OUTPUTS = ("predictions.csv", "masks", "overlays", "metrics.json", "bad_files.txt", "predict.json")
+
+
+def clear_earlier_predict(out: Path) -> None:
+    """A folder of an earlier predict is cleared (its masks would sit beside the new ones, its metrics.json
+    beside new predictions); a folder holding another command's outputs (a finetune run's metrics.json, a
+    model) is refused, never cleared."""
+    from ssl_derm.errors import RunFolderError
+
+    present = [n for n in PREDICT_OUTPUTS if (out / n).exists()]
+    if not present:
+        return
+    if not (out / "predict.json").is_file():
+        raise RunFolderError(f"--out '{out}' holds {', '.join(present)} of another command (no predict.json): "
+                             "give predict a folder of its own")
+    for name in present:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    print(f"[ssl-derm] cleared the outputs of an earlier predict in {out} ({', '.join(present)})", file=sys.stderr)
 
 
 def _write_bad(path: Path, bad: list) -> None:

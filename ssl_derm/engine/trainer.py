@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -151,6 +152,9 @@ class Engine:
     def fit(self, step_fn: Callable) -> dict:
         """Run the steps; returns {"steps", "resumed_from", "final_loss", "loss_history", "train_seconds",
         "img_per_s"? (when step logs carry ``batch_size``)}."""
+        if self.max_steps == 0 and self.main:  # allowed (an initial-weights export), but never silent
+            print(f"[ssl-derm] warning: train.max_steps=0: {self.name} takes no training step; the model keeps "
+                  "its initial weights", file=sys.stderr)
         self.start = self.resume()
         for h in self.hooks:
             h.on_start(self)
