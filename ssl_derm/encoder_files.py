@@ -66,10 +66,20 @@ def check_fits(path, name: str, model: nn.Module) -> None:
 
 
 def file_sha256(path) -> Optional[str]:
-    """sha256 of the weights an encoder file holds, or None for no file. For safetensors it covers the tensor
-    names, dtypes, shapes and bytes but not the metadata, so a file rewritten with the same tensors keeps its
-    hash; other files hash their bytes. Read once per (path, size, mtime): a label-efficiency table asks for
-    the same encoder's hash in every cell (fingerprint and export)."""
+    """sha256 of an encoder file's bytes (what ``sha256sum`` prints), or None for no file."""
+    return _encoder_hash(path, weights=False)
+
+
+def weights_sha256(path) -> Optional[str]:
+    """sha256 of the weights an encoder file holds, or None for no file: for safetensors the tensor names,
+    dtypes, shapes and bytes but not the metadata, so a file rewritten with the same tensors keeps its
+    hash (the encoder part of a run's fingerprint); other files hash their bytes."""
+    return _encoder_hash(path, weights=True)
+
+
+def _encoder_hash(path, weights: bool) -> Optional[str]:
+    """Read once per (path, size, mtime): a label-efficiency table asks for the same encoder's hash in
+    every cell (fingerprint and export)."""
     if path is None or str(path).lower() in ("", "none"):
         return None
     p = Path(path)
@@ -79,14 +89,14 @@ def file_sha256(path) -> Optional[str]:
         raise EncoderFileError(f"encoder.checkpoint '{path}' does not exist; give an encoder.safetensors (or the "
                                "pretraining run folder that holds one), or encoder.checkpoint=none for random init")
     st = p.stat()
-    return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns, weights)
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_of(path: str, size: int, mtime_ns: int, weights: bool) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if path.endswith(".safetensors"):
+        if weights and path.endswith(".safetensors"):
             head = _read_header(f, path)
             head.pop("__metadata__", None)
             h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())

@@ -336,15 +336,15 @@ def test_encoder_file_is_byte_stable_across_processes(tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from ssl_derm.encoder_files import file_sha256
+    from ssl_derm.encoder_files import weights_sha256
 
     other = tmp_path / "other_meta.safetensors"
     save_file(load_file(str(files[0])), str(other), metadata={"timm_name": "test_resnet", "note": "x"})
-    assert file_sha256(other) == file_sha256(files[0])  # same tensors, other metadata: same weights hash
+    assert weights_sha256(other) == weights_sha256(files[0])  # same tensors, other metadata: same weights hash
     changed = load_file(str(files[0]))
     next(iter(changed.values())).add_(1)
     save_file(changed, str(other))
-    assert file_sha256(other) != file_sha256(files[0])
+    assert weights_sha256(other) != weights_sha256(files[0])
 
 
 # ------------------------------------------------------------------------------------------ config / CLI

@@ -113,7 +113,7 @@ def test_given_split_takes_the_split_column(tmp_path):
 
 
 def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(tmp_path, capsys):
-    from ssl_derm.encoder_files import file_sha256
+    from ssl_derm.encoder_files import weights_sha256  # the encoder part of a fingerprint
 
     a, b = _encoder(tmp_path, seed=0), _encoder(tmp_path, seed=1)
     args = ["label-efficiency", "--config", "configs/finetune/knn.yaml", "--out", str(tmp_path / "le"),
@@ -121,8 +121,8 @@ def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(
     assert main(args + ["--checkpoint", a]) == 0
     assert main(args + ["--checkpoint", b]) == 0
     cell = tmp_path / "le" / "cells" / "pretrained_knn_1_seed0"
-    assert json.loads((cell / "metrics.json").read_text())["encoder_sha256"] == file_sha256(b)
-    assert json.loads((cell.with_name(cell.name + ".stale-1") / "metrics.json").read_text())["encoder_sha256"] == file_sha256(a)
+    assert json.loads((cell / "metrics.json").read_text())["encoder_sha256"] == weights_sha256(b)
+    assert json.loads((cell.with_name(cell.name + ".stale-1") / "metrics.json").read_text())["encoder_sha256"] == weights_sha256(a)
     rnd = tmp_path / "le" / "cells" / "random_knn_1_seed0"
     assert not rnd.with_name(rnd.name + ".stale-1").exists()  # the random cell still fits: reused
     md = (tmp_path / "le" / "label_efficiency.md").read_text()

@@ -1,4 +1,4 @@
-"""What produced a result: sha256 of the resolved config, of the data and of the encoder file.
+"""What produced a result: sha256 of the resolved config, of the data and of the encoder's weights.
 
 ``fingerprint(cfg, dataset, split, encoder_file)`` -> a dict written into every ``metrics.json``::
 
@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from ssl_derm.encoder_files import file_sha256  # noqa: F401  (re-exported: the encoder part of a fingerprint)
+from ssl_derm.encoder_files import file_sha256, weights_sha256  # noqa: F401  (file_sha256: re-exported)
 from ssl_derm.runs.diff import IGNORED, differences, flat_config, flatten  # noqa: F401  (IGNORED: re-exported)
 
 
@@ -51,7 +51,7 @@ def fingerprint(cfg, dataset=None, split: Optional[dict] = None, encoder_file=No
                 derived=None) -> dict:
     """``derived``: what the run reads besides its config, data and encoder, e.g. the recipe of the
     annotation-free lesion masks a lesion-pooled probe uses (a new default segmenter: a new result)."""
-    enc = file_sha256(encoder_file)
+    enc = weights_sha256(encoder_file)  # the tensors, not the bytes: metadata never makes a run stale
     parts = {"config_sha256": config_sha256(cfg),
              "data_sha256": data_sha256(dataset, split, external) if dataset is not None else None,
              "encoder_sha256": enc}
