@@ -447,3 +447,39 @@ def test_self_training_on_a_single_image_runs(tmp_path):
             "selftrain.image_size=32"]
     assert main(args) == 0
     assert len(list((tmp_path / "run" / "masks").glob("*.png"))) == 1
+
+
+# ------------------------------------------------------------------------------------------ siblings
+def test_nan_label_and_split_cells_are_empty(synth, tmp_path):
+    """Sibling of the NaN lesion id: a label cell 'nan' is no label (not a class named 'nan'), and a split
+    cell 'NaN' is an empty split cell."""
+    from ssl_derm.data.sources import read_labels
+
+    d = _copy(synth, tmp_path)
+    rows = _rows(d / "labels.csv")
+    rows[0]["label"] = "nan"
+    for r in rows:
+        r["split"] = "train"
+    rows[1]["split"] = "NaN"
+    _write_rows(d / "labels.csv", rows)
+    table = read_labels(str(d / "labels.csv"))
+    assert "nan" not in table.classes() and table.label[rows[0]["image_id"]] == ""
+    assert rows[1]["image_id"] not in table.split
+
+
+def test_finetune_with_a_batch_of_one_names_the_key(synth, tmp_path, capsys):
+    """Sibling of the single self-training image: train.batch_size=1 on a BatchNorm encoder was an internal
+    error (Expected more than 1 value per channel)."""
+    assert main(_ft(synth, tmp_path, "protocol.name=finetune", "train.batch_size=1", "train.max_steps=2")) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and "train.batch_size >= 2" in err[0] and "SSL_DERM_DEBUG" not in err[0], err
+
+
+@pytest.mark.parametrize("command", ["sweep", "label-efficiency"])
+def test_out_of_sweep_and_label_efficiency_that_cannot_be_created(tmp_path, capsys, command):
+    """Sibling of `--out /proc/x` on the table commands."""
+    args = {"sweep": ["sweep", "configs/sweeps/finetune_gap_ham10000.yaml", "--out", "/proc/x/y"],
+            "label-efficiency": ["label-efficiency", "--out", "/proc/x/y", "--checkpoint", "x"]}[command]
+    assert main(args) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and "--out '/proc/x/y' cannot be created" in err[0], err

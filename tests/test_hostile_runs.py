@@ -164,3 +164,17 @@ def test_a_killed_holder_leaves_no_lock_behind(synth, tmp_path):
     holder.wait()
     assert main(_segment(synth, tmp_path, out)) == 0
     assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 2.0), ("image_size", 0), ("std", [1.0, 1.0, 0.0]),
+                                          ("segmenter", "magic")])
+def test_segmenter_model_json_values_are_validated(synth, seg_model, tmp_path, capsys, field, value):
+    """Sibling of the classifier's model.json checks, on a segmenter export."""
+    run = tmp_path / "m"
+    shutil.copytree(seg_model, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, field: value}))
+    assert main(["predict", "--model", str(run), "--images", str(synth / "images"), "--out", str(tmp_path / "p"),
+                 "device=cpu"]) == 1
+    err = _err(capsys)
+    assert len(err) == 1 and f"'{field}'" in err[0], err

@@ -149,6 +149,15 @@ class Engine:
         self._nonfinite = self._nonfinite | bad
 
     # ------------------------------------------------------------------ the loop
+    def _call(self, step_fn: Callable, step: int, micro: int):
+        try:
+            return step_fn(self.forward, step, micro)
+        except ValueError as e:  # torch's BatchNorm on a batch of one image at a 1x1 stage
+            if "Expected more than 1 value per channel" not in str(e):
+                raise
+            raise TrainingError(f"{self.name}: a batch of one image gives BatchNorm a single value per channel "
+                                f"(train.batch_size={self.cfg.batch_size}); set train.batch_size >= 2") from None
+
     def fit(self, step_fn: Callable) -> dict:
         """Run the steps; returns {"steps", "resumed_from", "final_loss", "loss_history", "train_seconds",
         "img_per_s"? (when step logs carry ``batch_size``)}."""
@@ -174,7 +183,7 @@ class Engine:
                         else contextlib.nullcontext())
                 with sync:
                     with self.precision.autocast():
-                        loss, logs = step_fn(self.forward, step, micro)
+                        loss, logs = self._call(step_fn, step, micro)
                     self._guard(loss, step)
                     if every_step_check:
                         self._check(step)
