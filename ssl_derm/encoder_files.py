@@ -118,7 +118,7 @@ def _read_header(f, path) -> dict:
                                "export it again with `ssl-derm pretrain`") from None
 
 
-def save_safetensors(tensors: Dict[str, "torch.Tensor"], path, metadata: Dict[str, str]) -> None:
+def save_safetensors(tensors: dict, path, metadata: Dict[str, str]) -> None:
     """``safetensors.torch.save_file`` with the metadata in sorted order: safetensors keeps metadata in a
     hash map whose order changes with every process, so the same tensors gave a new file (and sha256) on
     every write. Writes ``path`` itself (the caller writes a temp file and renames it)."""

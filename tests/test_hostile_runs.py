@@ -6,11 +6,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from ssl_derm.cli import main
 from ssl_derm.data import write_synthetic

@@ -32,6 +32,7 @@ from ssl_derm.metrics.classification import classification_metrics, save_confusi
 from ssl_derm.runs.fingerprint import fingerprint
 from ssl_derm.registry import get
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
+from ssl_derm.runs.folder import write_npy
 
 SEG_PROTOCOLS = ("fewmask_seg",)
 
@@ -185,7 +186,7 @@ def _test_metrics(ctx: Context, probs: dict, logger) -> dict:
     metrics = dict(test)
     if "val" in probs:
         metrics["val"] = classification_metrics(ctx.labels("val"), probs["val"], classes)
-    np.save(ctx.out_dir / "test_probs.npy", probs["test"].astype(np.float32))
+    write_npy(ctx.out_dir / "test_probs.npy", probs["test"].astype(np.float32))
     write_json(ctx.out_dir / "test_ids.json", [ctx.dataset.ids[r] for r in ctx.rows["test"]])
     title = f"{ctx.cfg.protocol.name}, {ctx.cfg.split.fraction:g} labels: balanced acc {test['balanced_accuracy']:.3f}"
     save_confusion_png(np.array(test["confusion_matrix"]), classes, ctx.out_dir / "confusion_matrix.png", title, logger)

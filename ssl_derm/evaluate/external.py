@@ -164,13 +164,14 @@ def score(ctx, probs: np.ndarray, logger=None) -> dict:
     from ssl_derm.metrics.bootstrap import classification_cis
     from ssl_derm.metrics.classification import classification_metrics, save_confusion_png
     from ssl_derm.runs import write_json
+    from ssl_derm.runs.folder import write_npy
 
     rows = ctx.rows["external"]
     y = ctx.labels("external")
     m = classification_metrics(y, probs, ctx.dataset.classes)
     m.update(classification_cis(y, probs, groups_of(ctx.dataset, rows)))
     m["images"] = list(ctx.cfg.data.test_images)
-    np.save(ctx.out_dir / "external_probs.npy", np.asarray(probs, dtype=np.float32))
+    write_npy(ctx.out_dir / "external_probs.npy", np.asarray(probs, dtype=np.float32))
     write_json(ctx.out_dir / "external_ids.json", [ctx.dataset.ids[r] for r in rows])
     title = f"external, {ctx.cfg.protocol.name}: balanced acc {m['balanced_accuracy']:.3f}"
     save_confusion_png(np.array(m["confusion_matrix"]), ctx.dataset.classes, ctx.out_dir / "external_confusion_matrix.png",

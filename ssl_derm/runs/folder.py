@@ -61,6 +61,28 @@ def write_json(path, obj) -> None:
         os.replace(tmp, path)
 
 
+def write_npy(path, array: np.ndarray) -> None:
+    """Atomic ``np.save`` (a full disk leaves no truncated array that still loads)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with written_whole(tmp, path):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+
+
+def write_png(array: np.ndarray, path) -> None:
+    """One uint8 image (a mask, an overlay) as PNG through a temp name: a full disk leaves no truncated
+    mask that looks like a result."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with written_whole(tmp, path):
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)

@@ -28,10 +28,12 @@ def to_original(mask: np.ndarray, hw: Tuple[int, int], mode: str = "bilinear") -
 
 def write_masks(out_dir, ids: Sequence[str], masks: np.ndarray, sizes: Sequence[Tuple[int, int]], mode: str) -> Path:
     """Write ``<id>.png`` (0/255, 1-bit, each image's original size) into ``out_dir``."""
+    from ssl_derm.runs.folder import write_png
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, m, hw in zip(ids, masks, sizes):
-        Image.fromarray(to_original(m, hw, mode)).save(out_dir / f"{i}.png")
+        write_png(to_original(m, hw, mode), out_dir / f"{i}.png")
     return out_dir
 
 

@@ -9,7 +9,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ssl_derm.errors import written_whole
 
@@ -68,6 +67,7 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     from ssl_derm.data.decode import load_mask
     from ssl_derm.data.sources import find_masks
     from ssl_derm.metrics.segmentation import image_metrics, mean_metrics
+    from ssl_derm.runs.folder import write_png
     from ssl_derm.segmenters.overlay import draw_overlays
     from ssl_derm.segmenters.scoring import to_original
 
@@ -81,10 +81,10 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
         small = model.predict_small(arr, cfg.tta)
         for row, (i, m, hw) in enumerate(zip(ids, small, sizes)):
             full = to_original(m, hw, mode)
-            _save_png(full, mask_dir / f"{i}.png")
+            write_png(full, mask_dir / f"{i}.png")
             if cfg.overlays < 0 or n + row < cfg.overlays:
                 ov_dir.mkdir(exist_ok=True)
-                _save_png(draw_overlays(arr[row:row + 1], m[None])[0], ov_dir / f"{i}.png")
+                write_png(draw_overlays(arr[row:row + 1], m[None])[0], ov_dir / f"{i}.png")
             if truth is not None:
                 gt, reason = load_mask(truth[i], image_hw=tuple(hw)) if i in truth else (None, "no mask file")
                 if gt is None:
@@ -97,10 +97,3 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     return n, {"mean": mean_metrics(per_image), "per_image": per_image, "missing_masks": len(missing),
                "missing_examples": missing[:5], "masks": str(cfg.data.masks)}
 
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    """One PNG through a temp name: a full disk leaves no truncated mask that looks like a result."""
-    tmp = path.with_name(path.name + ".tmp")
-    with written_whole(tmp, path):
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
