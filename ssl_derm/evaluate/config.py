@@ -6,7 +6,7 @@ adds the checks for values with a closed set of choices or a range.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import ClassVar, List
 
 from ssl_derm.config import (
     AugmentConfig,
@@ -44,6 +44,8 @@ class ProtocolSettings:
 
     name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | distill | fewmask_seg
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
+    # what the protocol learns from: lesion masks (segmentation) rather than class labels
+    segments: ClassVar[bool] = False
 
     def check(self) -> None:
         """Range and choice checks of every shared group this class holds; a protocol adds its own."""
