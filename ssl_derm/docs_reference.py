@@ -209,7 +209,8 @@ def plugin_tables(top, load) -> List[tuple]:
 
 # ----------------------------------------------------------------------------- Markdown
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` safe in a Markdown table cell (``<id>.png`` is no HTML tag, ``a | b`` no column)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
 
 
 def table(rs: List[Row]) -> str:
