@@ -18,6 +18,7 @@ the loader.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import io
@@ -69,6 +70,7 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- help from the source
+@functools.lru_cache(maxsize=None)
 def _comments(cls) -> Dict[str, str]:
     """Field name -> help text, from the comments in ``cls``'s own source."""
     try:

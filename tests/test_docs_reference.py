@@ -134,3 +134,12 @@ def test_allowed_values_come_from_the_loader():
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 220, f"README.md has {len(lines)} lines; keep it a five-minute read (<= 220), move the rest to docs/"
+
+
+def test_method_card_keys_are_the_methods_own():
+    from ssl_derm.errors import UnknownNameError
+
+    simclr = docs_reference.plugin_keys("method", "simclr")
+    assert "`method.temperature`" in simclr and "`method.export`" not in simclr  # shared keys live on the reference page
+    with pytest.raises(UnknownNameError):
+        docs_reference.plugin_keys("method", "not_a_method")
