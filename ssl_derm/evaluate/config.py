@@ -17,7 +17,7 @@ from ssl_derm.config import (
     load_config,
     plugin,
 )
-from ssl_derm.evaluate.features import POOL_CHOICES, TTA_CHOICES
+from ssl_derm.models.features import POOL_CHOICES, TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
