@@ -36,8 +36,8 @@ from ssl_derm.errors import ConfigError
 COMMANDS: Dict[str, tuple] = {
     "pretrain": ("ssl_derm.config:PretrainConfig", "ssl_derm.config:load_config"),
     "finetune": ("ssl_derm.evaluate.config:FinetuneConfig", "ssl_derm.evaluate.config:load_finetune_config"),
-    "segment": ("ssl_derm.segment.config:SegmentConfig", "ssl_derm.segment.config:check_segment_config"),
-    "predict": ("ssl_derm.serve.predict:PredictConfig", "ssl_derm.config:load_config"),
+    "segment": ("ssl_derm.segmenters.config:SegmentConfig", "ssl_derm.segmenters.config:check_segment_config"),
+    "predict": ("ssl_derm.commands.predict:PredictConfig", "ssl_derm.config:load_config"),
 }
 _PROBES = {str: ["not-a-choice"], int: [-10**9, 10**9], float: [-1e9, 1e9]}
 
