@@ -69,8 +69,8 @@ class FewMaskSegSettings(ProtocolSettings):
     name: str = "fewmask_seg"
     segments: ClassVar[bool] = True
     eval_every: int = 100  # steps between validation passes (model selection only)
-    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
-    seg_freeze_encoder: bool = False
+    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])  # U-Net decoder widths, deepest first
+    seg_freeze_encoder: bool = False  # true: train only the decoder on the frozen encoder
     seg_threshold: float = 0.5  # probability threshold of the predicted mask
 
     def check(self) -> None:

@@ -67,7 +67,7 @@ class KNNSettings(Balanced, FrozenFeatures, ProtocolSettings):
     name: str = "knn"
     # weighted kNN (DINO eval_knn): cosine similarity, exp(sim / T) votes of the k nearest
     knn_k: int = 20
-    knn_temperature: float = 0.07
+    knn_temperature: float = 0.07  # softmax temperature of the similarity weights
 
     def check(self) -> None:
         super().check()
