@@ -1,4 +1,4 @@
-"""Issue 14's contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
+"""The trust contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
 import json
 from pathlib import Path
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ssl_derm.commands.checks import check_two_classes, finetune_ignored_data_keys
+from ssl_derm.encoder_files import adopt_encoder_file
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError, DataError, SplitError
@@ -34,14 +35,13 @@ from ssl_derm.registry import get
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 from ssl_derm.runs.folder import write_npy
 
-SEG_PROTOCOLS = ("fewmask_seg",)
 
 
 def load_data_and_split(cfg: FinetuneConfig):
     """(dataset, :class:`Split`) from ``cfg.data`` and the split file (made once, then reused)."""
     from ssl_derm.data import load_dataset
 
-    seg = cfg.protocol.name in SEG_PROTOCOLS
+    seg = cfg.protocol.segments
     finetune_ignored_data_keys(cfg, seg)
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
     if not seg:
@@ -71,6 +71,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     ``feature_cache`` lets frozen-feature protocols share one extraction per encoder; ``existing``: what
     to do with a finished run in ``out_dir`` (see :mod:`ssl_derm.runs.finished`).
     """
+    from_file = adopt_encoder_file(cfg)  # encoder.name / data.image_size that the encoder file states
     check_finetune_config(cfg)
     protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
     check_out_path(out_dir)
@@ -88,7 +89,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
     split = Split.of(split, dataset)
-    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.name in SEG_PROTOCOLS)
+    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.segments)
     derived = None
     if getattr(cfg.protocol, "feature_pool", "avg") != "avg":  # the lesion masks' recipe is part of the result
         from ssl_derm.segmenters.archive_masks import recipe
@@ -130,7 +131,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
         "protocol": cfg.protocol.name, "fraction": cfg.split.fraction, "seed": cfg.seed,
         "n_per_side": {side: int(len(r)) for side, r in rows.items()},
         "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
-                    "image_size": cfg.data.image_size},
+                    "image_size": cfg.data.image_size, "from_encoder_file": sorted(from_file)},
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": getattr(cfg.protocol, "balance", "none"), "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
         "resumed_from_step": int(result.get("info", {}).get("resumed_from_step", 0)),

@@ -38,7 +38,7 @@ class Classifier(nn.Module):
         self.image_size = int(meta["image_size"])
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
-        self.pool = meta.get("feature_pool", "avg")  # absent from model.json before 2026-11-29: avg
+        self.pool = meta.get("feature_pool", "avg")  # absent from older model.json format 1 files: avg
         self._segmenter = None  # the default segmenter, built on the first batch that needs lesion masks
         self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
