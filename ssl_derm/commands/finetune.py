@@ -102,7 +102,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)
     redraw = cfg.seed if cfg.split.redraw_labelled else None
     rows = split.rows(cfg.split.fraction, redraw_seed=redraw)
-    if not len(rows["test"]) and ext is None and cfg.protocol.name not in SEG_PROTOCOLS:
+    if not len(rows["test"]) and ext is None and not cfg.protocol.segments:
         raise SplitError(_no_test_advice(cfg))  # before training: nothing would be scored
     cache_key = encoder_key(cfg)
     if ext is not None:  # external rows go behind the pool's, so the split's rows keep their numbers

@@ -126,16 +126,14 @@ class FinetuneConfig:
     protocol: ProtocolSettings = plugin("protocol", "knn")
 
 
-TRAINED_PROTOCOLS = ("finetune", "fixmatch", "meanteacher", "distill", "fewmask_seg")  # those that run train.max_steps
-
-
 def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """Range and choice checks that the generic loader cannot know about; returns ``cfg``."""
     if cfg.split.mode not in SPLIT_MODES:
         raise ConfigError(f"config key 'split.mode': {cfg.split.mode!r} is not one of {', '.join(SPLIT_MODES)}")
     if not 0.0 < cfg.split.fraction <= 1.0:
         raise ConfigError(f"config key 'split.fraction': must be in (0, 1], got {cfg.split.fraction}")
-    if cfg.train.max_steps == 0 and cfg.protocol.name in TRAINED_PROTOCOLS:
+    trains = isinstance(cfg.protocol, Trained) or cfg.protocol.segments  # the protocols that run train.max_steps
+    if cfg.train.max_steps == 0 and trains:
         raise ConfigError(f"config key 'train.max_steps': 0 trains nothing, and protocol {cfg.protocol.name} would "
                           "export and score its untrained model; set train.max_steps >= 1 (a frozen encoder is "
                           "scored by protocol.name=linear or knn)")
