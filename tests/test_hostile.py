@@ -483,3 +483,16 @@ def test_out_of_sweep_and_label_efficiency_that_cannot_be_created(tmp_path, caps
     assert main(args) == 1
     err = _err(capsys)
     assert len(err) == 1 and "--out '/proc/x/y' cannot be created" in err[0], err
+
+
+def test_lesion_mask_cache_on_a_full_disk_is_one_message(synth, tmp_path, monkeypatch):
+    """Sibling of the image cache: the annotation-free lesion-mask cache (a memory map too) asks for its
+    space first instead of dying of SIGBUS."""
+    import ssl_derm.errors as errors
+    from ssl_derm.segmenters.archive_masks import masks_for
+
+    ds = load_dataset(_data(synth, tmp_path), progress=False)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(DiskFullError, match="lesion-mask cache.*MiB needed"):
+        masks_for(ds)

@@ -112,7 +112,7 @@ class CachedMasks:
     bad: List[Tuple[str, str]]
 
 
-def _new_array(path: Path, shape: tuple, what: str, folder: Path) -> np.memmap:
+def new_array(path: Path, shape: tuple, what: str, folder: Path) -> np.memmap:
     """A writable (shape) uint8 memory map whose blocks are reserved first: a write into a memory map on a
     full disk is a SIGBUS that kills the process with no message, so the space is asked for (free-space
     check) and taken (posix_fallocate, ENOSPC as an error) before the first row is written."""
@@ -215,7 +215,7 @@ class ImageCache:
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
-            out = _new_array(tmp / "images.u8", (N, S, S, 3), f"the image cache ({N} images at {S} px)",
+            out = new_array(tmp / "images.u8", (N, S, S, 3), f"the image cache ({N} images at {S} px)",
                              self.root)
             keep_ids, keep_paths, sizes, bad = [], [], [], []
             bar = tqdm(total=N, desc=f"caching images at {S}px", unit="img", disable=not self.progress,
@@ -271,7 +271,7 @@ class ImageCache:
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
-            out = _new_array(tmp / "masks.u8", (N, S, S), f"the mask cache ({N} masks at {S} px)",
+            out = new_array(tmp / "masks.u8", (N, S, S), f"the mask cache ({N} masks at {S} px)",
                              self.root)
             good, bad = [], []
             bar = tqdm(total=len(rows), desc=f"caching masks at {S}px", unit="mask", disable=not self.progress,

@@ -34,7 +34,8 @@ def config_sha256(cfg) -> str:
 
 
 def data_sha256(dataset, split: Optional[dict] = None, external=None) -> str:
-    """The image files (the cache key: ids, sizes, mtimes), labels, lesion ids, split sides, external set."""
+    """The image files (the cache key: ids, paths, sizes, mtimes and each file's first and last 4 KiB; see
+    data/cache.py for what it does not see), labels, lesion ids, split sides, external set."""
     def part(ds):
         if ds is None:
             return None

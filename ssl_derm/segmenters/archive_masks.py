@@ -82,6 +82,8 @@ def default_segmenter():
 
 
 def _build(dataset, final: Path, progress: bool) -> None:
+    from ssl_derm.data.cache import new_array
+    from ssl_derm.errors import NO_SPACE, disk_full
     from ssl_derm.segmenters.pipeline import predict_batch
 
     cfg, segmenter = _default_segmenter()
@@ -92,7 +94,7 @@ def _build(dataset, final: Path, progress: bool) -> None:
     try:
         empty = 0
         if n:
-            out = np.memmap(tmp / "masks.u8", dtype=np.uint8, mode="w+", shape=(n, s, s))
+            out = new_array(tmp / "masks.u8", (n, s, s), f"the lesion-mask cache ({n} masks at {s} px)", final.parent)
             bs = cfg.segment.batch_size
             steps = range(0, n, bs)
             if progress:
@@ -109,6 +111,10 @@ def _build(dataset, final: Path, progress: bool) -> None:
         (tmp / "index.json").write_text(json.dumps({"n": n, "size": s, "image_key": dataset.key, "segment": seg,
                                                     "recipe": RECIPE_VERSION, "empty_masks": empty}))
         _commit(tmp, final)
+    except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
+        if e.errno in NO_SPACE:
+            raise disk_full(e, final.parent) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
