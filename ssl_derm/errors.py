@@ -133,5 +133,5 @@ def as_user_error(e: BaseException):
     if isinstance(e, OSError) and e.errno in NO_SPACE:
         return disk_full(e)
     if isinstance(e, OSError) and e.filename and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"cannot write '{e.filename}': {e.strerror}; choose a folder you can write to")
+        return UserError(f"'{e.filename}': {e.strerror}; check its permissions, or use a folder you can write to")
     return None

@@ -496,3 +496,20 @@ def test_lesion_mask_cache_on_a_full_disk_is_one_message(synth, tmp_path, monkey
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     with pytest.raises(DiskFullError, match="lesion-mask cache.*MiB needed"):
         masks_for(ds)
+
+
+@pytest.mark.parametrize("err, words", [(errno.ENOSPC, "no space left on the disk of"), (errno.EACCES, "Permission denied")])
+def test_an_os_error_the_user_fixes_is_one_line_anywhere(tmp_path, monkeypatch, capsys, err, words):
+    """The one handler at the CLI: a full disk or a permission error raised by any writer not wrapped
+    itself is one line naming the file (exit 1), not '[OSError; set SSL_DERM_DEBUG=1]'."""
+    import ssl_derm.data
+
+    target = tmp_path / "s" / "labels.csv"
+
+    def failing(*a, **k):
+        raise OSError(err, os.strerror(err), str(target))
+
+    monkeypatch.setattr(ssl_derm.data, "write_synthetic", failing)
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "4"]) == 1
+    lines = _err(capsys)
+    assert len(lines) == 1 and words in lines[0] and "labels.csv" in lines[0] and "SSL_DERM_DEBUG" not in lines[0], lines
