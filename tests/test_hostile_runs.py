@@ -175,3 +175,13 @@ def test_segmenter_model_json_values_are_validated(synth, seg_model, tmp_path, c
                  "device=cpu"]) == 1
     err = _err(capsys)
     assert len(err) == 1 and f"'{field}'" in err[0], err
+
+
+def test_force_with_a_bad_override_keeps_the_checkpoints(synth, tmp_path, capsys):
+    """Sibling (lost work): `--force` deleted <out>/checkpoints before the config was read, so a typo in an
+    override lost the checkpoints and then failed. The config is read first now."""
+    out = tmp_path / "ft"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"state")
+    assert main(["finetune", "--force"] + _finetune(synth, tmp_path, out, "train.no_such_key=1")[1:]) == 2
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"state"
