@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import MethodError, build_method
 from ssl_derm.methods.ibot import patch_mask
-from test_methods import RESNET, VIT, tiny_cfg
+from support import RESNET, VIT, tiny_cfg
 
 
 def timm_tokens(encoder, images, mask=None, token=None):
