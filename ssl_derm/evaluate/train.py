@@ -167,7 +167,7 @@ class ClassifierTrainer:
         return {"best_step": best.step if best else 0,
                 "best_val_balanced_accuracy": None if best is None or best.state is None else best.best,
                 "val_history": self.history, "steps": t.max_steps, "resumed_from_step": summary["resumed_from"],
-                **self.head_info}
+                "train_seconds": summary["train_seconds"], "img_per_s": summary.get("img_per_s"), **self.head_info}
 
     def after_fit(self) -> None:
         """After the best state is back: subclasses copy a teacher into ``ctx.encoder.model``."""
