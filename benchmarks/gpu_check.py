@@ -31,6 +31,7 @@ STEPS = [
     ("finetune_path", 35, 100, False),
 ]
 MIN_STEP_S = 20  # what each step still to start is owed from the budget
+DRY_RUN_SLOWER = 4  # a dry run's timeouts: the CPU at tiny sizes is slower than the GPU at real ones
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -92,6 +93,7 @@ class Check:
         steps = [s for s in STEPS if not only or s[0] in only]
         background = {}
         for i, (name, expected, timeout, in_background) in enumerate(steps):
+            timeout *= DRY_RUN_SLOWER if self.dry_run else 1
             owed = MIN_STEP_S * sum(1 for s in steps[i + 1:] if not s[3])
             limit = max(5.0, min(timeout, self.left() - owed))
             if self.left() < 5:

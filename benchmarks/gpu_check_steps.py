@@ -151,8 +151,10 @@ def method_run(name: str, variant: str, dry: bool) -> dict:
 
         torch._dynamo.reset()
     teacher = getattr(method, "teacher_encoder", None)
+    # a dry run compiles with dynamo's eager backend: it counts the graphs, the CPU has no time for inductor
     engine = Engine(method, cfg, dev, forward=MethodStep(method), hooks=[Steps()], progress=False,
-                    compile_modules=[m for m in (method.encoder, teacher) if m is not None])
+                    compile_modules=[m for m in (method.encoder, teacher) if m is not None],
+                    compile_options={"backend": "eager"} if dry else None)
     out = engine.fit(step_fn)
     rec["loss"] = out["final_loss"]
     rec["finite"] = bool(torch.isfinite(torch.tensor(out["final_loss"])))
@@ -205,14 +207,17 @@ def _cli(args, log: Path, timeout: float = 600, torchrun: int = 0, env=None) -> 
 
 
 def _data(work: Path, dry: bool, size=None) -> list:
+    """Synthetic lesions (written once per size under ``work``), the device, one CPU thread in a dry run."""
     size = size or (32 if dry else 96)
     return ["data.images=[synthetic]", f"data.synthetic_n={64 if dry else 512}", f"data.image_size={size}",
-            f"data.cache_dir={work / 'cache'}", "monitor.every_steps=0", f"device={'cpu' if dry else 'cuda'}"]
+            f"data.cache_dir={work / 'cache'}", f"device={'cpu' if dry else 'cuda'}"] + \
+        (["train.num_threads=1"] if dry else [])
 
 
 def _pretrain_args(out: Path, work: Path, dry: bool, steps: int) -> list:
     enc = "test_resnet" if dry else "resnet18"
     return ["pretrain", "--config", ROOT / "configs/pretrain/simclr_resnet18.yaml", "--out", out, *_data(work, dry),
+            "monitor.every_steps=0",
             f"encoder.name={enc}", f"train.max_steps={steps}", f"train.batch_size={8 if dry else 64}",
             f"train.ckpt_every={4 if dry else 40}", f"train.log_every={2 if dry else 20}", "train.warmup_steps=2",
             "method.proj_hidden_dim=64", "method.proj_dim=32"]
@@ -269,7 +274,7 @@ def step_ddp(fig, dry, work):
     out, ft = work / "ddp_pretrain", work / "ddp_finetune"
     _fresh(out, ft)
     t0 = time.time()
-    env = {"OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}  # two processes on a shared GPU machine's (or the dry run's) cores
     res = _cli(_pretrain_args(out, work, dry, 6 if dry else 60), log, torchrun=2, env=env)
     rec = {"rc": res.returncode, "seconds": round(time.time() - t0, 1)}
     if res.returncode == 0:
