@@ -112,6 +112,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
         hooks.append(knn)
     step_fn = cache_step(batches, augment, cfg.train.accumulate, views_box)
     engine = Engine(method, cfg.train, device, forward=MethodStep(method), hooks=hooks, config=cfg,
+                    rank_state=method.rank_state(),
                     ckpt_dir=out / "checkpoints", logger=logger, name="pretrain",
                     sync_batchnorm=getattr(method, "sync_batchnorm_needed", False),
                     compile_modules=[m for m in (method.encoder, getattr(method, "teacher_encoder", None)) if m is not None])
