@@ -41,6 +41,12 @@ class TeacherUpdate(Hook):
     def __init__(self, ema: ModelEmaV3, model: torch.nn.Module):
         self.ema, self.model = ema, model
 
+    def on_start(self, engine) -> None:
+        # the student was made channels_last by the engine; a teacher left NCHW would run slower kernels
+        # and pay a layout conversion in each EMA update
+        if engine.cfg.channels_last and engine.device.type == "cuda":
+            self.ema.module.to(memory_format=torch.channels_last)
+
     def after_step(self, engine, done: int) -> None:
         self.ema.update(self.model, step=done - 1)
 
