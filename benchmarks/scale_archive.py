@@ -1,7 +1,9 @@
 """Large archives: the decode-once cache and the pretraining batch path at 10k and 50k images.
 
-For each size a synthetic archive of 128 px JPEG lesions is written (in folders of 2,500, under
---work; reused when already there), then, in a fresh process so each size has its own peak memory:
+For each size a synthetic archive of 128 px JPEG lesions is made (in folders of 2,500, under --work;
+reused when already there): ``--unique`` images are rendered, and larger archives hard-link those
+folders again under other names (the cache decodes every path as its own image; rendering 50k lesions
+would take longer than measuring them). Then, in a fresh process so each size has its own peak memory:
 the cache build (JPEG -> uint8 memmap) in img/s, and the pretraining data path (``CacheBatches``:
 seeded per-epoch permutation, this rank's share, sorted memmap reads into batches) in img/s. Memory
 is printed as the peak of anonymous memory (what the process itself holds: flat in the number of
@@ -49,15 +51,28 @@ class PeakAnon:
         return max(self.peak, _status_kib("RssAnon")) / 1024
 
 
-def write_archive(root: Path, n: int, size: int) -> list:
+def write_archive(root: Path, n: int, size: int, unique: int) -> list:
+    """Folders of JPEGs holding ``n`` images: rendered parts under ``root.parent/unique``, then links."""
+    import os
+
     from ssl_derm.data import write_synthetic
 
     folders = []
     for i, start in enumerate(range(0, n, CHUNK)):
-        folder = root / f"part{i:03d}"
-        if not (folder / "images").is_dir():
-            write_synthetic(folder, min(CHUNK, n - start), size, seed=i, quiet=True)
-        folders.append(str(folder / "images"))
+        count = min(CHUNK, n - start)
+        source = root.parent / "unique" / f"part{i % max(unique // CHUNK, 1):03d}"
+        if not (source / "images").is_dir():
+            write_synthetic(source, CHUNK, size, seed=i, quiet=True)
+        folder = root / f"part{i:03d}" / "images"
+        if not folder.is_dir():
+            tmp = folder.with_name("images.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for f in sorted((source / "images").iterdir())[:count]:
+                name = tmp / f"p{i:03d}_{f.name}"  # ids unique over the archive (the first of a repeated id wins)
+                if not name.exists():
+                    os.link(f, name)
+            tmp.rename(folder)
+        folders.append(str(folder))
     return folders
 
 
@@ -94,11 +109,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--work", default="/tmp/ssl-derm-scale")
+    p.add_argument("--unique", type=int, default=10000, help="images rendered; larger archives link them again")
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # the measuring child process
     a = p.parse_args(argv)
     work = Path(a.work)
     if a.one:
-        folders = write_archive(work / f"archive{a.one}", a.one, a.image_size)
+        folders = write_archive(work / f"archive{a.one}", a.one, a.image_size, a.unique)
         r = measure(folders, a.image_size, work / f"cache{a.one}", a.batch_size, a.steps)
         print(json.dumps(r))
         return
@@ -106,10 +122,10 @@ def main(argv=None) -> None:
           f"{'path anon MiB':>14} {'peak RSS MiB':>13} {'cache GiB':>10}")
     for n in a.sizes:
         t0 = time.perf_counter()
-        write_archive(work / f"archive{n}", n, a.image_size)
+        write_archive(work / f"archive{n}", n, a.image_size, a.unique)
         write_s = time.perf_counter() - t0
         out = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", str(work), "--image-size",
-                              str(a.image_size), "--batch-size", str(a.batch_size), "--steps", str(a.steps)],
+                              str(a.image_size), "--batch-size", str(a.batch_size), "--steps", str(a.steps), "--unique", str(a.unique)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['n_images']:8d} {write_s:8.1f} {r['cache_build_img_s']:12.0f} {r['cache_build_peak_anon_mib']:15.0f} "

@@ -81,3 +81,12 @@ def test_engine_turns_on_cudnn_autotuning_and_tf32():
         assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = was
+
+
+def test_row_batches_give_the_sampled_rows_in_order():
+    from ssl_derm.evaluate.features import rows_to_batch
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 3, 3), dtype=np.uint8)
+    rows = np.array([7, 2, 7, 11, 0])
+    got = B.RowBatches(images, "cpu").get(rows)
+    assert got.shape == (5, 3, 3, 3) and torch.equal(got, rows_to_batch(images, rows, "cpu"))

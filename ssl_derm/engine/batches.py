@@ -142,3 +142,37 @@ class CacheBatches:
                 pass
             self._thread = None
             self._queue = None
+
+
+class RowBatches:
+    """Batches of chosen cache rows on ``device`` (finetuning, FixMatch, mean teacher: their samplers
+    pick the rows), through the pretraining batch path: the whole cache resident on the GPU when it
+    fits the same budget as :class:`CacheBatches` (a gather on the device), else one host copy per
+    batch (sorted memmap rows straight into pinned memory), copied non-blocking and put back in the
+    sampler's order on the device. images: (N, S, S, 3) uint8."""
+
+    def __init__(self, images, device, resident_fraction: float = 0.25):
+        self.images, self.device = images, torch.device(device)
+        self.resident = None
+        if self.device.type == "cuda":
+            nbytes = int(np.prod(images.shape))
+            free, total = torch.cuda.mem_get_info(self.device)
+            if nbytes < min(resident_fraction * total, 0.5 * free):
+                helper = CacheBatches.__new__(CacheBatches)
+                helper.images, helper.device = images, self.device
+                self.resident = helper._upload(np.arange(len(images)))
+
+    def get(self, rows) -> torch.Tensor:
+        """(B, 3, S, S) uint8 on the device, image i being cache row ``rows[i]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.resident is not None:
+            idx = torch.from_numpy(rows).pin_memory().to(self.device, non_blocking=True)
+            return self.resident.index_select(0, idx).permute(0, 3, 1, 2).contiguous()
+        order = np.argsort(rows, kind="stable")
+        pinned = self.device.type == "cuda"
+        host = torch.empty((len(rows),) + tuple(self.images.shape[1:]), dtype=torch.uint8, pin_memory=pinned)
+        host.numpy()[...] = self.images[rows[order]]  # the one host copy: sorted reads, sequential on a memmap
+        x = host.to(self.device, non_blocking=True)
+        inv = torch.from_numpy(np.argsort(order, kind="stable"))
+        inv = inv.pin_memory().to(self.device, non_blocking=True) if pinned else inv
+        return x.index_select(0, inv).permute(0, 3, 1, 2).contiguous()

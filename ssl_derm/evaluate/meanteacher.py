@@ -13,7 +13,6 @@ from timm.utils import ModelEmaV3
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.evaluate.features import rows_to_batch
 from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
 from ssl_derm.engine import Hook
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
@@ -70,7 +69,7 @@ class MeanTeacherTrainer(ClassifierTrainer):
         p = self.cfg.protocol
         xl, y = self.labelled_batch()
         urows = self.unlabeled.take(p.mu * len(y))
-        xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
+        xu = self.batches.get(urows)
         weak, strong = self.views(torch.cat([xl, xu]))[:2]
         weak_u, strong_u = weak[len(y):], strong[len(y):]
         logits = self.net(torch.cat([weak[:len(y)], strong_u]))
