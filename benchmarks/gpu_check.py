@@ -28,7 +28,7 @@ STEPS = [
     ("kill_resume", 45, 120, False),
     ("ddp", 60, 150, False),
     ("throughput", 80, 180, False),
-    ("finetune_path", 35, 100, False),
+    ("finetune_path", 45, 100, False),
 ]
 MIN_STEP_S = 20  # what each step still to start is owed from the budget
 DRY_RUN_SLOWER = 4  # a dry run's timeouts: the CPU at tiny sizes is slower than the GPU at real ones

@@ -10,7 +10,7 @@
 # Each step runs in its own process under `timeout`; a failing step is recorded and the next one runs.
 # Expected on a fresh H200 (the CPU dry-run time in brackets, 2 shared cores):
 #   env 10 s [5 s] | compile 240 s in the background, beside the next three [190 s] | methods 90 s [100 s]
-#   | kill_resume 45 s [45 s] | ddp 60 s [80 s] | throughput 80 s [30 s] | finetune_path 35 s [15 s]
+#   | kill_resume 45 s [45 s] | ddp 60 s [80 s] | throughput 80 s [25 s] | finetune_path 45 s [30 s]
 set -u
 OUT=${OUT:-runs/gpu_check}
 WORK=${WORK:-/tmp/gpu_check}

@@ -67,7 +67,7 @@ def step_env(fig: Figures, dry: bool, work: Path) -> None:
         p = torch.cuda.get_device_properties(0)
         fig.put("gpu", {"name": p.name, "memory_gib": round(p.total_memory / 2 ** 30, 1),
                         "capability": list(torch.cuda.get_device_capability(0)), "count": torch.cuda.device_count(),
-                        "cuda": torch.version.cuda, "nccl": ".".join(map(str, torch.cuda.nccl.version()))})
+                        "cuda": torch.version.cuda, "nccl": str(torch.cuda.nccl.version())})
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fig.put("precision_auto", resolve_precision(TrainConfig(), dev))
     fig.put("cpus", os.cpu_count())
