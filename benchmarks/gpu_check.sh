@@ -8,9 +8,10 @@
 # Writes only $OUT/summary.json (every step: status, seconds, expected GPU seconds, figures, error tail)
 # and $OUT/log.txt (all output); caches, checkpoints and runs stay under $WORK (default /tmp/gpu_check).
 # Each step runs in its own process under `timeout`; a failing step is recorded and the next one runs.
-# Expected on a fresh H200 (the CPU dry-run time in brackets, 2 shared cores):
-#   env 10 s [5 s] | compile 240 s in the background, beside the next three [190 s] | methods 90 s [100 s]
-#   | kill_resume 45 s [45 s] | ddp 60 s [80 s] | throughput 80 s [25 s] | finetune_path 45 s [30 s]
+# Expected on a fresh H200 (in brackets: the dry run measured on 2 CPU cores shared with other work,
+# 550 s in all, its timeouts 4x the GPU's):
+#   env 10 s [15 s] | compile 240 s in the background, beside the next three [480 s] | methods 90 s [100 s]
+#   | kill_resume 45 s [295 s] | ddp 60 s [85 s] | throughput 80 s [24 s] | finetune_path 45 s [30 s]
 set -u
 OUT=${OUT:-runs/gpu_check}
 WORK=${WORK:-/tmp/gpu_check}
