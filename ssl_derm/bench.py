@@ -19,7 +19,6 @@ schedule, the method's momentum update after each step); only the source of the 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
