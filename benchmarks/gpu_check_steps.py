@@ -74,7 +74,7 @@ def step_env(fig: Figures, dry: bool, work: Path) -> None:
 
 
 def _settings(name: str, dry: bool):
-    from ssl_derm.bench import TINY_METHOD
+    from ssl_derm.commands.bench import TINY_METHOD
     from ssl_derm.config import plugin_settings
 
     extra = dict(TINY_METHOD) if dry else {"dino_out_dim": 4096, "n_prototypes": 300, "queue_length": 256}
@@ -309,7 +309,7 @@ def step_ddp(fig, dry, work):
 
 
 def step_throughput(fig, dry, work):
-    from ssl_derm.bench import run_throughput
+    from ssl_derm.commands.bench import run_throughput
 
     if dry:
         r = run_throughput("simclr", "test_resnet", 32, 8, 2, "cpu", quick=True, workers=2, n_images=64, warmup=1)

@@ -84,7 +84,7 @@ def test_engine_turns_on_cudnn_autotuning_and_tf32():
 
 
 def test_row_batches_give_the_sampled_rows_in_order():
-    from ssl_derm.evaluate.features import rows_to_batch
+    from ssl_derm.models.features import rows_to_batch
 
     images = np.random.default_rng(0).integers(0, 256, (12, 3, 3, 3), dtype=np.uint8)
     rows = np.array([7, 2, 7, 11, 0])

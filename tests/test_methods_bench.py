@@ -1,7 +1,7 @@
 """The throughput benchmark runs end to end on the CPU through the engine and reports every path and ratio."""
 import json
 
-from ssl_derm.bench import main, run_throughput
+from ssl_derm.commands.bench import main, run_throughput
 
 
 def test_run_throughput_tiny(tmp_path, capsys):
@@ -16,7 +16,7 @@ def test_run_throughput_tiny(tmp_path, capsys):
 
 
 def test_lightly_gets_16_workers_and_4_batches_each_by_default(monkeypatch):
-    from ssl_derm import bench
+    from ssl_derm.commands import bench
 
     seen = {}
 
