@@ -11,3 +11,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """(dataset, split): the tiny synthetic protocol set of :func:`support.protocol_data`."""
+    from support import protocol_data
+
+    return protocol_data()

@@ -70,3 +70,8 @@ def test_two_rank_finetune_with_gloo(tmp_path):
     assert len(ckpt["ranks"]) == 2 and ckpt["world_size"] == 2 and ckpt["step"] == 4
     # each rank drew its own augmentations: their saved RNG states differ
     assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
+    # run again into the same --out: rank 0 finds the finished run and every rank stops with it (a rank
+    # that went on alone into DDP would leave the job with 'Connection closed by peer')
+    again = _torchrun(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds this run" in again.stderr

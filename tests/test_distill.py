@@ -11,8 +11,7 @@ from ssl_derm.engine import Engine, load_checkpoint
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.distill import DistillTrainer, distillation_loss, soften
 from ssl_derm.commands.finetune import run_finetune
-from test_protocols import _cfg, _ctx, data  # noqa: F401  (data is a fixture)
-from test_resume import Kill, kill_engine_at, same_weights, strip
+from support import Kill, kill_engine_at, protocol_cfg, protocol_ctx, same_weights, strip
 
 
 def test_distillation_loss_is_the_kl_to_the_teacher():
@@ -34,7 +33,7 @@ def test_distillation_loss_is_the_kl_to_the_teacher():
 
 
 def test_student_restarts_from_the_initial_weights_and_learns_from_the_teacher(data, tmp_path, monkeypatch):
-    ctx = _ctx(data, "distill", tmp_path, **{"protocol.teacher_steps": 3, "train.max_steps": 2})
+    ctx = protocol_ctx(data, "distill", tmp_path, **{"protocol.teacher_steps": 3, "train.max_steps": 2})
     trainer = DistillTrainer(ctx)
     start = {k: v.clone() for k, v in trainer.start_state.items()}
     seen = {}
@@ -68,7 +67,7 @@ def test_distill_end_to_end_keeps_the_teacher_and_exports_the_student(data, tmp_
 
     ds, split = data
     out = tmp_path / "d"
-    m = run_finetune(_cfg("distill", **{"protocol.teacher_steps": 3}), out, dataset=ds, split=split, quiet=True)
+    m = run_finetune(protocol_cfg("distill", **{"protocol.teacher_steps": 3}), out, dataset=ds, split=split, quiet=True)
     saved = json.loads((out / "metrics.json").read_text())
     teacher = saved["info"]["teacher"]
     # the teacher's val figure is its selected state's
@@ -86,15 +85,15 @@ def test_distill_end_to_end_keeps_the_teacher_and_exports_the_student(data, tmp_
 def test_distill_killed_in_either_phase_resumes_to_the_same_result(phase, at, data, tmp_path, monkeypatch):
     ds, split = data
     over = {"train.max_steps": 4, "protocol.teacher_steps": 4, "train.ckpt_every": 2, "protocol.eval_every": 2}
-    full = run_finetune(_cfg("distill", **over), tmp_path / "full", dataset=ds, split=split, quiet=True)
+    full = run_finetune(protocol_cfg("distill", **over), tmp_path / "full", dataset=ds, split=split, quiet=True)
     with monkeypatch.context() as m:
         kill_engine_at(m, at, name=phase)
         with pytest.raises(Kill):
-            run_finetune(_cfg("distill", **over), tmp_path / "killed", dataset=ds, split=split, quiet=True)
+            run_finetune(protocol_cfg("distill", **over), tmp_path / "killed", dataset=ds, split=split, quiet=True)
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / phase / "last.pt")["step"] == 2
     torch.manual_seed(1234)
     np.random.seed(1234)
-    resumed = run_finetune(_cfg("distill", **over), tmp_path / "killed", dataset=ds, split=split, quiet=True)
+    resumed = run_finetune(protocol_cfg("distill", **over), tmp_path / "killed", dataset=ds, split=split, quiet=True)
     for p in ("teacher", "student"):
         same_weights(tmp_path / "full" / "checkpoints" / p / "last.pt", tmp_path / "killed" / "checkpoints" / p / "last.pt")
     assert strip(resumed) == strip(full)
@@ -105,7 +104,7 @@ def test_linear_probe_teacher_is_the_probe_itself(data, tmp_path, monkeypatch):
     no teacher phase runs, and the student trains from the probe."""
     from ssl_derm.evaluate.linear import fit_probe, predict_probs
 
-    ctx = _ctx(data, "distill", tmp_path, **{"protocol.teacher_steps": 0, "protocol.head_init": "linear_probe",
+    ctx = protocol_ctx(data, "distill", tmp_path, **{"protocol.teacher_steps": 0, "protocol.head_init": "linear_probe",
                                               "protocol.linear_C": "[0.1,1.0]", "train.max_steps": 2})
     feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val")}
     _, _, scaler, clf = fit_probe(ctx, feats)

@@ -177,13 +177,34 @@ def test_fp16_autocast_update_close_to_fp32():
     assert torch.allclose(a, b, atol=1e-2) and torch.isfinite(b).all()
 
 
-def test_amp_alias_maps_onto_precision():
+def test_amp_alias_maps_onto_precision(monkeypatch):
     from ssl_derm.engine.precision import resolve_precision
 
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     with pytest.warns(FutureWarning, match="train.precision"):
         assert resolve_precision(_cfg(amp=False), torch.device("cuda")) == "fp32"
     assert resolve_precision(_cfg(), torch.device("cuda")) == "bf16"
     assert resolve_precision(_cfg(), torch.device("cpu")) == "fp32"
+
+
+def test_auto_precision_is_fp16_where_bf16_is_only_emulated(monkeypatch):
+    from ssl_derm.engine.precision import auto_precision
+
+    # a V100/T4: torch emulates bf16 (True with emulation), the hardware has none
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert auto_precision(torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere+
+    assert auto_precision(torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a torch without the argument
+    assert auto_precision(torch.device("cuda")) == "fp16"
+
+
+def test_frozen_features_autocast_follows_auto_precision(monkeypatch):
+    from ssl_derm.engine.precision import autocast_for_inference
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    ctx = autocast_for_inference(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16
 
 
 def _copy(m):

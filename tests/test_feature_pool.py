@@ -8,7 +8,7 @@ from ssl_derm.encoders import create_encoder, weighted_pool
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.models.features import FeatureCache, extract_features
 from ssl_derm.commands.finetune import run_finetune
-from test_protocols import _cfg, data  # noqa: F401  (the fixture)
+from support import protocol_cfg
 
 SIZE = 32
 
@@ -58,7 +58,7 @@ def test_frozen_protocols_pool_over_the_default_segmenters_masks(data, tmp_path,
     monkeypatch.setattr(am, "default_masks", lambda images: calls.append(len(images)) or real(images))
     cache = FeatureCache()
     for protocol in ("knn", "linear"):
-        m = run_finetune(_cfg(protocol, **{"protocol.feature_pool": "lesion"}), tmp_path / protocol, dataset=ds,
+        m = run_finetune(protocol_cfg(protocol, **{"protocol.feature_pool": "lesion"}), tmp_path / protocol, dataset=ds,
                          split=split, quiet=True, feature_cache=cache)
         assert 0.0 <= m["balanced_accuracy"] <= 1.0
     assert calls == [len(ds.images)] * 2  # every row's mask, once per run (an array dataset has no mask cache)
@@ -92,7 +92,7 @@ def test_a_lesion_pooled_result_goes_stale_when_the_default_segmenter_changes(da
     from ssl_derm.segmenters.config import SegmentConfig
 
     ds, split = data
-    cfg = _cfg("linear", **{"protocol.feature_pool": "lesion"})
+    cfg = protocol_cfg("linear", **{"protocol.feature_pool": "lesion"})
     first = run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)
     again = run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)  # the same: reused as it is
     assert again["fingerprint"] == first["fingerprint"] and "derived_sha256" in first["fingerprint"]
@@ -101,5 +101,5 @@ def test_a_lesion_pooled_result_goes_stale_when_the_default_segmenter_changes(da
     monkeypatch.setattr(am, "_segment_config", lambda: changed)
     with pytest.raises(ConfigError, match="lesion masks' recipe"):
         run_finetune(cfg, tmp_path, dataset=ds, split=split, quiet=True)
-    avg = run_finetune(_cfg("linear"), tmp_path / "avg", dataset=ds, split=split, quiet=True)
+    avg = run_finetune(protocol_cfg("linear"), tmp_path / "avg", dataset=ds, split=split, quiet=True)
     assert "derived_sha256" not in avg["fingerprint"]  # plain pooling reads no masks

@@ -1,19 +1,19 @@
 """``ssl-derm label-efficiency``: the pretrained-vs-random table and its paired-by-seed differences, on the tiny
-synthetic data and helpers of test_protocols.py."""
+synthetic data and helpers of support.py."""
 import json
 
 import torch
 
 from ssl_derm.encoders import create_encoder, export_encoder
 from ssl_derm.commands.label_efficiency import run_label_efficiency
-from test_protocols import ENCODER, SIZE, _cfg, data  # noqa: F401  (data is a fixture)
+from support import ENCODER, SIZE, protocol_cfg
 
 
 def test_label_efficiency_table(data, tmp_path):
     ds, split = data
     torch.manual_seed(1)
     ck = export_encoder(create_encoder(ENCODER, SIZE), tmp_path / "enc" / "encoder.safetensors")
-    base = _cfg("knn")
+    base = protocol_cfg("knn")
     rows = run_label_efficiency(base, ck, [0.25, 1.0], ["knn", "linear"], [0], tmp_path / "le", dataset=ds, split=split)
     assert len(rows) == 2 * 2 * 2
     md = (tmp_path / "le" / "label_efficiency.md").read_text()

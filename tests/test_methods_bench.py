@@ -1,18 +1,35 @@
-"""The throughput benchmark runs end to end on the CPU and reports all three paths and both ratios."""
+"""The throughput benchmark runs end to end on the CPU through the engine and reports every path and ratio."""
 import json
-
 
 from ssl_derm.commands.bench import main, run_throughput
 
 
-
 def test_run_throughput_tiny(tmp_path, capsys):
     r = run_throughput("simclr", "resnet18", 32, 4, 1, "cpu", quick=True, workers=0, n_images=8, warmup=1)
-    for key in ("ceiling_img_s", "sslderm_img_s", "lightly_img_s", "augment_only_img_s"):
+    for key in ("ceiling_img_s", "sslderm_img_s", "sslderm_streamed_img_s", "lightly_img_s", "augment_only_img_s"):
         assert r[key] > 0, key
     assert r["ratio_b_a"] == r["sslderm_img_s"] / r["ceiling_img_s"]
+    assert r["ratio_streamed_c"] == r["sslderm_streamed_img_s"] / r["lightly_img_s"]
     assert r["n_images"] == 8 and r["device"] == "cpu" and not r["resident_on_gpu"]
+    assert r["precision"] == "fp32" and r["lightly_batches_per_epoch"] == 2  # the engine's own precision choice
     assert "b/a =" in capsys.readouterr().out
+
+
+def test_lightly_gets_16_workers_and_4_batches_each_by_default(monkeypatch):
+    from ssl_derm.commands import bench
+
+    seen = {}
+
+    def fake_source(data_root, n, src_size, tmp):
+        seen["n"] = n
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(bench, "_source_images", fake_source)
+    try:
+        run_throughput("simclr", "test_resnet", 32, 8, 1, "cpu")
+    except RuntimeError:
+        pass
+    assert bench.LIGHTLY_WORKERS >= 16 and seen["n"] == bench.LIGHTLY_WORKERS * 4 * 8
 
 
 def test_cli_writes_json(tmp_path):

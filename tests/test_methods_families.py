@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import MethodError, build_method
 from ssl_derm.methods.ibot import patch_mask
-from test_methods import RESNET, VIT, tiny_cfg
+from support import RESNET, VIT, tiny_cfg
 
 
 def timm_tokens(encoder, images, mask=None, token=None):
@@ -50,7 +50,7 @@ def test_koleo_adds_weight_times_mean_per_view_koleo(method):
     with torch.no_grad():
         torch.manual_seed(3)
         if method == "ibot":
-            mask = m.random_mask(10, 2, 2, "cpu").flatten(1)
+            mask = m.random_mask(10, 2, 2, "cpu").mask.flatten(1)
             feats = enc.pool(timm_tokens(enc, torch.cat(views), mask, m.mask_token))
         else:
             feats = enc(torch.cat(views))
@@ -60,16 +60,26 @@ def test_koleo_adds_weight_times_mean_per_view_koleo(method):
 
 def test_ibot_patch_mask_counts_and_shapes():
     torch.manual_seed(0)
-    mask = patch_mask(6, 4, 5, prob=1.0, ratio=(0.25, 0.25), device="cpu")
+    mask = patch_mask(6, 4, 5, prob=1.0, ratio=(0.25, 0.25), device="cpu").mask
     assert mask.shape == (6, 4, 5) and mask.dtype == torch.bool
     assert (mask.flatten(1).sum(1) == 5).all()  # round(0.25 * 20)
     assert len({tuple(r.tolist()) for r in mask.flatten(1)}) == 6  # each image draws its own positions
-    freq = patch_mask(2000, 4, 5, prob=1.0, ratio=(0.25, 0.25), device="cpu").float().mean(0)
+    freq = patch_mask(2000, 4, 5, prob=1.0, ratio=(0.25, 0.25), device="cpu").mask.float().mean(0)
     assert ((freq > 0.2) & (freq < 0.3)).all(), freq  # every position equally likely, not a fixed block
     for seed in range(20):  # rarely masked: still at least one patch in the batch, never a whole image
         torch.manual_seed(seed)
-        mask = patch_mask(3, 2, 2, prob=0.01, ratio=(0.1, 0.9), device="cpu")
+        mask = patch_mask(3, 2, 2, prob=0.01, ratio=(0.1, 0.9), device="cpu").mask
         assert 1 <= int(mask.sum()) and (mask.flatten(1).sum(1) < 4).all()
+
+
+def test_ibot_patch_mask_index_and_weight_are_what_boolean_indexing_gives():
+    for seed in range(5):
+        torch.manual_seed(seed)
+        drawn = patch_mask(7, 3, 4, prob=0.6, ratio=(0.1, 0.7), device="cpu")
+        flat = drawn.mask.flatten()
+        assert torch.equal(drawn.index, flat.nonzero().flatten())  # row-major, as tokens[mask] orders them
+        per_image = drawn.mask.flatten(1).sum(1).clamp(min=1).float()
+        assert torch.allclose(drawn.weight, (1 / per_image).expand(12, 7).T.flatten()[flat])
 
 
 def test_ibot_student_sees_mask_tokens_teacher_does_not():
@@ -110,20 +120,53 @@ def test_swav_frozen_prototypes_get_zero_gradient_and_queue_fills():
     m = build_method(tiny_cfg("swav", freeze_prototypes_steps=2, queue_length=12, queue_start_step=1),
                      create_encoder(RESNET, 32), 10)
     views = [torch.randn(4, 3, 32, 32) for _ in range(2)] + [torch.randn(4, 3, 16, 16)]
+    start = m.queue.bank.clone()
     loss, _ = m.training_step(views, 0)
     loss.backward()
     proto = m.prototypes.heads[0].weight
     assert proto.grad is not None and float(proto.grad.abs().sum()) == 0
-    assert all(int(q.bank_ptr) == 4 for q in m.queues)
+    first = m.queue.bank.clone()
+    assert torch.equal(first[:, 4:], start[:, :8])  # the batch went in front, the oldest 4 dropped
     m.zero_grad()
     with torch.no_grad():
         proto.mul_(3.0)  # as an optimiser step would: rows no longer of unit length
     loss, _ = m.training_step(views, 2)  # unfrozen, with the queue
     loss.backward()
     assert float(proto.grad.abs().sum()) > 0
-    assert int(m.queues[0].bank_ptr) == 8  # the second batch went in behind the first
+    assert torch.equal(m.queue.bank[:, 4:], first[:, :8])  # the second batch in front of the first
     unit = m.prototypes.heads[0].weight.norm(dim=1)
     assert torch.allclose(unit, torch.ones_like(unit), atol=1e-5)  # normalised again at the start of this step
+
+
+def test_swav_queue_is_per_rank_state_and_a_resume_continues_it(tmp_path):
+    """The queue is no module buffer (DDP would overwrite each rank's with rank 0's) and the engine
+    checkpoints it per rank: killed after step 3 and resumed, the run ends as the uninterrupted one."""
+    from ssl_derm.config import TrainConfig
+    from ssl_derm.engine import Engine, Hook
+    from ssl_derm.methods.step import MethodStep
+
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+
+    class Kill(Hook):
+        def after_step(self, engine, done):
+            if done == 3:
+                raise KeyboardInterrupt
+
+    def run(ckpt, hooks=()):
+        torch.manual_seed(0)
+        m = build_method(tiny_cfg("swav", queue_length=8), create_encoder("test_resnet", 32), 10)
+        assert not any("queue" in k for k in m.state_dict())
+        cfg = TrainConfig(max_steps=5, batch_size=4, ckpt_every=2, log_every=1, warmup_steps=0, lr=1e-2)
+        eng = Engine(m, cfg, "cpu", forward=MethodStep(m), rank_state=m.rank_state(), ckpt_dir=ckpt,
+                     hooks=list(hooks), progress=False)
+        return eng.fit(lambda module, step, micro: module(views, step)), m
+
+    full, _ = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", [Kill()])
+    resumed, m = run(tmp_path / "cut")
+    assert resumed["resumed_from"] == 2
+    assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-6)
 
 
 def test_ibot_patch_term_by_hand():
@@ -143,7 +186,7 @@ def test_ibot_patch_term_by_hand():
 
     with torch.no_grad():
         torch.manual_seed(4)
-        mask = m.random_mask(6, 2, 2, "cpu")
+        mask = m.random_mask(6, 2, 2, "cpu").mask
         glob = torch.cat(views)
         t = m.teacher_head(timm_tokens(m.teacher_encoder, glob)[:, 1:][mask.flatten(1)])
         s = m.head(timm_tokens(enc, glob, mask.flatten(1), m.mask_token)[:, 1:][mask.flatten(1)])

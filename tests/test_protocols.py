@@ -1,75 +1,38 @@
 """Every protocol end to end on tiny synthetic data (resnet18 at 32 px, a few steps, CPU)."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from ssl_derm.config import ConfigError
-from ssl_derm.data.synth import SYNTH_CLASSES, synth_arrays
 from ssl_derm.encoders import create_encoder
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.context import Context, SplitError, split_rows
-from ssl_derm.segmenters.archive_masks import masks_for
 from ssl_derm.evaluate.linear import EncoderChangedError, run_linear
 from ssl_derm.commands.finetune import run_finetune
 from ssl_derm.evaluate.train import IndexStream
 from ssl_derm.registry import names
-
-SIZE = 32
-ENCODER = "test_resnet"  # timm's 0.4M-parameter ResNet for tests: same code paths as resnet18, 20x fewer weights
-FRACTIONS = ("0.1", "0.25", "1.0")
-
-
-class ArrayDataset(SimpleNamespace):
-    """The fields of ssl_derm.data's Dataset that the protocols read."""
-
-
-@pytest.fixture(scope="module")
-def data():
-    images, masks, labels = synth_arrays(96, SIZE, seed=0)
-    ids = [f"s{i:03d}" for i in range(len(images))]
-    labels = labels.copy()
-    labels[-6:] = -1  # a few images without a label: unlabeled training data
-    ds = ArrayDataset(ids=ids, images=images, masks=masks, labels=labels, classes=list(SYNTH_CLASSES),
-                      lesion_ids=None)
-    rng = np.random.default_rng(0)
-    lab_rows = rng.permutation(np.flatnonzero(labels >= 0))
-    test, val, train = lab_rows[:20], lab_rows[20:30], lab_rows[30:]
-    labelled = {}
-    for frac in FRACTIONS:  # nested subsets with every class present
-        keep = []
-        for c in range(len(SYNTH_CLASSES)):
-            rows_c = train[labels[train] == c]
-            keep += list(rows_c[:max(1, int(round(float(frac) * len(rows_c))))])
-        labelled[frac] = [ids[r] for r in sorted(keep)]
-    split = {"train": [ids[r] for r in train], "val": [ids[r] for r in val], "test": [ids[r] for r in test],
-             "labelled": labelled}
-    return ds, split
-
-
-def _cfg(protocol, **extra):
-    over = [f"protocol.name={protocol}", f"data.image_size={SIZE}", "device=cpu", "train.max_steps=3",
-            f"encoder.name={ENCODER}", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1", "protocol.eval_every=2",
-            "protocol.mu=1", "protocol.feature_batch_size=64", "protocol.linear_C=[1.0]", "split.fraction=0.25",
-            "protocol.seg_decoder_channels=[32,16,16,8,8]"]
-    over += [f"{k}={v}" for k, v in extra.items()]
-    return load_finetune_config(None, over, lenient=True)  # each protocol takes the keys it has
-
+from support import ENCODER, SIZE, protocol_cfg, protocol_ctx
 
 def test_all_protocols_registered():
     assert set(names("protocol")) >= {"knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "distill",
                                       "fewmask_seg"}
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "labelprop", "finetune", "fixmatch", "meanteacher", "distill",
-                                      "lp-ft"])
+def _classifiers():
+    """Every registered protocol that classifies (its settings do not segment), plus LP-FT."""
+    from ssl_derm.config import plugin_settings
+
+    return [n for n in names("protocol") if not plugin_settings("protocol", n).segments] + ["lp-ft"]
+
+
+@pytest.mark.parametrize("protocol", _classifiers())
 def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     ds, split = data
     extra = {"protocol.head_init": "linear_probe"} if protocol == "lp-ft" else {}
     protocol = "finetune" if protocol == "lp-ft" else protocol
-    m = run_finetune(_cfg(protocol, **extra), tmp_path / protocol, dataset=ds, split=split, quiet=True)
+    m = run_finetune(protocol_cfg(protocol, **extra), tmp_path / protocol, dataset=ds, split=split, quiet=True)
     saved = json.loads((tmp_path / protocol / "metrics.json").read_text())
     for key in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc", "per_class_recall", "confusion_matrix"):
         assert key in saved
@@ -79,11 +42,13 @@ def test_classification_protocol_end_to_end(protocol, data, tmp_path):
     assert (tmp_path / protocol / "confusion_matrix.png").is_file()
     assert list((tmp_path / protocol / "tb").iterdir())
     assert m["balanced_accuracy"] == saved["balanced_accuracy"]
+    model = json.loads((tmp_path / protocol / "model.json").read_text())  # what it trained, exported by its type
+    assert model["kind"] == "classifier" and model["protocol"] == protocol and model["head"] in ("timm", "linear", "knn")
 
 
 def test_finetune_vit_with_layer_decay(data, tmp_path):
     ds, split = data
-    cfg = _cfg("finetune", **{"encoder.name": "test_vit", "protocol.llrd": 0.65, "train.max_steps": 2})
+    cfg = protocol_cfg("finetune", **{"encoder.name": "test_vit", "protocol.llrd": 0.65, "train.max_steps": 2})
     m = run_finetune(cfg, tmp_path / "vit", dataset=ds, split=split, quiet=True)
     assert m["info"]["steps"] == 2 and m["encoder"]["name"] == "test_vit"
 
@@ -91,7 +56,7 @@ def test_finetune_vit_with_layer_decay(data, tmp_path):
 def test_balance_options_run(data, tmp_path):
     ds, split = data
     for balance in ("weighted_loss", "balanced_sampler"):
-        m = run_finetune(_cfg("finetune", **{"protocol.balance": balance, "train.max_steps": 2}), tmp_path / balance,
+        m = run_finetune(protocol_cfg("finetune", **{"protocol.balance": balance, "train.max_steps": 2}), tmp_path / balance,
                          dataset=ds, split=split, quiet=True)
         assert m["balance"] == balance
     # the balanced sampler draws each class about equally often even when the labelled set is skewed
@@ -105,21 +70,11 @@ def test_balance_options_run(data, tmp_path):
 @pytest.mark.parametrize("encoder", [ENCODER, "test_vit"])
 def test_fewmask_segmentation_end_to_end(encoder, data, tmp_path):
     ds, split = data
-    cfg = _cfg("fewmask_seg", **{"split.fraction": 0.1, "encoder.name": encoder})
+    cfg = protocol_cfg("fewmask_seg", **{"split.fraction": 0.1, "encoder.name": encoder})
     m = run_finetune(cfg, tmp_path / "seg", dataset=ds, split=split, quiet=True)
     assert 0.0 <= m["dice"] <= 1.0 and 0.0 <= m["jaccard"] <= 1.0
     assert len(m["per_image"]) == 20
     assert m["info"]["n_masks_used"] == len(split["labelled"]["0.1"])
-
-
-def _ctx(data, protocol, tmp_path, **extra):
-    ds, split = data
-    cfg = _cfg(protocol, **extra)
-    torch.manual_seed(0)
-    enc = create_encoder(ENCODER, SIZE)
-    return Context(cfg=cfg, encoder=enc, device=torch.device("cpu"), dataset=ds,
-                   rows=split_rows(ds.ids, ds.labels, split, cfg.split.fraction), out_dir=tmp_path,
-                   mask_source=masks_for)
 
 
 def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
@@ -127,7 +82,7 @@ def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
     from ssl_derm.evaluate.linear import fit_probe, predict_probs
     from ssl_derm.evaluate.train import ClassifierTrainer
 
-    ctx = _ctx(data, "finetune", tmp_path, **{"protocol.head_init": "linear_probe", "protocol.linear_C": "[0.1,1.0]"})
+    ctx = protocol_ctx(data, "finetune", tmp_path, **{"protocol.head_init": "linear_probe", "protocol.linear_C": "[0.1,1.0]"})
     feats = {side: ctx.features(side, l2=False).numpy() for side in ("labelled", "val")}
     C, _, scaler, clf = fit_probe(ctx, feats)
     expected = predict_probs(scaler, clf, feats["val"], ctx.n_classes)
@@ -138,7 +93,7 @@ def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
     assert info["val_history"][0]["step"] == 0  # the probe itself is a model-selection candidate
     assert info["best_val_balanced_accuracy"] >= info["val_history"][0]["val_balanced_accuracy"]
     # a random head predicts something else
-    plain = ClassifierTrainer(_ctx(data, "finetune", tmp_path))
+    plain = ClassifierTrainer(protocol_ctx(data, "finetune", tmp_path))
     assert not np.allclose(plain.predict(ctx.rows["val"]), expected, atol=1e-2)
 
 
@@ -176,7 +131,7 @@ def test_frozen_protocols_with_multistage_tta_features(data, tmp_path):
     cache = FeatureCache()
     for protocol in ("knn", "linear"):
         for stages, tta in ((1, "none"), (2, "d4")):
-            cfg = _cfg(protocol, **{"protocol.feature_stages": stages, "protocol.feature_tta": tta})
+            cfg = protocol_cfg(protocol, **{"protocol.feature_stages": stages, "protocol.feature_tta": tta})
             m = run_finetune(cfg, tmp_path / f"{protocol}{stages}", dataset=ds, split=split, quiet=True, feature_cache=cache)
             assert 0.0 <= m["balanced_accuracy"] <= 1.0
     assert len(cache._store) == 2  # one extraction per feature kind, shared by both protocols
@@ -200,7 +155,7 @@ def test_probe_as_linear_layer_two_classes_and_unseen_class():
 
 
 def test_linear_probe_detects_a_changed_encoder(data, tmp_path, monkeypatch):
-    ctx = _ctx(data, "linear", tmp_path)
+    ctx = protocol_ctx(data, "linear", tmp_path)
     orig = Context.features
 
     def features_that_touch_weights(self, side, l2=True):

@@ -1,5 +1,5 @@
 """Semi-supervised protocols end to end: FixMatch (fixed and FreeMatch thresholds) and label spreading, on the
-tiny synthetic data and helpers of test_protocols.py."""
+tiny synthetic data and helpers of support.py."""
 import numpy as np
 import pytest
 import torch
@@ -9,18 +9,18 @@ from ssl_derm.data.synth import SYNTH_CLASSES
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.fixmatch import FixMatchTrainer
 from ssl_derm.commands.finetune import run_finetune
-from test_protocols import _cfg, _ctx, data  # noqa: F401  (data is a fixture)
+from support import protocol_cfg, protocol_ctx
 
 
 def test_fixmatch_uses_unlabeled_images(data, tmp_path):
-    ctx = _ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 0.0})
+    ctx = protocol_ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 0.0})
     ds, _ = data
     unl = ctx.rows["unlabeled"]
     assert set(np.flatnonzero(ds.labels < 0)) <= set(unl)  # unlabelled images are used
     trainer = FixMatchTrainer(ctx)
     loss, logs = trainer.loss(0)
     assert logs["loss_u"] > 0 and logs["mask_rate"] == 1.0  # threshold 0: every pseudo-label counts
-    ctx = _ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 1.0})
+    ctx = protocol_ctx(data, "fixmatch", tmp_path, **{"protocol.threshold": 1.0})
     loss, logs = FixMatchTrainer(ctx).loss(0)
     assert logs["mask_rate"] == 0.0 and logs["loss_u"] == 0.0  # nobody is that sure: all masked
 
@@ -45,8 +45,8 @@ def test_freematch_thresholds_follow_the_confidence_ema():
 def test_freematch_uses_unlabeled_images_where_a_fixed_threshold_does_not(data, tmp_path):
     ds, split = data
     kw = {"protocol.threshold": 0.99, "train.max_steps": 2}
-    fixed = run_finetune(_cfg("fixmatch", **kw), tmp_path / "fixed", dataset=ds, split=split, quiet=True)
-    free = run_finetune(_cfg("fixmatch", **kw, **{"protocol.threshold_mode": "freematch"}), tmp_path / "free",
+    fixed = run_finetune(protocol_cfg("fixmatch", **kw), tmp_path / "fixed", dataset=ds, split=split, quiet=True)
+    free = run_finetune(protocol_cfg("fixmatch", **kw, **{"protocol.threshold_mode": "freematch"}), tmp_path / "free",
                         dataset=ds, split=split, quiet=True)
     assert fixed["info"]["mean_mask_rate"] == 0.0  # a fresh 7-way head is never 99% sure
     assert free["info"]["mean_mask_rate"] > 0.5  # the adaptive bar starts near 1/K
@@ -58,13 +58,13 @@ def test_freematch_uses_unlabeled_images_where_a_fixed_threshold_does_not(data, 
 
 def test_labelprop_pseudo_labels_the_unlabeled_images(data, tmp_path):
     ds, split = data
-    m = run_finetune(_cfg("labelprop", **{"protocol.labelprop_threshold": 0.0}), tmp_path / "lp", dataset=ds,
+    m = run_finetune(protocol_cfg("labelprop", **{"protocol.labelprop_threshold": 0.0}), tmp_path / "lp", dataset=ds,
                      split=split, quiet=True)
     info = m["info"]
     n_unl = len(split["train"]) - len(split["labelled"]["0.25"]) + int((ds.labels < 0).sum())
     assert info["n_unlabeled"] == n_unl and info["n_pseudo_labelled"] == n_unl
     assert sum(info["pseudo_label_counts"]) == n_unl
-    m = run_finetune(_cfg("labelprop", **{"protocol.labelprop_threshold": 1.0}), tmp_path / "lp1", dataset=ds,
+    m = run_finetune(protocol_cfg("labelprop", **{"protocol.labelprop_threshold": 1.0}), tmp_path / "lp1", dataset=ds,
                      split=split, quiet=True)
     assert m["info"]["n_pseudo_labelled"] < n_unl  # only certain pseudo-labels are kept
 
@@ -89,6 +89,6 @@ def test_spread_labels_follow_clusters_and_balance():
 
 def test_fixmatch_reports_mask_rate(data, tmp_path):
     ds, split = data
-    m = run_finetune(_cfg("fixmatch", **{"protocol.threshold": 0.0, "train.max_steps": 2}), tmp_path / "fm", dataset=ds,
+    m = run_finetune(protocol_cfg("fixmatch", **{"protocol.threshold": 0.0, "train.max_steps": 2}), tmp_path / "fm", dataset=ds,
                      split=split, quiet=True)
     assert m["info"]["mean_mask_rate"] == 1.0 and m["info"]["n_unlabeled"] > 0

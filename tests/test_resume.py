@@ -12,59 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_derm.engine import Engine, Every, load_checkpoint
 from ssl_derm.commands.finetune import run_finetune
+from ssl_derm.engine import load_checkpoint
+from support import Kill, kill_engine_at, lesion_folder, protocol_cfg, same_weights, strip
 
 ROOT = Path(__file__).resolve().parent.parent
-VOLATILE = {"seconds", "resumed_from_step", "train_seconds", "img_per_s", "seconds_per_image"}
-
-
-class Kill(Exception):
-    pass
-
-
-def kill_engine_at(monkeypatch, done_at: int, name: str = ""):
-    """Every Engine built from now on (whose name contains ``name``) raises Kill after step ``done_at``."""
-    orig = Engine.__init__
-
-    def init(self, *a, **kw):
-        orig(self, *a, **kw)
-        if name in self.name:
-            def fn(done):
-                if done == done_at:
-                    raise Kill
-            self.hooks.append(Every(fn, 1))
-
-    monkeypatch.setattr(Engine, "__init__", init)
-
-
-def strip(d):
-    if isinstance(d, dict):
-        return {k: strip(v) for k, v in d.items() if k not in VOLATILE}
-    if isinstance(d, list):
-        return [strip(v) for v in d]
-    return d
-
-
-def same_weights(a: Path, b: Path) -> None:
-    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
-@pytest.fixture(scope="module")
-def data():
-    from test_protocols import data as make  # the same tiny synthetic set as the protocol tests
-
-    return make.__wrapped__()
-
-
 def _ft(protocol, **extra):
-    from test_protocols import _cfg
-
     over = {"train.max_steps": 9, "train.ckpt_every": 3, "protocol.eval_every": 4, **extra}
-    return _cfg(protocol, **over)
+    return protocol_cfg(protocol, **over)
 
 
 @pytest.mark.parametrize("protocol,extra", [("finetune", {}), ("fixmatch", {"protocol.threshold_mode": "freematch"})])
@@ -100,19 +55,13 @@ def test_changed_config_refuses_to_resume(data, tmp_path):
 
 
 def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkeypatch):
-    from test_segment_run import folder as make_folder
     from ssl_derm.config import load_config
     from ssl_derm.segmenters.config import SegmentConfig
     from ssl_derm.commands.segment import run_segment
 
     root = tmp_path / "lesions"
     root.mkdir()
-
-    class F:
-        def mktemp(self, _):
-            return root
-
-    folder = make_folder.__wrapped__(F())
+    folder = lesion_folder(root)
 
     def cfg():
         return load_config(SegmentConfig, None, [

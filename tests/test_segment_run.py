@@ -12,6 +12,7 @@ from PIL import Image
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.data.synth import synth_arrays
 from ssl_derm.commands import segment as run_mod
+from support import lesion_folder
 from ssl_derm.segmenters.config import SegmentConfig
 from ssl_derm.commands.segment import run_segment
 from ssl_derm.segmenters.selftrain import joint_augmentation, loss_weights, reliable_rows
@@ -22,14 +23,7 @@ W, H = 60, 45  # original image size (not square, not the cache size)
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lesions")
-    images, masks, _ = synth_arrays(8, 64, 5)
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i, (x, m) in enumerate(zip(images, masks)):
-        Image.fromarray(x).resize((W, H), Image.Resampling.BILINEAR).save(root / "images" / f"img{i}.png")
-        Image.fromarray(m * 255).resize((W, H), Image.Resampling.NEAREST).save(root / "masks" / f"img{i}.png")
-    return root
+    return lesion_folder(tmp_path_factory.mktemp("lesions"))
 
 
 def _cfg(folder, tmp_path, *extra, masks=True):

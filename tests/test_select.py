@@ -11,7 +11,7 @@ from scipy.stats import t as student_t
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.select import check_select, select_on_val, selection_lines
-from test_sweep import _spec
+from support import sweep_spec
 
 KEYS = ["init", "lr"]
 
@@ -74,7 +74,7 @@ def test_bad_select_keys_are_named(sel, msg):
 def test_sweep_select_picks_each_inits_best_val_setting(tmp_path):
     from ssl_derm.commands.sweep import run_sweep
 
-    spec = yaml.safe_load(_spec(tmp_path).read_text())  # test_sweep's tiny kNN sweep, with its own grid
+    spec = yaml.safe_load(sweep_spec(tmp_path).read_text())  # support's tiny kNN sweep, with its own grid
     spec["metrics"] = ["balanced_accuracy"]
     spec["grid"] = {"init": ["pretrained", "random"], "finetune.protocol.knn_k": [1, 9]}
     spec["select"] = {"by": "val.balanced_accuracy", "tune": ["finetune.protocol.knn_k"], "paired": "init"}

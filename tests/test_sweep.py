@@ -1,25 +1,7 @@
 import csv
 
-import yaml
-
 from ssl_derm.commands.sweep import plan_cells, run_sweep
-
-
-def _spec(tmp_path):
-    spec = {
-        "seeds": [0, 1],
-        "downstream": "finetune",
-        "metrics": ["balanced_accuracy", "accuracy"],
-        "common": {"data.images": ["synthetic"], "data.synthetic_n": 64, "data.image_size": 32,
-                   "data.cache_dir": str(tmp_path / "cache"), "encoder.name": "resnet18", "device": "cpu"},
-        "pretrain": {"set": {"method.name": "simclr", "train.max_steps": 2, "train.batch_size": 8,
-                             "method.proj_hidden_dim": 32, "method.proj_dim": 16}},
-        "finetune": {"set": {"protocol.name": "knn"}},
-        "grid": {"init": ["pretrained", "random"], "finetune.split.fraction": [0.5, 1.0]},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+from support import sweep_spec
 
 
 def _rows(root):
@@ -30,7 +12,7 @@ def _rows(root):
 def test_plan_routes_keys_and_shares_pretraining(tmp_path):
     from ssl_derm.commands.sweep import load_sweep
 
-    cells = plan_cells(load_sweep(_spec(tmp_path)))
+    cells = plan_cells(load_sweep(sweep_spec(tmp_path)))
     assert len(cells) == 8
     pre = {str(sorted(c["pretrain"].items())) for c in cells if c["pretrain"] is not None}
     assert len(pre) == 1  # one pretraining serves every pretrained cell and seed
@@ -44,7 +26,7 @@ def test_command_line_overrides_reach_the_dotted_keys_of_each_section(tmp_path):
     section; any other key is a path into the file (``seeds``)."""
     from ssl_derm.commands.sweep import load_sweep
 
-    path = _spec(tmp_path)
+    path = sweep_spec(tmp_path)
     spec = load_sweep(path, ["grid.finetune.split.fraction=[0.25]", "common.data.image_size=48",
                                         "pretrain.set.train.max_steps=3", "finetune.set.protocol.knn_k=5", "seeds=[4]"])
     cells = plan_cells(spec)
@@ -57,7 +39,7 @@ def test_command_line_overrides_reach_the_dotted_keys_of_each_section(tmp_path):
 
 
 def test_killed_sweep_resumes_to_the_same_table(tmp_path):
-    path = _spec(tmp_path)
+    path = sweep_spec(tmp_path)
     full = run_sweep(path, out=tmp_path / "full")
     rows_full = _rows(full)
     assert len(rows_full) == 8
@@ -84,7 +66,7 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
 def test_workers_run_cells_in_parallel_to_the_same_table(tmp_path):
     """Two worker processes give the table of one process, each cell's output goes to logs/<cell>.log, and
     a rerun skips the finished cells."""
-    path = _spec(tmp_path)
+    path = sweep_spec(tmp_path)
     one = _rows(run_sweep(path, out=tmp_path / "one"))
     par = run_sweep(path, out=tmp_path / "par", workers=2)
     assert _rows(par) == one and len(one) == 8
@@ -101,7 +83,7 @@ def test_a_failing_cell_in_a_worker_names_itself_and_its_log(tmp_path):
 
     from ssl_derm.errors import UserError
 
-    path = _spec(tmp_path)
+    path = sweep_spec(tmp_path)
     with pytest.raises(UserError, match=r"sweep cell \S*fraction-0.3\S* failed \(its output: .*logs/\S*fraction-0.3\S*\.log\)"
                                         r".*split.fraction=0.3"):
         run_sweep(path, out=tmp_path / "sw", workers=2,

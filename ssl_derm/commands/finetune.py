@@ -96,7 +96,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
 
         derived = {"lesion_masks": recipe()}
     fp = fingerprint(cfg, dataset, split.data, cfg.encoder.checkpoint, ext, derived)
-    done = resolve_existing(out_dir, cfg, fp, existing) if main else None
+    # decided on rank 0, broadcast: a rank that returned here alone would leave the others in a collective
+    done = D.from_rank0(lambda: resolve_existing(out_dir, cfg, fp, existing))
     if done is not None:
         return done
     out = prepare_out_dir(out_dir, cfg) if main else Path(out_dir)

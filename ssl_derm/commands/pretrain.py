@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ssl_derm.augment import build_preset, denormalize
 from ssl_derm.config import PretrainConfig
@@ -21,6 +20,7 @@ from ssl_derm.engine import CacheBatches, Engine, Hook, Logger
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError
 from ssl_derm.methods import build_method, lesion_term
+from ssl_derm.methods.step import MethodStep, cache_step
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_metrics
 
 
@@ -43,17 +43,6 @@ def export_target(method, which: str):
                               "use method.export=student")
         return method.teacher_encoder
     return method.encoder
-
-
-class _Step(nn.Module):
-    """Routes DDP's forward to ``method.training_step`` so its gradient-sync hooks fire."""
-
-    def __init__(self, method):
-        super().__init__()
-        self.method = method
-
-    def forward(self, views, step, masks=None):
-        return lesion_term.training_step(self.method, views, step, masks)
 
 
 class _MethodHooks(Hook):
@@ -121,17 +110,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
 
         knn = KNNMonitor(exported, dataset, split, cfg.monitor, cfg.augment, device, logger)
         hooks.append(knn)
-    acc = cfg.train.accumulate
-
-    def step_fn(module, step: int, micro: int):
-        x = batches.get(step * acc + micro)
-        with torch.no_grad():
-            views = augment(x)
-        views_box["views"] = views
-        loss, logs = module(views, step, augment.last_masks)
-        return loss, {**logs, "batch_size": x.shape[0]}
-
-    engine = Engine(method, cfg.train, device, forward=_Step(method), hooks=hooks, config=cfg,
+    step_fn = cache_step(batches, augment, cfg.train.accumulate, views_box)
+    engine = Engine(method, cfg.train, device, forward=MethodStep(method), hooks=hooks, config=cfg,
+                    rank_state=method.rank_state(),
                     ckpt_dir=out / "checkpoints", logger=logger, name="pretrain",
                     sync_batchnorm=getattr(method, "sync_batchnorm_needed", False),
                     compile_modules=[m for m in (method.encoder, getattr(method, "teacher_encoder", None)) if m is not None])

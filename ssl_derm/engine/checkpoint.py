@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ def save_checkpoint(path, state: dict) -> Path:
     """Write ``state`` to ``path`` through a temp file and a rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of its own per process: one writer per node may share a filesystem with another node's
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with written_whole(tmp, path):
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -48,8 +50,9 @@ def rng_state() -> dict:
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": _to_lists(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this rank's own GPU only: a resume may see fewer GPUs than the save did
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -60,7 +63,10 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     random.setstate(_to_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda.cpu())
 
 
 def _to_lists(x):

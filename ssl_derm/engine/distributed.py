@@ -1,8 +1,10 @@
 """DDP through ``torchrun``: process-group set-up, rank helpers, collectives the engine needs."""
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -19,12 +21,30 @@ def init_distributed(device: torch.device, timeout_min: int = 60) -> torch.devic
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     timeout = datetime.timedelta(minutes=timeout_min)
     if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
+        index, backend = cuda_placement(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                        torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+        if backend == "gloo":
+            if local_rank == 0:
+                print(f"ssl-derm: {os.environ.get('LOCAL_WORLD_SIZE')} ranks share {torch.cuda.device_count()} "
+                      "GPU(s) on this node: NCCL refuses two ranks on one GPU, so the gloo backend runs "
+                      "(correct, slower: for checks, not for speed)", flush=True)
+            dist.init_process_group(backend="gloo", timeout=timeout)
+        else:
+            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
     else:
         dist.init_process_group(backend="gloo", timeout=timeout)
+    atexit.register(cleanup)  # the group is destroyed when the run's process ends, whichever way it returns
     return device
+
+
+def cuda_placement(local_rank: int, local_world: int, n_gpus: int):
+    """(GPU index, backend) of a rank: ranks go round the node's GPUs (``local_rank % n_gpus``), so more
+    ranks than GPUs share them (a DDP correctness run on one GPU); NCCL needs one GPU per rank."""
+    if n_gpus < 1:
+        raise RuntimeError("device=cuda under torchrun, but this node has no visible GPU")
+    return local_rank % n_gpus, ("nccl" if local_world <= n_gpus else "gloo")
 
 
 def rank() -> int:
@@ -37,6 +57,11 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def is_node_leader() -> bool:
+    """The first rank of its node (LOCAL_RANK 0): writes what each node keeps on its own disk."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 if dist.is_initialized() else True
 
 
 def barrier() -> None:
@@ -68,6 +93,34 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def from_rank0(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only, its result on every rank: the one place a run decides what every
+    rank must agree on (finished, stale, resume step). An exception raised by ``fn`` on rank 0 is
+    raised on every rank, so no rank goes on into a collective the others have left."""
+    if not dist.is_initialized():
+        return fn()
+    box = [None]
+    if is_main():
+        try:
+            box = [(True, fn())]
+        except Exception as e:  # handed to every rank, raised there
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def broadcast_object(obj, src: int):
+    """``obj`` of rank ``src`` on every rank (pickled; for checkpoint states read on one node only)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def cleanup() -> None:

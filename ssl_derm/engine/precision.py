@@ -1,7 +1,8 @@
 """Numeric precision of a training step: autocast dtype, the fp16 GradScaler, clipping and the step.
 
-``train.precision``: ``bf16`` (the CUDA default: no scaler needed, bf16 has fp32's range), ``fp16``
-(autocast to float16 with a dynamic loss scale, for GPUs without bf16), ``fp32`` (the CPU default).
+``train.precision``: ``bf16`` (no scaler needed, bf16 has fp32's range), ``fp16`` (autocast to float16
+with a dynamic loss scale), ``fp32``; ``auto``: bf16 on GPUs with native bf16, fp16 on those that only
+emulate it (V100, T4), fp32 on the CPU.
 ``train.amp`` is the old switch, kept as a deprecated alias: true -> auto, false -> fp32.
 """
 from __future__ import annotations
@@ -24,10 +25,34 @@ def resolve_precision(cfg, device: torch.device) -> str:
         if kind == "auto" and not cfg.amp:
             kind = "fp32"
     if kind == "auto":
-        kind = "bf16" if device.type == "cuda" else "fp32"
+        kind = auto_precision(device)
     if kind not in DTYPES:
         raise ValueError(f"config key 'train.precision': {kind!r} is not one of auto, bf16, fp16, fp32")
     return kind
+
+
+def bf16_native() -> bool:
+    """True where the current GPU computes bf16 in hardware (Ampere and later), False where torch only
+    emulates it (V100, T4: slower than fp16 there)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before the argument existed: the check was the native one
+        return torch.cuda.is_bf16_supported()
+
+
+def auto_precision(device: torch.device) -> str:
+    """``train.precision=auto`` on ``device``: bf16 on a GPU with native bf16, fp16 on other GPUs, fp32 on the CPU."""
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_native() else "fp16"
+
+
+def autocast_for_inference(device: torch.device):
+    """Autocast of frozen-feature and prediction passes: the dtype ``auto`` picks (no scaler needed without a backward)."""
+    dtype = DTYPES[auto_precision(device)]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 class Precision:

@@ -4,9 +4,8 @@ function ``step_fn(module, step, micro) -> (loss, logs)`` and hooks; it owns eve
 
 Owned here: the optimiser (timm names) and the cosine schedule with warm-up (engine/optim.py), the
 precision (engine/precision.py), gradient accumulation (``train.accumulate`` micro-batches, DDP's
-gradient sync only on the last), ``train.channels_last``, ``train.compile`` (``nn.Module.compile``
-on the modules the run names, so the state-dict keys stay and Python schedule values stay outside
-the compiled graph), clipping, the NaN guard (read on the host only where it matters and OR-ed
+gradient sync only on the last), ``train.channels_last``, ``train.compile`` (:func:`compile_parts`
+on the modules the run names, after any SyncBatchNorm conversion), clipping, the NaN guard (read on the host only where it matters and OR-ed
 over ranks), atomic checkpoints every ``train.ckpt_every`` steps with resume, DDP, TensorBoard, tqdm.
 """
 from __future__ import annotations
@@ -30,6 +29,31 @@ from ssl_derm.runs.resume import check_resume_config, field_defaults
 from ssl_derm.errors import TrainingError
 
 
+def fast_cuda_kernels() -> None:
+    """cuDNN autotuning (fixed input shapes: the best kernel is found once) and TF32 matmuls and
+    convolutions (Ampere and later; float32 parts of a mixed-precision step run on tensor cores)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def compile_parts(modules: Sequence[nn.Module], options: Optional[dict] = None) -> None:
+    """``train.compile``: compile what the step runs. Each module's ``__call__``; for an encoder (a
+    module holding a timm ``model``) also the model's ``forward_features`` and a ViT's ``blocks``, which
+    MAE, SimMIM, iBOT and DenseCL call without going through ``__call__`` (``vit_tokens``,
+    ``forward_dense``). In place: the state-dict keys stay, and Python schedule values (momentum,
+    teacher temperature) stay outside the compiled graphs."""
+    opts = options or {}
+    for m in modules:
+        m.compile(**opts)
+        timm_model = getattr(m, "model", None)
+        if isinstance(timm_model, nn.Module) and hasattr(timm_model, "forward_features"):
+            # an instance attribute: not in the state dict; an outer compiled frame inlines it
+            timm_model.forward_features = torch.compile(timm_model.forward_features, **opts)
+            if isinstance(getattr(timm_model, "blocks", None), nn.Module):
+                timm_model.blocks.compile(**opts)
+
+
 class Engine:
     """Train ``model`` for ``cfg.max_steps`` optimiser steps; see the module docstring.
 
@@ -49,7 +73,7 @@ class Engine:
                  ckpt_dir=None, logger=None, log_prefix: str = "train/", name: str = "train",
                  optimizer=None, schedule: bool = True, layer_decay=None, lr_scales=None, sync_batchnorm: bool = False,
                  compile_modules: Optional[Sequence[nn.Module]] = None, progress: bool = True,
-                 final_checkpoint: bool = True):
+                 final_checkpoint: bool = True, compile_options: Optional[dict] = None):
         self.cfg, self.device, self.model = cfg, torch.device(device), model
         self.hooks, self.rank_state = list(hooks), dict(rank_state or {})
         self.config_defaults = field_defaults(config) if dataclasses.is_dataclass(config) else None
@@ -61,14 +85,17 @@ class Engine:
         self.world, self.main = D.world_size(), D.is_main()
         forward = model if forward is None else forward
         forward.to(self.device)
+        if self.device.type == "cuda":
+            fast_cuda_kernels()
         if cfg.channels_last and self.device.type == "cuda":
             forward.to(memory_format=torch.channels_last)
+        if self.world > 1 and sync_batchnorm and self.device.type == "cuda":
+            # before compiling (in place: the modules to compile are children of forward), so the
+            # compiled graphs hold SyncBatchNorm instead of breaking on each swapped BN layer
+            forward = nn.SyncBatchNorm.convert_sync_batchnorm(forward)
         if cfg.compile:
-            for m in compile_modules or [forward]:
-                m.compile()  # in place: state-dict keys unchanged, schedule values stay Python-side
+            compile_parts(compile_modules or [forward], compile_options)
         if self.world > 1:
-            if sync_batchnorm and self.device.type == "cuda":
-                forward = nn.SyncBatchNorm.convert_sync_batchnorm(forward)
             forward = nn.parallel.DistributedDataParallel(
                 forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = forward
@@ -94,15 +121,28 @@ class Engine:
 
     def save(self, step: int) -> None:
         state = self.state(step)  # a collective under DDP: every rank takes part
-        if self.main:
+        if D.is_node_leader():  # one copy per node: nodes without a shared filesystem each keep theirs
             save_checkpoint(self.last, state)
         self.good_step = step
 
     def resume(self) -> int:
-        """Load ``last.pt`` when ``train.resume`` and it exists; returns the step to start from."""
-        if self.last is None or not self.cfg.resume or not self.last.is_file():
+        """Load ``last.pt`` when ``train.resume`` and it exists; returns the step to start from.
+
+        Under DDP every rank reads its own ``last.pt`` (if its filesystem has one) and the newest of them
+        wins: the rank holding it sends it to ranks that lack it, so all start from the same step even
+        when the nodes share no filesystem or torchrun reassigned the ranks after a restart."""
+        if self.last is None or not self.cfg.resume:
             return 0
-        state = load_checkpoint(self.last)  # on the CPU; see load_checkpoint
+        mine = load_checkpoint(self.last) if self.last.is_file() else None  # on the CPU; see load_checkpoint
+        steps = D.gather_objects(-1 if mine is None else int(mine["step"]))
+        src = max(range(len(steps)), key=lambda r: (steps[r], -r))
+        if steps[src] < 0:
+            return 0
+        if min(steps) != steps[src]:  # some rank lacks the newest checkpoint: it gets rank src's
+            if self.main:
+                print(f"{self.name}: resuming every rank from the checkpoint of rank {src} (step {steps[src]})")
+            mine = D.broadcast_object(mine if D.rank() == src else None, src)
+        state = mine
         check_resume_config(self.last, state.get("config"), self.config, self.config_defaults)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -114,14 +154,14 @@ class Engine:
             if h.name and h.name in state["hooks"]:
                 h.load_state_dict(state["hooks"][h.name])
         ranks = state["ranks"]
-        mine = ranks[D.rank()] if D.rank() < len(ranks) else ranks[0]
+        own = ranks[D.rank()] if D.rank() < len(ranks) else ranks[0]
         if len(ranks) != self.world and self.main:
             print(f"{self.name}: the checkpoint was written by {len(ranks)} rank(s), this run has {self.world}; "
                   "random streams of the extra ranks start from rank 0's")
-        set_rng_state(mine["rng"])
+        set_rng_state(own["rng"])
         for k, obj in self.rank_state.items():
-            if k in mine:
-                obj.load_state_dict(mine[k])
+            if k in own:
+                obj.load_state_dict(own[k])
         eng = state["engine"]
         self.history, self.final_loss = list(eng["history"]), eng["final_loss"]
         self.seen, self.seconds = eng["seen"], eng["seconds"]

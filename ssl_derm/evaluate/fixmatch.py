@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.models.features import rows_to_batch, to_device
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.models.trained import TimmClassifier
 from ssl_derm.registry import register
@@ -134,7 +133,7 @@ class FixMatchTrainer(ClassifierTrainer):
         p = self.cfg.protocol
         xl, y = self.labelled_batch()
         urows = self.unlabeled.take(p.mu * len(y))
-        xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
+        xu = self.batches.get(urows)
         weak, strong = self.views(torch.cat([xl, xu]))[:2]  # one augmentation call for both groups
         logits = self.net(torch.cat([weak, strong[len(y):]]))  # [labelled weak | unlabeled weak | unlabeled strong]
         lx, lw, ls = logits[:len(y)], logits[len(y):len(y) + len(urows)], logits[len(y) + len(urows):]
@@ -151,7 +150,7 @@ class FixMatchTrainer(ClassifierTrainer):
         self.mask_rate.add(mask.mean())
         # pseudo-label quality, for monitoring only (never trained on): NaN when no labelled-known image
         # passed; computed on the device, without a host sync
-        true = to_device(torch.from_numpy(self.labels[urows]), self.device)
+        true = self.labels_on_device.index_select(0, self.row_index(urows))
         sel = ((mask > 0) & (true >= 0)).float()
         hits = ((lw.argmax(1) == true).float() * sel).sum()
         logs["pseudo_label_acc"] = torch.where(sel.sum() > 0, hits / sel.sum().clamp_min(1), torch.nan)

@@ -13,7 +13,6 @@ from timm.utils import ModelEmaV3
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.models.features import rows_to_batch
 from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
 from ssl_derm.engine import Hook
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
@@ -41,6 +40,12 @@ class TeacherUpdate(Hook):
     def __init__(self, ema: ModelEmaV3, model: torch.nn.Module):
         self.ema, self.model = ema, model
 
+    def on_start(self, engine) -> None:
+        # the student was made channels_last by the engine; a teacher left NCHW would run slower kernels
+        # and pay a layout conversion in each EMA update
+        if engine.cfg.channels_last and engine.device.type == "cuda":
+            self.ema.module.to(memory_format=torch.channels_last)
+
     def after_step(self, engine, done: int) -> None:
         self.ema.update(self.model, step=done - 1)
 
@@ -64,7 +69,7 @@ class MeanTeacherTrainer(ClassifierTrainer):
         p = self.cfg.protocol
         xl, y = self.labelled_batch()
         urows = self.unlabeled.take(p.mu * len(y))
-        xu = rows_to_batch(self.ctx.dataset.images, urows, self.device)
+        xu = self.batches.get(urows)
         weak, strong = self.views(torch.cat([xl, xu]))[:2]
         weak_u, strong_u = weak[len(y):], strong[len(y):]
         logits = self.net(torch.cat([weak[:len(y)], strong_u]))

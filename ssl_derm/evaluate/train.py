@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_derm.engine import BestState, Engine
+from ssl_derm.engine.batches import RowBatches
 from ssl_derm.engine import distributed as D
 from ssl_derm.engine.precision import Precision, resolve_precision
 from ssl_derm.errors import ConfigError, SplitError
@@ -70,6 +71,9 @@ class ClassifierTrainer:
         if len(lab) == 0:
             raise SplitError(f"split.fraction={ctx.cfg.split.fraction} leaves no labelled training image")
         self.labels = np.asarray(ctx.dataset.labels, dtype=np.int64)
+        # the pretraining batch path: the cache resident on the GPU when it fits, else one pinned copy
+        self.batches = RowBatches(ctx.dataset.images, self.device)
+        self.labels_on_device = torch.from_numpy(self.labels).to(self.device)
         self.model = ctx.encoder.model
         self.model.reset_classifier(ctx.n_classes)
         self.head_info = self.init_head_from_probe() if p.head_init == "linear_probe" else {}
@@ -104,7 +108,11 @@ class ClassifierTrainer:
     def labelled_batch(self):
         """(B, 3, S, S) uint8 and (B,) int64 labels on the device."""
         rows = self.labelled.take(self.cfg.train.batch_size)
-        return rows_to_batch(self.ctx.dataset.images, rows, self.device), to_device(torch.from_numpy(self.labels[rows]), self.device)
+        return self.batches.get(rows), self.labels_on_device.index_select(0, self.row_index(rows))
+
+    def row_index(self, rows: np.ndarray) -> torch.Tensor:
+        """Cache rows as an index tensor on the device (pinned, non-blocking)."""
+        return to_device(torch.from_numpy(np.asarray(rows, dtype=np.int64)), self.device)
 
     def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=self.class_weights,
@@ -167,7 +175,7 @@ class ClassifierTrainer:
         return {"best_step": best.step if best else 0,
                 "best_val_balanced_accuracy": None if best is None or best.state is None else best.best,
                 "val_history": self.history, "steps": t.max_steps, "resumed_from_step": summary["resumed_from"],
-                **self.head_info}
+                "train_seconds": summary["train_seconds"], "img_per_s": summary.get("img_per_s"), **self.head_info}
 
     def after_fit(self) -> None:
         """After the best state is back: subclasses copy a teacher into ``ctx.encoder.model``."""

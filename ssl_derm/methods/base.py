@@ -44,6 +44,11 @@ class Method(nn.Module, abc.ABC):
     def on_step_end(self, step: int) -> None:
         """Called after the optimiser step; methods with a momentum teacher update it here."""
 
+    def rank_state(self) -> dict:
+        """name -> object with ``state_dict``/``load_state_dict`` that each rank keeps for itself (not
+        in the model state: e.g. SwAV's queue); the engine checkpoints them per rank."""
+        return {}
+
     def momentum(self, step: int) -> float:
         """EMA momentum on a cosine schedule from ``method.momentum`` to ``method.momentum_end``."""
         return cosine_schedule(min(step, self.max_steps), self.max_steps, self.cfg.momentum, self.cfg.momentum_end)

@@ -8,7 +8,8 @@ the CNN route to features that change across an image, which annotation-free seg
 
 Built on lightly: ``DenseCLProjectionHead`` (the per-location MLP), ``select_most_similar`` (the
 matching) and ``NTXentLoss``. Negatives are in-batch, as SimCLR's: the other cells of the batch, one
-direction (view 0 -> 1, then 1 -> 0) at a time (all ranks under DDP), not the paper's momentum queue: lightly keeps a loss's
+direction (view 0 -> 1, then 1 -> 0) at a time, this rank's cells only (at most ``dense_max_cells``),
+not the paper's momentum queue: lightly keeps a loss's
 memory bank out of the state dict, so a resumed run would not continue the run it stopped.
 Works on any encoder with a spatial map: a CNN's last stage (stride 32: at least 4x4 cells from
 128 px up) or a ViT's patch-token grid.
@@ -18,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead, SimCLRProjectionHead
 from lightly.models.utils import select_most_similar
 
 from ssl_derm.config import MethodSettings
 from ssl_derm.errors import ConfigError
+from ssl_derm.methods.losses import NTXentLoss
 from ssl_derm.methods.base import Method, Projector, fp32
 from ssl_derm.registry import register
 
@@ -33,10 +34,15 @@ class DenseCLSettings(Projector, MethodSettings):
     name: str = "densecl"
     temperature: float = 0.2  # both NT-Xent terms
     dense_weight: float = 0.5  # loss = (1 - w) * global + w * dense (the paper's lambda)
+    # cells of this rank in the dense term, drawn at random each step when there are more (0: all).
+    # Its logits are 4 x M x M floats per direction: M = 4096 needs about 1 GiB with their gradients,
+    # where all cells of densecl_vit_small at batch 256 (2 x 50,176) would need about 200 GiB.
+    dense_max_cells: int = 4096
 
     def check(self) -> None:
         self.at_least(0, "temperature", strict=True)
         self.at_least(1, "proj_hidden_dim", "proj_dim")
+        self.at_least(0, "dense_max_cells")
         if not 0.0 <= self.dense_weight <= 1.0:
             raise ConfigError(f"config key 'method.dense_weight': must be in [0, 1], got {self.dense_weight}")
 
@@ -69,13 +75,18 @@ class DenseCL(Method):
         self.projection = SimCLRProjectionHead(encoder.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
         self.dense_projection = DenseCLProjectionHead(encoder.dense_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
-        self.dense_criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
+        # this rank's cells only: every rank's cells as negatives would multiply the logits by the world size
+        self.dense_criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=False)
 
     def dense_loss(self, feats: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """NT-Xent of each view's cells against their matches in the other view, one direction at a time:
         in one batch of both directions, a positive would also stand among its own query's negatives."""
         q, k = dense_pairs(feats, dense)
         (q0, q1), (k1, k0) = q.chunk(2), k.chunk(2)
+        cap = self.cfg.dense_max_cells
+        if cap and q0.shape[0] > cap:  # a random subset of the cells, the same for both directions
+            keep = torch.randperm(q0.shape[0], device=q0.device)[:cap]
+            q0, k1, q1, k0 = (t.index_select(0, keep) for t in (q0, k1, q1, k0))
         return 0.5 * (self.dense_criterion(q0, k1) + self.dense_criterion(q1, k0))
 
     def training_step(self, views, step):
@@ -88,4 +99,6 @@ class DenseCL(Method):
         w = self.cfg.dense_weight
         with fp32(feats.device):
             g, d = self.criterion(z0, z1), self.dense_loss(feats, dense.float())
-        return (1 - w) * g + w * d, {"loss_global": float(g.detach()), "loss_dense": float(d.detach()), "cells": float(feats.shape[-1] * feats.shape[-2])}
+        # the terms as device tensors: the engine reads them on the host only when it logs
+        return (1 - w) * g + w * d, {"loss_global": g.detach(), "loss_dense": d.detach(),
+                                     "cells": float(feats.shape[-1] * feats.shape[-2])}

@@ -6,7 +6,8 @@ replaced by a learnable mask token right after the patch embedding (before posit
 SimMIM does here); the teacher sees them whole. Masking: each global view is masked with probability
 ``ibot_mask_prob``; a masked view loses ``round(r * N)`` of its N patches, r ~ U(``ibot_mask_ratio_min``,
 ``ibot_mask_ratio_max``), positions uniformly at random (iBOT reports random and blockwise masking on par).
-The counts are drawn on the host (torch's CPU generator) and the positions on the device.
+The counts are drawn on the host (torch's CPU generator) and the positions on the device; the masked
+tokens are gathered by index (no boolean-mask indexing: no host sync).
 
 Loss = DINO loss over class tokens (teacher: 2 globals; student: masked globals + local crops)
        + ``patch_loss_weight`` x iBOT loss over the masked patches of each global view
@@ -15,7 +16,9 @@ Loss = DINO loss over class tokens (teacher: 2 globals; student: masked globals 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from lightly.models.utils import deactivate_requires_grad, update_momentum
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from ssl_derm.errors import ConfigError, MethodError
 from ssl_derm.methods.base import Method, allow_any_input_size, fp32, make_teacher, plain_vit, vit_tokens
+from ssl_derm.methods.losses import ibot_patch_loss
 from ssl_derm.methods.dino import DINOSettings, koleo_term, make_dino_head, scheduled_teacher_temp
 from ssl_derm.registry import register
 
@@ -45,16 +49,46 @@ class IBOTSettings(DINOSettings):
                               f"{self.ibot_mask_ratio_max}) must satisfy 0 < min <= max < 1")
 
 
-def patch_mask(b: int, h: int, w: int, prob: float, ratio: tuple, device) -> Tensor:
-    """(B, h, w) bool: image i is masked with probability ``prob``, then round(r_i * h * w) patches
-    (at least 1), r_i ~ U(ratio); at least one patch in the batch is masked so the patch loss exists."""
+class PatchMask(NamedTuple):
+    """A drawn patch mask. mask (B, h, w) bool on the device; index (M,) the masked patches' rows in
+    (B * h * w) order of the flattened patch tokens (row-major, as ``tokens[mask]`` would give them);
+    weight (M,) 1 / (masked patches of the row's image), iBOT's per-image average."""
+
+    mask: Tensor
+    index: Tensor
+    weight: Tensor
+
+
+def _to(x: np.ndarray, device) -> Tensor:
+    """A host array on ``device`` without making the host wait (pinned, non-blocking on a GPU)."""
+    t = torch.from_numpy(x)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def patch_mask(b: int, h: int, w: int, prob: float, ratio: tuple, device) -> PatchMask:
+    """Image i is masked with probability ``prob``, then round(r_i * h * w) patches (at least 1),
+    r_i ~ U(ratio); at least one patch in the batch is masked so the patch loss exists. The counts are
+    drawn on the host (torch's CPU generator), so the number of masked patches is known there and the
+    masked tokens are gathered by index: no boolean-mask indexing, no host sync."""
     n = h * w
     on = torch.rand(b) < prob
     counts = torch.where(on, (torch.empty(b).uniform_(*ratio) * n).round().clamp(1, n - 1), torch.zeros(b))
+    counts = counts.numpy().astype(np.int64)
     if counts.sum() == 0:
         counts[0] = 1
     rank = torch.rand(b, n, device=device).argsort(dim=1).argsort(dim=1)  # a random rank per patch
-    return (rank < counts.to(device).view(b, 1)).view(b, h, w)
+    mask = rank < _to(counts, device).view(b, 1)
+    # each row's masked positions first, in increasing order; then those of the host-known counts taken
+    pos = torch.where(mask, torch.arange(n, device=device), n).sort(dim=1).values[:, :max(int(counts.max()), 1)]
+    width = pos.shape[1]
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = np.repeat(np.arange(b), counts)
+    flat = (pos + torch.arange(b, device=device).view(b, 1) * n).flatten()
+    index = flat.index_select(0, _to(rows * width + within, device))
+    weight = _to(np.repeat(1.0 / np.maximum(counts, 1), counts).astype(np.float32), device)
+    return PatchMask(mask.view(b, h, w), index, weight)
 
 
 @register("method", "ibot", settings=IBOTSettings)
@@ -89,7 +123,7 @@ class IBOT(Method):
     def teacher_temp(self, step: int) -> float:
         return scheduled_teacher_temp(self.cfg, step)
 
-    def random_mask(self, b: int, h: int, w: int, device) -> Tensor:
+    def random_mask(self, b: int, h: int, w: int, device) -> PatchMask:
         c = self.cfg
         return patch_mask(b, h, w, c.ibot_mask_prob, (c.ibot_mask_ratio_min, c.ibot_mask_ratio_max), device)
 
@@ -97,22 +131,28 @@ class IBOT(Method):
         self.expect_views(views, 2, at_least=True)
         glob = torch.cat(views[:2])  # (2B, 3, H, W)
         gh, gw = glob.shape[-2] // self.patch, glob.shape[-1] // self.patch
-        mask = self.random_mask(glob.shape[0], gh, gw, glob.device)  # (2B, gh, gw)
+        drawn = self.random_mask(glob.shape[0], gh, gw, glob.device)  # mask (2B, gh, gw), index (M,)
+        mask = drawn.mask
+
+        def masked(tok):  # (2B, prefix + N, C) -> (M, C), the masked patches' tokens
+            return tok[:, self.prefix:].flatten(0, 1).index_select(0, drawn.index)
+
         with torch.no_grad():
             t_tok = vit_tokens(self.teacher_encoder, glob)  # (2B, prefix + N, C)
             t_cls = self.teacher_head(self.teacher_encoder.pool(t_tok)).float()
-            t_patch = self.teacher_head(t_tok[:, self.prefix:][mask.flatten(1)]).float()  # (M, out)
+            t_patch = self.teacher_head(masked(t_tok)).float()  # (M, out)
         s_tok = vit_tokens(self.encoder, glob, mask=mask.flatten(1), mask_token=self.mask_token)
         s_feats = self.encoder.pool(s_tok)  # (2B, D)
         student = list(self.head(s_feats).float().chunk(2))
         if len(views) > 2:
             student += list(self.head(self.encoder(torch.cat(views[2:]))).float().chunk(len(views) - 2))
-        s_patch = self.head(s_tok[:, self.prefix:][mask.flatten(1)]).float()  # (M, out)
+        s_patch = self.head(masked(s_tok)).float()  # (M, out)
         temp = self.teacher_temp(step)
         with fp32(glob.device):
             loss = self.cls_loss(list(t_cls.chunk(2)), student, teacher_temp=temp)
             # the patch loss averages over the images of both global views (it divides by mask.shape[0])
-            loss = loss + self.cfg.patch_loss_weight * self.patch_loss(t_patch, s_patch, mask, teacher_temp=temp)
+            patch = ibot_patch_loss(self.patch_loss, t_patch, s_patch, drawn.weight, mask.shape[0], temp)
+            loss = loss + self.cfg.patch_loss_weight * patch
             if self.cfg.koleo_weight > 0:
                 loss = loss + koleo_term(s_feats, 2, self.cfg.koleo_weight, self.koleo)
         return loss, {"teacher_temp": temp, "momentum": self.momentum(step)}

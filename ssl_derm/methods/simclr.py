@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ssl_derm.config import MethodSettings
+from ssl_derm.methods.losses import NTXentLoss
 from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 

@@ -5,7 +5,7 @@ Each view is projected, L2-normalised and scored against ``n_prototypes`` unit-n
 codes of each high-resolution (global) view come from Sinkhorn-Knopp on its scores (equal partition
 of the batch over the prototypes); every other view predicts them. An optional queue of past global
 projections (``queue_length`` > 0, used from ``queue_start_step``) enlarges the Sinkhorn batch, which
-small batches need. Prototypes are frozen for the first ``freeze_prototypes_steps`` steps, as in the
+small batches need; each rank keeps its own queue, checkpointed per rank. Prototypes are frozen for the first ``freeze_prototypes_steps`` steps, as in the
 paper, by a zero gradient rather than ``requires_grad=False`` so that DDP and the optimiser see the
 same parameters throughout.
 """
@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
-from lightly.models.modules.memory_bank import MemoryBankModule
-from torch import nn
 
 from ssl_derm.config import MethodSettings
 from ssl_derm.methods.base import Method, Projector, allow_any_input_size, fp32
@@ -42,6 +40,34 @@ class SwAVSettings(Projector, MethodSettings):
         self.at_least(0, "freeze_prototypes_steps", "queue_length", "queue_start_step")
 
 
+class ProjectionQueue:
+    """One FIFO of past projections per global view, (views, length, dim), newest first.
+
+    Each rank keeps its own: Sinkhorn-Knopp sums its partition over the ranks (lightly's
+    ``sinkhorn_gather_distributed``), so the ranks' queues together enter it once each. Not a module
+    buffer, so DDP does not overwrite every rank's queue with rank 0's; the engine saves it per rank
+    (``Method.rank_state``), so a resumed run continues with the queue it stopped with. Starts as
+    random unit vectors (as lightly's memory bank); updated by concatenation (no pointer read on the host).
+    """
+
+    def __init__(self, views: int, length: int, dim: int):
+        self.bank = F.normalize(torch.randn(views, length, dim), dim=-1)
+
+    @torch.no_grad()
+    def swap(self, batches):
+        """batches: one (B, dim) tensor per view -> the queue before them (one (length, dim) per view)."""
+        old = self.bank = self.bank.to(batches[0].device, non_blocking=True)
+        new = torch.stack([torch.cat([b.detach().to(old.dtype), q])[:old.shape[1]] for b, q in zip(batches, old)])
+        self.bank = new
+        return list(old)
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank = state["bank"].clone()
+
+
 @register("method", "swav", settings=SwAVSettings)
 class SwAV(Method):
     """views: [global0, global1, local0, ...]; globals (B,3,H,W), locals (B,3,h,w) of any one size."""
@@ -56,9 +82,11 @@ class SwAV(Method):
         self.prototypes = SwaVPrototypes(cfg.proj_dim, cfg.n_prototypes)
         self.criterion = SwaVLoss(temperature=cfg.temperature, sinkhorn_iterations=cfg.sinkhorn_iterations,
                                   sinkhorn_epsilon=cfg.sinkhorn_epsilon, sinkhorn_gather_distributed=True)
-        # one queue per global view; its buffers are not checkpointed (they refill after a resume)
-        self.queues = nn.ModuleList([MemoryBankModule(size=(cfg.queue_length, cfg.proj_dim), feature_dim_first=False)
-                                     for _ in range(2)]) if cfg.queue_length else None
+        self.queue = ProjectionQueue(2, cfg.queue_length, cfg.proj_dim) if cfg.queue_length else None
+
+    def rank_state(self) -> dict:
+        """Per-rank state the engine checkpoints for each rank: this rank's queue."""
+        return {"swav_queue": self.queue} if self.queue is not None else {}
 
     def scores(self, z: torch.Tensor, step: int) -> torch.Tensor:
         """Normalised projections (N, proj_dim) -> prototype scores (N, n_prototypes)."""
@@ -81,8 +109,8 @@ class SwAV(Method):
             high = [self.scores(t, step) for t in z_high]
             low = [self.scores(t, step) for t in z_low]
             queue = None
-            if self.queues is not None:
-                banks = [q(t.detach(), update=True)[1] for q, t in zip(self.queues, z_high)]
+            if self.queue is not None:
+                banks = self.queue.swap(z_high)  # the queue before this batch; this batch goes in
                 if step >= self.cfg.queue_start_step:
                     with torch.no_grad():
                         queue = [self.scores(b.to(t.dtype), step) for b, t in zip(banks, z_high)]

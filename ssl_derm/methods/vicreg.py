@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 
 from ssl_derm.config import MethodSettings
+from ssl_derm.methods.losses import VICRegLoss
 from ssl_derm.methods.base import Method, Projector
 from ssl_derm.registry import register
 

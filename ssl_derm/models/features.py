@@ -10,6 +10,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ssl_derm.engine.precision import autocast_for_inference
+
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
     """A host tensor on ``device``; to a GPU through pinned memory without blocking, so the host does
@@ -77,7 +79,6 @@ def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 2
     was_training = encoder.training
     encoder.eval()
     out = []
-    use_amp = device.type == "cuda"
     try:
         for i in range(0, len(rows), batch_size):
             x = normalize(rows_to_batch(images, rows[i:i + batch_size], device), aug_cfg)
@@ -88,7 +89,7 @@ def extract_features(encoder, images, rows, aug_cfg, device, batch_size: int = 2
                 weights = tta_views(to_device(m, device), tta)
             f = 0.0
             for v, w in zip(views, weights):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast_for_inference(device):  # bf16 where native, fp16 on older GPUs
                     f = f + pooled(encoder, v, stages, pool, w).float()
             f = f / len(views)
             if l2:

@@ -1,0 +1,102 @@
+"""Several machines, tested on one host: two torchrun "nodes" of one process each, joined by the c10d
+rendezvous (gloo on the CPU), with and without a shared filesystem; a node killed mid-run and the
+job started again resumes from the last checkpoint; the CLI's pretraining and
+finetuning run on two nodes, each with its own --out and cache (no shared filesystem)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(per_node_args, cwd, restarts: int = 0, timeout: int = 240):
+    """Start one torchrun agent per node (node_rank 0 and 1) on 127.0.0.1; per_node_args(node) -> the
+    command after torchrun's options. Returns both CompletedProcess-like (returncode, output)."""
+    port = _port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+               "--rdzv_id=ssl-derm-test", f"--max-restarts={restarts}", "--monitor-interval=0.2",
+               "--rdzv_conf=join_timeout=60",
+               *per_node_args(node)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      cwd=cwd))
+    outs = []
+    for p in procs:
+        try:
+            outs.append((p.wait(timeout=timeout), p.stdout.read()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return outs
+
+
+def _reference(tmp_path):
+    from multinode_worker import train
+
+    return train(tmp_path / "ref_ckpt")  # one process, the same global batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [True, False])
+def test_two_nodes_match_one_process_and_a_killed_node_resumes(tmp_path, shared):
+    ref = _reference(tmp_path)
+    worker = str(ROOT / "tests" / "multinode_worker.py")
+    ckpt = lambda node: tmp_path / ("ckpt" if shared else f"node{node}_ckpt")  # noqa: E731
+    args = lambda node: [worker, str(tmp_path / "out"), str(ckpt(node)), "5"]  # noqa: E731
+    outs = two_nodes(args, tmp_path)  # rank 1 dies after step 5: the job fails on both nodes
+    assert all(rc != 0 for rc, _ in outs) and (tmp_path / "out" / "killed").is_file()
+    outs = two_nodes(args, tmp_path)  # the same command again
+    assert all(rc == 0 for rc, _ in outs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    got = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert got["world"] == 2
+    assert got["resumed_from"] == 4  # the last checkpoint before the kill (every 2 steps)
+    assert got["weight"] == pytest.approx(ref["weight"], abs=1e-5) and got["bias"] == pytest.approx(ref["bias"], abs=1e-5)
+    if not shared:  # each node keeps its own copy of the checkpoints
+        assert (tmp_path / "node0_ckpt" / "last.pt").is_file() and (tmp_path / "node1_ckpt" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_cli_pretrain_and_finetune_on_two_nodes_without_a_shared_filesystem(tmp_path):
+    def data(node):
+        return ["device=cpu", "data.images=[synthetic]", "data.synthetic_n=48", "data.image_size=32",
+                f"data.cache_dir={tmp_path / f'node{node}' / 'cache'}", "encoder.name=test_resnet"]
+
+    def pretrain(node):
+        return ["-m", "ssl_derm.cli", "pretrain", "--config", str(ROOT / "configs" / "pretrain" / "simclr_resnet18.yaml"),
+                "--out", str(tmp_path / f"node{node}" / "pre"), *data(node),
+                "method.name=simclr", "train.max_steps=3", "train.batch_size=4", "method.proj_hidden_dim=32",
+                "method.proj_dim=16", "train.ckpt_every=2", "monitor.every_steps=0"]
+
+    outs = two_nodes(pretrain, tmp_path)
+    assert all(rc == 0 for rc, _ in outs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    metrics = json.loads((tmp_path / "node0" / "pre" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    assert (tmp_path / "node1" / "pre" / "checkpoints" / "last.pt").is_file()  # node 1 keeps its own
+
+    def finetune(node):
+        return ["-m", "ssl_derm.cli", "finetune", "--config", str(ROOT / "configs" / "finetune" / "finetune.yaml"),
+                "--out", str(tmp_path / f"node{node}" / "ft"), *data(node), "encoder.checkpoint=none",
+                "train.batch_size=4", "train.max_steps=2", "train.ckpt_every=2", "protocol.eval_every=2",
+                "split.fraction=1.0"]
+
+    for attempt in range(2):  # the second run finds the finished run on rank 0 and every rank stops there
+        outs = two_nodes(finetune, tmp_path)
+        assert all(rc == 0 for rc, _ in outs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    assert "already holds this run" in outs[0][1]
+    assert json.loads((tmp_path / "node0" / "ft" / "metrics.json").read_text())["world_size"] == 2
