@@ -19,3 +19,14 @@ def data():
     from support import protocol_data
 
     return protocol_data()
+
+
+@pytest.fixture(scope="module")
+def synth_folder(tmp_path_factory):
+    """24 synthetic 32 px images on disk, as `ssl-derm data synth` writes them: images/, masks/ and
+    labels.csv (image_id, label, lesion_id)."""
+    from ssl_derm.data import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth") / "s"
+    write_synthetic(root, n=24, size=32, seed=0, quiet=True)
+    return root

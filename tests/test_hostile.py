@@ -20,11 +20,9 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """24 synthetic 32 px images with labels, lesion ids and masks."""
-    root = tmp_path_factory.mktemp("hostile")
-    write_synthetic(root / "s", n=24, size=SIZE, seed=0, quiet=True)
-    return root / "s"
+def synth(synth_folder):
+    """The shared 24-image synthetic folder (conftest), read only: a test that edits it works on a copy."""
+    return synth_folder
 
 
 def _copy(synth, tmp_path):

@@ -10,16 +10,14 @@ import sys
 import pytest
 
 from ssl_derm.cli import main
-from ssl_derm.data import write_synthetic
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    write_synthetic(root / "s", n=24, size=SIZE, seed=0, quiet=True)
-    return root / "s"
+def synth(synth_folder):
+    """The shared 24-image synthetic folder (conftest), read only: a test that edits it works on a copy."""
+    return synth_folder
 
 
 def _err(capsys):
