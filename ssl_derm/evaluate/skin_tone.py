@@ -1,0 +1,181 @@
+"""Skin tone per image: the individual typology angle (ITA) of the skin around the lesion, and its group.
+
+    ITA = atan2(L* - 50, b*) * 180 / pi   (degrees; CIELAB, D65; higher = lighter skin)
+
+grouped on the usual scale (Chardon et al. 1991; Del Bino et al. 2013): very light > 55, light 41-55,
+intermediate 28-41, tan 10-28, brown -30-10, dark < -30 (a value on an edge goes to the lighter group).
+
+Which pixels: the band 3-15 px (at 128 px, scaled with the image) outside the lesion mask that the
+segmenter found, inside the dermoscope's field of view (:func:`ssl_derm.segment.prep.prepare`), without
+
+- hair: pixels the hair-removing grey closing (:func:`ssl_derm.segment.colour.remove_hair`) lightens by
+  more than ``HAIR_DL`` in L* (a hair is a thin dark line the closing fills in);
+- glare: very bright, low-saturation pixels (HSV value > 0.9 and saturation < 0.15), the dermoscope's
+  specular highlights, which would read as very light skin.
+
+A lesion that fills the band's room leaves too few pixels: then every skin pixel of the field of view
+outside the lesion counts; with fewer than ``MIN_SKIN_PIXELS`` the ITA is NaN and the group ``unknown``.
+The ITA is that of the median L* and the median b* of those pixels (robust to the remaining hair, ink,
+vessels and a lesion edge that leaks into the band), not the mean of per-pixel angles, which is unstable
+where b* is near 0.
+
+Why written here: the formula is one line; what an ITA needs is the lesion's surroundings, which only
+ssl-derm's own annotation-free segmenter knows. The one ITA package on PyPI (``derm-ita``, 2021) computes
+the angle of a whole image or a given patch and brings its own colour stack; the colour conversion here is
+kornia's ``rgb_to_lab`` (sRGB, D65), the one the segmenters use (:func:`ssl_derm.segment.colour.to_lab`).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+GROUPS = ("very_light", "light", "intermediate", "tan", "brown", "dark")  # lightest first
+EDGES = (55.0, 41.0, 28.0, 10.0, -30.0)  # lower edge of each group but the last, degrees
+UNKNOWN = "unknown"
+BAND_PX = (3.0, 15.0)  # skin band outside the lesion: from, to (px at 128)
+HAIR_DL = 8.0  # L* a hair pixel gains from the closing
+GLARE_VALUE, GLARE_SATURATION = 0.9, 0.15
+MIN_SKIN_PIXELS = 20
+RECIPE_VERSION = 1  # bump when the pixels or the statistic change: cached ITAs are then recomputed
+
+
+def ita_degrees(lightness, b) -> np.ndarray:
+    """ITA in degrees of CIELAB L* (0-100) and b* (arrays of one shape)."""
+    return np.degrees(np.arctan2(np.asarray(lightness, float) - 50.0, np.asarray(b, float)))
+
+
+def ita_group(ita) -> List[str]:
+    """Group name of each ITA (degrees; NaN -> ``unknown``)."""
+    out = []
+    for v in np.atleast_1d(np.asarray(ita, float)):
+        if not np.isfinite(v):
+            out.append(UNKNOWN)
+            continue
+        k = next((i for i, edge in enumerate(EDGES) if v >= edge), len(EDGES))
+        out.append(GROUPS[k])
+    return out
+
+
+def _glare(images: np.ndarray) -> np.ndarray:
+    """bool (N, S, S): specular highlights of uint8 (N, S, S, 3) images."""
+    x = images.astype(np.float32) / 255.0
+    value = x.max(-1)
+    saturation = (value - x.min(-1)) / np.maximum(value, 1e-6)
+    return (value > GLARE_VALUE) & (saturation < GLARE_SATURATION)
+
+
+def skin_pixels(images: np.ndarray, lesion: np.ndarray, settings=None):
+    """-> (skin bool (N, S, S), lab float32 (N, 3, S, S)) of uint8 (N, S, S, 3) images and their lesion
+    masks (N, S, S) (any dtype, nonzero = lesion). ``settings``: a ``segment`` section (hair kernel,
+    vignette); the default segmenter's when None."""
+    from ssl_derm.segment.colour import scaled_px, to_lab
+    from ssl_derm.segment.prep import prepare
+
+    if settings is None:
+        from ssl_derm.segment.config import SegmentConfig
+
+        settings = SegmentConfig().segment
+    images = np.ascontiguousarray(images)
+    size = images.shape[1]
+    prep = prepare(images, settings)
+    lab = to_lab(images)
+    hair = (prep.lab[:, 0] - lab[:, 0]) > HAIR_DL
+    usable = prep.valid & ~hair & ~_glare(images)
+    inner, outer = (scaled_px(p, size) for p in BAND_PX)
+    skin = np.zeros(usable.shape, bool)
+    for i in range(len(images)):
+        les = np.asarray(lesion[i]) > 0
+        if not les.any():
+            skin[i] = usable[i]
+            continue
+        d = ndi.distance_transform_edt(~les)  # px to the nearest lesion pixel
+        band = usable[i] & (d > inner) & (d <= outer)
+        skin[i] = band if band.sum() >= MIN_SKIN_PIXELS else usable[i] & (d > inner)
+    return skin, lab
+
+
+def image_ita(images: np.ndarray, lesion: np.ndarray, settings=None) -> np.ndarray:
+    """(N,) float32 ITA (degrees) of uint8 (N, S, S, 3) images with lesion masks (N, S, S); NaN where
+    fewer than ``MIN_SKIN_PIXELS`` skin pixels are left."""
+    if len(images) == 0:
+        return np.zeros(0, np.float32)
+    skin, lab = skin_pixels(images, lesion, settings)
+    out = np.full(len(images), np.nan, np.float32)
+    for i in range(len(images)):
+        if skin[i].sum() >= MIN_SKIN_PIXELS:
+            out[i] = ita_degrees(np.median(lab[i, 0][skin[i]]), np.median(lab[i, 2][skin[i]]))
+    return out
+
+
+def default_ita(images: np.ndarray, batch_size: int = 64, segmenter=None) -> np.ndarray:
+    """(N,) ITA of uint8 (N, S, S, 3) images around the default segmenter's lesion masks (in memory)."""
+    from ssl_derm.segment.archive_masks import default_masks, default_segmenter
+
+    segmenter = segmenter or default_segmenter()
+    parts = [image_ita(np.asarray(images[i:i + batch_size]),
+                       default_masks(np.asarray(images[i:i + batch_size]), segmenter))
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _entry(dataset) -> Optional[Path]:
+    """The cache file of ``dataset``'s ITAs (beside its lesion masks), or None without an image cache."""
+    if getattr(dataset, "cache_dir", None) is None or not getattr(dataset, "key", None):
+        return None
+    from ssl_derm.data.cache import _fingerprint
+    from ssl_derm.segment.archive_masks import entry_dir
+
+    masks = entry_dir(dataset)
+    return masks.parent / f"skin-tone-{masks.name}-{_fingerprint([RECIPE_VERSION, BAND_PX, HAIR_DL])[:12]}.npy"
+
+
+def dataset_ita(dataset, progress: bool = False) -> np.ndarray:
+    """(N,) float32 ITA of every row of ``dataset.images``: cached beside the image cache (keyed by the
+    lesion masks' entry, which hashes the images and the default segmenter, and this file's recipe),
+    computed in memory for a dataset without a cache entry."""
+    path = _entry(dataset)
+    if path is not None and path.is_file():
+        ita = np.load(path, allow_pickle=False)
+        if len(ita) == len(dataset.images):
+            return ita
+    if path is None:
+        return default_ita(dataset.images)
+    from ssl_derm.segment.archive_masks import archive_masks
+
+    masks = archive_masks(dataset, progress=progress)
+    bs = 64
+    ita = np.concatenate([image_ita(np.asarray(dataset.images[i:i + bs]), np.asarray(masks[i:i + bs]))
+                          for i in range(0, len(masks), bs)]) if len(masks) else np.zeros(0, np.float32)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    np.save(tmp, ita.astype(np.float32))
+    os.replace(tmp, path)
+    return ita
+
+
+def write_skin_tone_csv(path, ids: Sequence[str], ita: np.ndarray) -> Path:
+    """``image_id,ita,group`` (ITA rounded to 0.01 degree; empty and ``unknown`` where NaN), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "ita", "group"])
+        for i, v, g in zip(ids, ita, ita_group(ita)):
+            w.writerow([i, f"{v:.2f}" if np.isfinite(v) else "", g])
+    os.replace(tmp, path)
+    return path
+
+
+def distribution(ita: np.ndarray) -> dict:
+    """{group: count} over ``GROUPS`` and ``unknown``, plus the median and quartiles of the finite ITAs."""
+    names = ita_group(ita)
+    out = {g: names.count(g) for g in GROUPS + (UNKNOWN,)}
+    v = np.asarray(ita, float)
+    v = v[np.isfinite(v)]
+    if len(v):
+        out.update(median=float(np.median(v)), q25=float(np.quantile(v, 0.25)), q75=float(np.quantile(v, 0.75)))
+    return out
