@@ -1,0 +1,103 @@
+"""Scores per skin-tone group and the worst-group gap: the ``skin_tone`` block of metrics.json.
+
+    {"min_images": 20, "n_unknown": 0, "edges": [55, 41, 28, 10, -30],
+     "groups": {"very_light": {"n": 140, "balanced_accuracy": 0.71, "balanced_accuracy_ci": [..], "macro_auroc": ..,
+                               "macro_auroc_ci": [..], "accuracy": .., "ita_median": ..},
+                "dark": {"n": 7, "status": "too_few"}, ...},
+     "worst_group_gap": {"balanced_accuracy": 0.08, "balanced_accuracy_ci": [..], "best": "light", "worst": "tan"}}
+
+Groups are those of :mod:`ssl_derm.evaluate.skin_tone` (ITA of the skin around the lesion). A group with
+fewer than ``MIN_GROUP_IMAGES`` images gets no score, only its count and ``"status": "too_few"``: a
+balanced accuracy of 7 images has an interval as wide as the scale. Balanced accuracy averages the
+recall of the classes present in the group; AUROC is one-vs-rest over them (None with one class).
+Intervals: one lesion-grouped bootstrap of the whole side (:mod:`ssl_derm.evaluate.bootstrap`), each
+resample scored per group, so the gap's interval is that of (best - worst) within the same resamples.
+The gap is that of balanced accuracy and of AUROC between the best and the worst scored group.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ssl_derm.evaluate.skin_tone import EDGES, GROUPS, UNKNOWN, ita_group
+
+MIN_GROUP_IMAGES = 20
+TOO_FEW = "too_few"
+GAP_METRICS = ("balanced_accuracy", "macro_auroc")
+
+
+def skin_tone_block(y, probs, ita, classes: Sequence[str], groups: Optional[Sequence] = None,
+                    min_images: int = MIN_GROUP_IMAGES, n_resamples: Optional[int] = None) -> dict:
+    """The ``skin_tone`` block of one side: ``y`` (N,) int labels, ``probs`` (N, K), ``ita`` (N,) degrees
+    (NaN: unknown), ``groups`` (N,) lesion ids for the bootstrap or None."""
+    from ssl_derm.evaluate.bootstrap import N_RESAMPLES, SEED, percentile_ci, resample_weights, resampled_classification
+    from ssl_derm.evaluate.metrics import classification_metrics
+
+    y = np.asarray(y, np.int64)
+    probs = np.asarray(probs, np.float64)
+    ita = np.asarray(ita, np.float64)
+    names = np.array(ita_group(ita)) if len(ita) else np.zeros(0, str)
+    w = resample_weights(groups, len(y), n_resamples or N_RESAMPLES, SEED)
+    block, boot = {}, {}
+    for g in GROUPS:
+        idx = np.flatnonzero(names == g)
+        if len(idx) < min_images:
+            block[g] = {"n": int(len(idx)), "status": TOO_FEW}
+            continue
+        m = classification_metrics(y[idx], probs[idx], classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res = resampled_classification(y[idx], probs[idx], w[:, idx])
+        boot[g] = res
+        block[g] = {"n": int(len(idx)), "balanced_accuracy": m["balanced_accuracy"], "macro_auroc": m["macro_auroc"],
+                    "accuracy": m["accuracy"], "ita_median": float(np.median(ita[idx])),
+                    "classes_present": sorted({classes[c] for c in y[idx]}),
+                    **{f"{k}_ci": percentile_ci(res[k]) for k in ("balanced_accuracy", "macro_auroc", "accuracy")}}
+    return {"min_images": int(min_images), "edges": list(EDGES), "n_unknown": int((names == UNKNOWN).sum()),
+            "groups": block, "worst_group_gap": _gap(block, boot)}
+
+
+def _gap(block: dict, boot: dict) -> dict:
+    scored = [g for g in GROUPS if "status" not in block[g]]
+    if len(scored) < 2:
+        return {"status": "fewer than two groups with enough images", "groups_scored": scored}
+    from ssl_derm.evaluate.bootstrap import percentile_ci
+
+    out = {}
+    for k in GAP_METRICS:
+        have = [g for g in scored if block[g][k] is not None]
+        if len(have) < 2:
+            out[k] = None
+            continue
+        vals = {g: block[g][k] for g in have}
+        best, worst = max(vals, key=vals.get), min(vals, key=vals.get)
+        stack = np.stack([boot[g][k] for g in have], 1)  # (B, groups)
+        with warnings.catch_warnings():  # a resample without a group's images: NaN, left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gaps = np.nanmax(stack, 1) - np.nanmin(stack, 1)
+        out[k] = vals[best] - vals[worst]
+        out[f"{k}_ci"] = percentile_ci(gaps)
+        out[f"{k}_best"], out[f"{k}_worst"] = best, worst
+    return out
+
+
+def table_lines(block: dict) -> list:
+    """Markdown rows of a ``skin_tone`` block (group, n, balanced accuracy [CI], AUROC [CI])."""
+    def fmt(v, ci):
+        return "-" if v is None else (f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+
+    lines = ["| group | n | median ITA | balanced accuracy [95% CI] | macro AUROC [95% CI] |", "|---|---|---|---|---|"]
+    for g in GROUPS:
+        r = block["groups"][g]
+        if "status" in r:
+            lines.append(f"| {g} | {r['n']} | - | {r['status']} (< {block['min_images']}) | - |")
+        else:
+            lines.append(f"| {g} | {r['n']} | {r['ita_median']:.1f} | {fmt(r['balanced_accuracy'], r['balanced_accuracy_ci'])} "
+                         f"| {fmt(r['macro_auroc'], r['macro_auroc_ci'])} |")
+    gap = block["worst_group_gap"]
+    if "balanced_accuracy" in gap and gap["balanced_accuracy"] is not None:
+        lines.append(f"| worst-group gap ({gap['balanced_accuracy_best']} - {gap['balanced_accuracy_worst']}) | | | "
+                     f"{fmt(gap['balanced_accuracy'], gap['balanced_accuracy_ci'])} | "
+                     f"{fmt(gap.get('macro_auroc'), gap.get('macro_auroc_ci'))} |")
+    return lines
