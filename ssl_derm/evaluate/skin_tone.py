@@ -123,6 +123,14 @@ def default_ita(images: np.ndarray, batch_size: int = 64, segmenter=None) -> np.
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def rows_ita(images: np.ndarray, rows: np.ndarray, masks: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(len(rows),) ITA of ``images[rows]`` (uint8 (N, S, S, 3), e.g. a cache memmap) around ``masks``
+    (len(rows), S, S), a batch at a time."""
+    parts = [image_ita(np.asarray(images[rows[i:i + batch_size]]), np.asarray(masks[i:i + batch_size]))
+             for i in range(0, len(rows), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 def _entry(dataset) -> Optional[Path]:
     """The cache file of ``dataset``'s ITAs (beside its lesion masks), or None without an image cache."""
     if getattr(dataset, "cache_dir", None) is None or not getattr(dataset, "key", None):
@@ -179,3 +187,20 @@ def distribution(ita: np.ndarray) -> dict:
     if len(v):
         out.update(median=float(np.median(v)), q25=float(np.quantile(v, 0.25)), q75=float(np.quantile(v, 0.75)))
     return out
+
+
+def write_folder_skin_tone(images: Sequence[str], out_dir, image_size: int = 128, cache_dir: Optional[str] = None) -> Path:
+    """``out_dir/skin_tone.csv`` of every usable image under the folders ``images`` (``ssl-derm data check
+    --out``): decoded through the image cache at ``image_size``, ITAs cached beside it; prints the counts."""
+    from ssl_derm.config import DataConfig
+    from ssl_derm.data import load_dataset
+
+    ds = load_dataset(DataConfig(images=[str(p) for p in images], image_size=image_size, cache_dir=cache_dir))
+    ita = dataset_ita(ds, progress=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_skin_tone_csv(out / "skin_tone.csv", ds.ids, ita)
+    d = distribution(ita)
+    print(f"skin tone (ITA) of {len(ita)} images -> {path}: " + ", ".join(f"{g} {d[g]}" for g in GROUPS + (UNKNOWN,))
+          + (f"; median {d['median']:.1f} deg" if "median" in d else ""))
+    return path
