@@ -83,3 +83,95 @@ def test_calibration_png_is_written(tmp_path):
     probs = _softmax(rng.normal(0, 2, (50, 3)))
     path = save_calibration_png(rng.integers(0, 3, 50), probs, tmp_path / "calibration.png", "t")
     assert path.stat().st_size > 1000
+
+
+# --- the contract: a linear probe on `ssl-derm data synth` output, then `ssl-derm predict` of its model
+
+@pytest.fixture(scope="module")
+def probe_runs(tmp_path_factory):
+    """Two linear-probe runs on one synthetic set: uncalibrated and protocol.calibrate=temperature."""
+    from ssl_derm.cli import main
+
+    root = tmp_path_factory.mktemp("calib")
+    assert main(["data", "synth", "--out", str(root / "s"), "--n", "360", "--size", "40", "--seed", "2"]) == 0
+    base = [f"data.images=[{root / 's' / 'images'}]", f"data.labels={root / 's' / 'labels.csv'}",
+            "data.image_size=32", f"data.cache_dir={root / 'cache'}", "data.test_frac=0.5", "encoder.name=test_resnet",
+            "encoder.checkpoint=none", "split.fraction=1.0", "device=cpu", "protocol.linear_C=[10.0]"]
+    runs = {}
+    for how in ("none", "temperature"):
+        runs[how] = root / f"run_{how}"
+        assert main(["finetune", "--config", "configs/finetune/linear.yaml", "--out", str(runs[how]), *base,
+                     f"protocol.calibrate={how}"]) == 0
+    return root, runs
+
+
+def test_finetune_metrics_have_calibration_and_skin_tone(probe_runs):
+    import json
+
+    from ssl_derm.evaluate.skin_tone import GROUPS
+
+    root, runs = probe_runs
+    m = json.loads((runs["none"] / "metrics.json").read_text())
+    for k in ("ece", "brier", "nll", "aurc"):
+        assert isinstance(m[k], float) and len(m[f"{k}_ci"]) == 2
+    groups = m["skin_tone"]["groups"]
+    assert set(groups) == set(GROUPS) and sum(g["n"] for g in groups.values()) + m["skin_tone"]["n_unknown"] == m["n"]
+    scored = [g for g in groups.values() if "status" not in g]
+    assert scored and all(0 <= g["balanced_accuracy"] <= 1 and g["n"] >= 20 for g in scored)
+    assert all(g["status"] == "too_few" and "balanced_accuracy" not in g for g in groups.values() if g["n"] < 20)
+    assert (runs["none"] / "calibration.png").stat().st_size > 1000
+    assert "calibration" not in m and json.loads((runs["none"] / "model.json").read_text())["temperature"] == 1.0
+
+
+def test_predict_applies_the_stored_temperature(probe_runs):
+    import json
+
+    from ssl_derm.cli import main
+    from ssl_derm.serve.predict import read_predictions
+
+    root, runs = probe_runs
+    cal = json.loads((runs["temperature"] / "metrics.json").read_text())["calibration"]
+    t = json.loads((runs["temperature"] / "model.json").read_text())["temperature"]
+    assert t == pytest.approx(cal["temperature"]) and t != pytest.approx(1.0, abs=1e-3)
+    assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    raw, fixed = np.load(runs["none"] / "test_probs.npy"), np.load(runs["temperature"] / "test_probs.npy")
+    np.testing.assert_allclose(fixed, apply_temperature(raw, t), atol=1e-5)  # the same probe, scaled
+    preds = {}
+    for how, run in runs.items():
+        out = root / f"pred_{how}"
+        assert main(["predict", "--model", str(run), "--images", str(root / "s" / "images"), "--out", str(out),
+                     "device=cpu", f"data.labels={root / 's' / 'labels.csv'}"]) == 0
+        rows = read_predictions(out / "predictions.csv")
+        classes = [c[5:] for c in rows[0] if c.startswith("prob_")]
+        preds[how] = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+        np.testing.assert_allclose(preds[how].sum(1), 1.0, atol=1e-5)
+        pm = json.loads((out / "metrics.json").read_text())
+        assert "ece" in pm and "groups" in pm["skin_tone"] and (out / "skin_tone.csv").is_file()
+    assert np.abs(preds["temperature"] - preds["none"]).max() > 1e-3
+    np.testing.assert_allclose(preds["temperature"], apply_temperature(preds["none"], t), atol=1e-4)
+
+
+def test_model_json_format_1_still_loads_uncalibrated(probe_runs):
+    import json
+
+    from ssl_derm.serve.loaders import load_model
+
+    _, runs = probe_runs
+    meta = json.loads((runs["temperature"] / "model.json").read_text())
+    old = {k: v for k, v in meta.items() if k not in ("temperature", "calibrate")}
+    (runs["temperature"] / "model.json").write_text(json.dumps({**old, "format_version": 1}))
+    try:
+        assert load_model(runs["temperature"]).calibration_t == 1.0
+    finally:
+        (runs["temperature"] / "model.json").write_text(json.dumps(meta))
+
+
+def test_calibrate_setting_is_checked():
+    from ssl_derm.config import ConfigError
+    from ssl_derm.evaluate.config import load_finetune_config
+
+    assert load_finetune_config(None, ["protocol.name=linear"]).protocol.calibrate == "none"
+    with pytest.raises(ConfigError, match="protocol.calibrate.*none, temperature"):
+        load_finetune_config(None, ["protocol.name=linear", "protocol.calibrate=platt"])
+    with pytest.raises(ConfigError, match="protocol.calibrate.*fewmask_seg"):
+        load_finetune_config(None, ["protocol.name=fewmask_seg", "protocol.calibrate=temperature"])

@@ -42,11 +42,14 @@ def test_glare_and_hair_are_left_out_of_the_skin():
     lesion = np.zeros((1, 64, 64), np.uint8)
     lesion[0, 24:40, 24:40] = 1
     clean = image_ita(skin, lesion)[0]
-    spoiled = skin.copy()
-    spoiled[0, :, 2:64:6] = (250, 250, 250)  # glare columns
-    spoiled[0, 2:64:7, :] = (30, 20, 15)  # thin dark hairs
-    assert abs(image_ita(spoiled, lesion)[0] - clean) < 1.0
-    # a mean over every pixel would move far: the glare and hair are a third of the image
+    # two thirds of the columns glare, or two of every three rows thin dark hair: a median over all the
+    # pixels would be the glare's or the hair's, so only leaving them out keeps the skin's value
+    glare = skin.copy()
+    glare[0, :, (np.arange(64) // 8) % 3 != 0] = (250, 250, 250)  # 8-px stripes (highlights are blobs)
+    hair = skin.copy()
+    hair[0, np.arange(64) % 3 != 0, :] = (60, 40, 30)
+    assert abs(image_ita(glare, lesion)[0] - clean) < 1.0
+    assert abs(image_ita(hair, lesion)[0] - clean) < 1.0
     too_small = np.ones((1, 64, 64), np.uint8)  # lesion everywhere: no skin left
     assert np.isnan(image_ita(skin, too_small)[0]) and MIN_SKIN_PIXELS > 0
 
@@ -100,7 +103,8 @@ def test_data_check_and_segment_write_skin_tone_csv(tmp_path):
     from ssl_derm.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "16", "--size", "48"]) == 0
-    assert main(["data", "check", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "check"), "--size", "32", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["data", "check", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "check"), "--size", "32",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "check" / "skin_tone.csv")))
     assert len(rows) == 16 and {r["group"] for r in rows} <= set(GROUPS) and rows[0]["ita"]
     assert main(["segment", "--out", str(tmp_path / "seg"), f"data.images=[{tmp_path / 's' / 'images'}]",
@@ -110,3 +114,29 @@ def test_data_check_and_segment_write_skin_tone_csv(tmp_path):
     assert sorted(r["image_id"] for r in seg) == sorted(r["image_id"] for r in rows)
     m = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert sum(m["skin_tone"][g] for g in GROUPS + ("unknown",)) == 16
+
+
+def test_sweep_table_has_a_column_per_scored_group_and_the_gap(tmp_path):
+    from ssl_derm.sweep import write_tables
+
+    def block(light, tan_n):
+        tan = {"n": tan_n, "status": "too_few"} if tan_n < 20 else {"n": tan_n, "balanced_accuracy": 0.5,
+                                                                    "balanced_accuracy_ci": [0.4, 0.6]}
+        groups = {g: {"n": 0, "status": "too_few"} for g in GROUPS}
+        groups.update(light={"n": 40, "balanced_accuracy": light, "balanced_accuracy_ci": [light - 0.1, light + 0.1]},
+                      tan=tan)
+        gap = {"balanced_accuracy": light - 0.5, "balanced_accuracy_ci": [0.0, 0.3]} if tan_n >= 20 else {"status": "x"}
+        return {"balanced_accuracy": 0.6, "ece": 0.1, "skin_tone": {"groups": groups, "worst_group_gap": gap}}
+
+    cells = [{"id": "a", "values": {"init": "random"}, "seed": 0}, {"id": "b", "values": {"init": "pretrained"}, "seed": 0}]
+    for c, m in zip(cells, (block(0.7, 30), block(0.8, 5))):
+        (tmp_path / "cells" / c["id"]).mkdir(parents=True)
+        (tmp_path / "cells" / c["id"] / "metrics.json").write_text(json.dumps(m))
+    rows = write_tables(tmp_path, {"grid": {"init": ["random", "pretrained"]}}, cells)
+    assert rows[0]["skin_tone.groups.light.balanced_accuracy"] == 0.7
+    assert rows[0]["skin_tone.groups.tan.balanced_accuracy"] == 0.5 and rows[1]["skin_tone.groups.tan.balanced_accuracy"] is None
+    assert rows[0]["skin_tone.worst_group_gap.balanced_accuracy"] == pytest.approx(0.2) and rows[0]["ece"] == 0.1
+    assert rows[0]["skin_tone.groups.light.balanced_accuracy_ci"] == pytest.approx([0.6, 0.8])
+    assert "skin_tone.groups.dark.balanced_accuracy" not in rows[0]  # no cell scored it
+    md = (tmp_path / "results.md").read_text()
+    assert "too_few" in md.splitlines()[-1]  # the pretrained row's tan column

@@ -101,3 +101,16 @@ def table_lines(block: dict) -> list:
                      f"{fmt(gap['balanced_accuracy'], gap['balanced_accuracy_ci'])} | "
                      f"{fmt(gap.get('macro_auroc'), gap.get('macro_auroc_ci'))} |")
     return lines
+
+
+def sweep_keys(found: Sequence[dict]) -> list:
+    """metrics.json keys a sweep table adds when its cells have them: ``ece``, then per skin-tone group
+    ``skin_tone.groups.<group>.balanced_accuracy`` (groups scored in at least one cell; a cell where the
+    group has too few images leaves its value empty) and ``skin_tone.worst_group_gap.balanced_accuracy``."""
+    keys = ["ece"] if any(isinstance(m.get("ece"), (int, float)) for m in found) else []
+    blocks = [m["skin_tone"] for m in found if isinstance(m.get("skin_tone"), dict) and "groups" in m["skin_tone"]]
+    keys += [f"skin_tone.groups.{g}.balanced_accuracy" for g in GROUPS
+             if any("balanced_accuracy" in b["groups"].get(g, {}) for b in blocks)]
+    if any(isinstance(b.get("worst_group_gap", {}).get("balanced_accuracy"), (int, float)) for b in blocks):
+        keys.append("skin_tone.worst_group_gap.balanced_accuracy")
+    return keys
