@@ -31,14 +31,14 @@ from ssl_derm.data import load_dataset
 from ssl_derm.encoders import create_encoder
 from ssl_derm.packaged import resolve_config
 from ssl_derm.runs import seed_everything
-from ssl_derm.segment import contrast_em as ce
-from ssl_derm.segment.base import build_segmenter
-from ssl_derm.segment.cleanup import clean_masks
-from ssl_derm.segment.config import SegmentConfig
-from ssl_derm.segment.gharawi import encoder_levels
-from ssl_derm.segment.prep import prepare
-from ssl_derm.segment.run import resolve_data
-from ssl_derm.segment.scoring import score_predictions
+from ssl_derm.segmenters import contrast_em as ce
+from ssl_derm.segmenters.base import build_segmenter
+from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.segmenters.config import SegmentConfig
+from ssl_derm.segmenters.gharawi import encoder_levels
+from ssl_derm.segmenters.prep import prepare
+from ssl_derm.commands.segment import resolve_data
+from ssl_derm.segmenters.scoring import score_predictions
 
 BATCH = 50
 

@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from ssl_derm.config import load_config
-    from ssl_derm.segment.config import SegmentConfig
-    from ssl_derm.segment.run import run_segment
+    from ssl_derm.segmenters.config import SegmentConfig
+    from ssl_derm.commands.segment import run_segment
 
     names = [n for n in (args.only.split(",") if args.only else ENTRIES) if n]
     unknown = [n for n in names if n not in ENTRIES]

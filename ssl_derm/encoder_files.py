@@ -16,11 +16,11 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
+from ssl_derm.errors import EncoderError as EncoderFileError  # one error type for the CLI's one-line message
+
 # classifier heads of timm models (the encoder is built with num_classes=0, so it has none)
 HEAD_PREFIXES = ("fc.", "head.", "head.fc.", "classifier.", "last_linear.", "head_dist.")
 
-
-from ssl_derm.encoders import EncoderError as EncoderFileError  # one error type for the CLI's one-line message
 
 
 def read_state(path) -> Tuple[Dict[str, tuple], Dict[str, str]]:
@@ -71,6 +71,9 @@ def file_sha256(path) -> Optional[str]:
     p = Path(path)
     if p.is_dir():
         p = p / "encoder.safetensors"
+    if not p.is_file():
+        raise EncoderFileError(f"encoder.checkpoint '{path}' does not exist; give an encoder.safetensors (or the "
+                               "pretraining run folder that holds one), or encoder.checkpoint=none for random init")
     st = p.stat()
     return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from ssl_derm.evaluate.calibration import (apply_temperature, bin_index, calibration_metrics, fit_temperature,
+from ssl_derm.metrics.calibration import (apply_temperature, bin_index, calibration_metrics, fit_temperature,
                                            reliability, risk_coverage, save_calibration_png, weighted_scores)
 
 
@@ -108,7 +108,7 @@ def probe_runs(tmp_path_factory):
 def test_finetune_metrics_have_calibration_and_skin_tone(probe_runs):
     import json
 
-    from ssl_derm.evaluate.skin_tone import GROUPS
+    from ssl_derm.metrics.skin_tone import GROUPS
 
     root, runs = probe_runs
     m = json.loads((runs["none"] / "metrics.json").read_text())

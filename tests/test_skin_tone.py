@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from ssl_derm.data.synth import synth_arrays, synth_ita
-from ssl_derm.evaluate.skin_tone import (GROUPS, MIN_SKIN_PIXELS, dataset_ita, default_ita, image_ita, ita_degrees,
-                                         ita_group)
-from ssl_derm.evaluate.skin_tone_metrics import skin_tone_block
+from ssl_derm.metrics.skin_tone import GROUPS, ita_degrees, ita_group, skin_tone_block
+from ssl_derm.segmenters.skin_tone import MIN_SKIN_PIXELS, dataset_ita, default_ita, image_ita
 
 # mean absolute error of the estimate, degrees, on 96 synthetic images at 64 px (measured: 1.3)
 MAX_MEAN_ABS_ERROR = 2.5
@@ -117,7 +116,7 @@ def test_data_check_and_segment_write_skin_tone_csv(tmp_path):
 
 
 def test_sweep_table_has_a_column_per_scored_group_and_the_gap(tmp_path):
-    from ssl_derm.sweep import write_tables
+    from ssl_derm.commands.sweep import write_tables
 
     def block(light, tan_n):
         tan = {"n": tan_n, "status": "too_few"} if tan_n < 20 else {"n": tan_n, "balanced_accuracy": 0.5,

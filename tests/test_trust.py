@@ -130,7 +130,7 @@ def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(
 
 
 def test_sweep_rerun_after_editing_common_reruns_its_cells(tmp_path):
-    from ssl_derm.sweep import run_sweep
+    from ssl_derm.commands.sweep import run_sweep
 
     spec = {"seeds": [0], "downstream": "finetune", "metrics": ["balanced_accuracy"],
             "common": {"data.images": ["synthetic"], "data.synthetic_n": 64, "data.image_size": 32,
@@ -188,7 +188,7 @@ def test_messages_name_the_file_or_key(tmp_path, capsys):
 
 
 def test_masks_for_a_classifier_warn(tmp_path, capsys):
-    from ssl_derm.checks import finetune_ignored_data_keys
+    from ssl_derm.commands.checks import finetune_ignored_data_keys
     from ssl_derm.evaluate.config import FinetuneConfig
 
     cfg = FinetuneConfig()
@@ -213,7 +213,7 @@ def test_stale_cache_temp_folders_are_removed(tmp_path):
 
 def test_fingerprint_ignores_logging_and_diff_names_keys():
     from ssl_derm.evaluate.config import FinetuneConfig
-    from ssl_derm.fingerprint import config_diff, config_sha256
+    from ssl_derm.runs.fingerprint import config_diff, config_sha256
     from ssl_derm.config import to_dict
 
     a, b = FinetuneConfig(), FinetuneConfig()

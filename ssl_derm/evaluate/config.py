@@ -17,8 +17,8 @@ from ssl_derm.config import (
     load_config,
     plugin,
 )
-from ssl_derm.evaluate.calibration import CALIBRATE_CHOICES
-from ssl_derm.evaluate.features import POOL_CHOICES, TTA_CHOICES
+from ssl_derm.metrics.calibration import CALIBRATE_CHOICES
+from ssl_derm.models.features import POOL_CHOICES, TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
@@ -45,7 +45,7 @@ class ProtocolSettings:
 
     name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | distill | fewmask_seg
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
-    # none | temperature: one temperature fitted on the val side (ssl_derm/evaluate/calibration.py) divides
+    # none | temperature: one temperature fitted on the val side (ssl_derm/metrics/calibration.py) divides
     # the logits of every scored side; model.json stores it and `ssl-derm predict` applies it
     calibrate: str = "none"
 

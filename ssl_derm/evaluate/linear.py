@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ssl_derm.errors import SplitError
 from ssl_derm.evaluate.config import Balanced, FrozenFeatures, LinearProbe, ProtocolSettings
-from ssl_derm.evaluate.metrics import classification_metrics
+from ssl_derm.metrics.classification import classification_metrics
 from ssl_derm.registry import register
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_derm.serve.loaders import ModelFileError, d4_views, load_strict, square_uint8
+from ssl_derm.errors import ModelFileError
+from ssl_derm.serve.views import d4_views, load_strict, square_uint8
 
 
 def _timm(meta: dict, num_classes: int) -> nn.Module:
@@ -70,7 +71,7 @@ class Classifier(nn.Module):
         return (x.float() / 255.0 - self.mean) / self.std
 
     def _features(self, x: torch.Tensor, tta: str, masks: Optional[torch.Tensor]) -> torch.Tensor:
-        from ssl_derm.evaluate.features import pooled
+        from ssl_derm.models.features import pooled
 
         views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
         weights = [None] * len(views)
@@ -80,7 +81,7 @@ class Classifier(nn.Module):
 
     def lesion_masks(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float (B, 1, S, S): the default segmenter's masks, as the run's cache held."""
-        from ssl_derm.segment.archive_masks import default_masks, default_segmenter
+        from ssl_derm.segmenters.archive_masks import default_masks, default_segmenter
 
         if self._segmenter is None:
             self._segmenter = default_segmenter()

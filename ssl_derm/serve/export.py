@@ -24,7 +24,7 @@ init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
 ``feature_tta`` (none | d4) is part of the model: predict averages over those views (logits for a timm
 head, which equals the probe on averaged features; features for ``linear``/``knn``).
 Segmenters: ``net`` (the self-training or few-mask U-Net: ``arch`` rebuilds
-:class:`ssl_derm.evaluate.fewmask_seg.SegModel`) or ``classical`` (``segment_config`` re-runs the method).
+:class:`ssl_derm.models.unet.SegModel`) or ``classical`` (``segment_config`` re-runs the method).
 Files are written to a temp name and renamed; ``model.json`` goes last, so its presence means complete.
 """
 from __future__ import annotations
@@ -159,7 +159,7 @@ def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, i
 def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
     """A per-image segmenter (contrast_em, Otsu, k-means, Gharawi-style...): its settings, and the encoder's
     weights when it reads one, so ``ssl-derm predict`` re-runs it on new images."""
-    from ssl_derm.segment.base import method_name
+    from ssl_derm.segmenters.base import method_name
 
     name = method_name(cfg.segment.method)
     meta = {"kind": "segmenter", "method": name, "protocol": name, "segmenter": "classical",

@@ -16,9 +16,9 @@ def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     """Write ``predictions.csv`` from ``(ids, uint8 (B,S,S,3), sizes)`` batches; with ``cfg.data.labels``
     return the classification, calibration and skin-tone metrics of the labelled images, else None (the
     skin tone: the ITA around the default segmenter's lesion, computed batch by batch)."""
-    from ssl_derm.evaluate.metrics import classification_metrics
-    from ssl_derm.evaluate.skin_tone import default_ita
-    from ssl_derm.segment.archive_masks import default_segmenter
+    from ssl_derm.metrics.classification import classification_metrics
+    from ssl_derm.segmenters.skin_tone import default_ita
+    from ssl_derm.segmenters.archive_masks import default_segmenter
 
     path = out / "predictions.csv"
     tmp = path.with_name(path.name + ".tmp")
@@ -49,8 +49,8 @@ def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
 def _label_metrics(model, labels_csv: str, ids, probs, classification_metrics, ita, out: Path) -> dict:
     """Scores of the labelled images: classification, calibration and per skin tone (``ita``: per-batch
     (B,) ITA arrays); writes ``calibration.png`` and ``skin_tone.csv`` into ``out``."""
-    from ssl_derm.evaluate.audit import side_scores
-    from ssl_derm.evaluate.skin_tone import write_skin_tone_csv
+    from ssl_derm.metrics.audit import side_scores
+    from ssl_derm.metrics.skin_tone import write_skin_tone_csv
 
     from ssl_derm.data.sources import DataError, read_labels
 
@@ -81,9 +81,9 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     ``cfg.data.masks`` return per-image and mean segmentation metrics, else None."""
     from ssl_derm.data.decode import load_mask
     from ssl_derm.data.sources import find_masks
-    from ssl_derm.evaluate.seg_metrics import image_metrics, mean_metrics
-    from ssl_derm.segment.overlay import draw_overlays
-    from ssl_derm.segment.scoring import to_original
+    from ssl_derm.metrics.segmentation import image_metrics, mean_metrics
+    from ssl_derm.segmenters.overlay import draw_overlays
+    from ssl_derm.segmenters.scoring import to_original
 
     mask_dir, ov_dir = out / "masks", out / "overlays"
     mask_dir.mkdir(parents=True, exist_ok=True)
