@@ -13,7 +13,9 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from ssl_derm.config_values import flatten
 from ssl_derm.errors import ConfigError
+from ssl_derm.packaged import is_packaged
 from ssl_derm.plugins import (_coerce, _from_dict, plugin, plugin_section, plugin_settings, prune_foreign,  # noqa: F401  (re-exported)
                               require_at_least)
 
@@ -189,6 +191,12 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenie
         data = prune_foreign(cls, data, _merge(data, over))
     cfg = _from_dict(cls, _merge(data, over), lenient=lenient is True)
     validate(cfg)
+    # the keys a user set (overrides, and a config file of their own; a packaged file gives defaults):
+    # values read from an encoder file may fill the others (ssl_derm.encoder_files.adopt_encoder_file)
+    explicit = set(flatten(over))
+    if path and not is_packaged(path):
+        explicit |= set(flatten(read_yaml(path)))
+    cfg.explicit_keys = frozenset(explicit)
     return cfg
 
 

@@ -49,6 +49,45 @@ def read_state(path) -> Tuple[Dict[str, tuple], Dict[str, str]]:
     return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}, {}
 
 
+def encoder_file(checkpoint) -> Optional[Path]:
+    """The file that ``encoder.checkpoint`` names (a run folder means its ``encoder.safetensors``), None for
+    random init; a missing file is an error naming the key."""
+    if checkpoint is None or str(checkpoint).lower() in ("", "none"):
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    if not path.is_file():
+        raise EncoderFileError(f"encoder.checkpoint '{checkpoint}' does not exist; give an encoder.safetensors (or "
+                               "the pretraining run folder that holds one), or encoder.checkpoint=none for random init")
+    return path
+
+
+def adopt_encoder_file(cfg, image_size: bool = True) -> dict:
+    """Fill ``encoder.name`` (and ``data.image_size``, the size it was trained at, when ``image_size``) from the
+    metadata of the file ``encoder.checkpoint`` names, where the user did not set them (``cfg.explicit_keys``,
+    recorded by :func:`ssl_derm.config.load_config`). A set ``encoder.name`` that contradicts the file is an
+    error naming both; a set image size may differ (finetuning at another resolution is a choice).
+    Returns {key: value} of what was taken from the file (changed in ``cfg`` in place)."""
+    path = encoder_file(cfg.encoder.checkpoint)
+    if path is None:
+        return {}
+    _, meta = read_state(path)
+    explicit = getattr(cfg, "explicit_keys", frozenset())
+    taken = {}
+    held = meta.get("timm_name")
+    if held and held != cfg.encoder.name:
+        if "encoder.name" in explicit:
+            raise EncoderFileError(f"encoder.name='{cfg.encoder.name}' contradicts encoder.checkpoint '{path}', which "
+                                   f"holds a {held}: drop encoder.name (it is read from the file) or give a "
+                                   f"{cfg.encoder.name} encoder file")
+        cfg.encoder.name = taken["encoder.name"] = held
+    size = meta.get("img_size")
+    if image_size and size and "data.image_size" not in explicit and int(size) != cfg.data.image_size:
+        cfg.data.image_size = taken["data.image_size"] = int(size)
+    return taken
+
+
 def check_fits(path, name: str, model: nn.Module) -> None:
     """Raise :class:`~ssl_derm.encoders.EncoderError` when the file's keys do not fit ``model`` (built as ``name``)."""
     have, meta = read_state(path)
@@ -66,14 +105,9 @@ def check_fits(path, name: str, model: nn.Module) -> None:
 def file_sha256(path) -> Optional[str]:
     """sha256 hex of a file (an encoder checkpoint), or None for no file. Read once per (path, size, mtime):
     a label-efficiency table asks for the same encoder's hash in every cell (fingerprint and export)."""
-    if path is None or str(path).lower() in ("", "none"):
+    p = encoder_file(path)
+    if p is None:
         return None
-    p = Path(path)
-    if p.is_dir():
-        p = p / "encoder.safetensors"
-    if not p.is_file():
-        raise EncoderFileError(f"encoder.checkpoint '{path}' does not exist; give an encoder.safetensors (or the "
-                               "pretraining run folder that holds one), or encoder.checkpoint=none for random init")
     st = p.stat()
     return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
 

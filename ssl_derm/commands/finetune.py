@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ssl_derm.commands.checks import check_two_classes, finetune_ignored_data_keys
+from ssl_derm.encoder_files import adopt_encoder_file
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError, DataError, SplitError
@@ -74,6 +75,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     ``feature_cache`` lets frozen-feature protocols share one extraction per encoder; ``existing``: what
     to do with a finished run in ``out_dir`` (see :mod:`ssl_derm.runs.finished`).
     """
+    from_file = adopt_encoder_file(cfg)  # encoder.name / data.image_size that the encoder file states
     check_finetune_config(cfg)
     protocol = get("protocol", cfg.protocol.name)  # an unknown name fails before any work
     check_out_path(out_dir)
@@ -133,7 +135,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
         "protocol": cfg.protocol.name, "fraction": cfg.split.fraction, "seed": cfg.seed,
         "n_per_side": {side: int(len(r)) for side, r in rows.items()},
         "encoder": {"name": cfg.encoder.name, "checkpoint": cfg.encoder.checkpoint or "none",
-                    "image_size": cfg.data.image_size},
+                    "image_size": cfg.data.image_size, "from_encoder_file": sorted(from_file)},
         "labelled_subset": f"redrawn with seed {cfg.seed}" if cfg.split.redraw_labelled else "split file",
         "balance": getattr(cfg.protocol, "balance", "none"), "info": result.get("info", {}), "seconds": round(time.time() - t0, 1),
         "resumed_from_step": int(result.get("info", {}).get("resumed_from_step", 0)),

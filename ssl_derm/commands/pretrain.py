@@ -1,7 +1,7 @@
 """``ssl-derm pretrain``: config -> data cache -> encoder + method -> the engine -> exported encoder.
 
 The run folder gets ``config.yaml``, ``version.json``, ``metrics.json``, ``checkpoints/last.pt``,
-``tb/`` (TensorBoard) and ``encoder.safetensors`` (+ ``encoder.json``), which plain timm loads with
+``tb/`` (TensorBoard) and ``encoder.safetensors`` (its metadata names the timm model and image size), which plain timm loads with
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH), num_classes=0)``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ssl_derm.engine import CacheBatches, Engine, Hook, Logger
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError
 from ssl_derm.methods import build_method, lesion_term
-from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
+from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_metrics
 
 
 def train_rows(dataset, exclude_split) -> np.ndarray:
@@ -146,10 +146,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir) -> dict:
                 knn.evaluate(cfg.train.max_steps)
             metrics["knn_monitor"] = knn.history
         if main:
-            path = export_encoder(exported, out / "encoder.safetensors")
-            write_json(out / "encoder.json", {"timm_name": cfg.encoder.name, "img_size": cfg.data.image_size,
-                                              "file": path.name, "method": cfg.method.name,
-                                              "exported": cfg.method.export})
+            path = export_encoder(exported, out / "encoder.safetensors", method=cfg.method.name,
+                                  exported=cfg.method.export)
             metrics["encoder_file"] = str(path)
             from ssl_derm.runs.fingerprint import file_sha256, fingerprint
 

@@ -20,6 +20,7 @@ import torch
 
 from ssl_derm.data import load_dataset
 from ssl_derm.data.dataset import SYNTHETIC, synthetic_folder
+from ssl_derm.encoder_files import adopt_encoder_file
 from ssl_derm.encoders import create_encoder
 from ssl_derm.engine.logger import Logger
 from ssl_derm.errors import DataError
@@ -85,6 +86,7 @@ def _run(cfg: SegmentConfig, out_dir, existing: str) -> dict:
 
     uses_encoder = segmenter_class(method_name(cfg.segment.method)).needs_encoder or cfg.selftrain.rounds > 0
     segment_unused_keys(cfg, uses_encoder)
+    from_file = adopt_encoder_file(cfg, image_size=False) if uses_encoder else {}  # data.image_size: the masks' size
     check_out_path(out_dir)
     device = resolve_device(cfg.device)
     data_cfg, masks_dir = resolve_data(cfg)
@@ -132,7 +134,8 @@ def _run(cfg: SegmentConfig, out_dir, existing: str) -> dict:
     # --- scoring: the first time any mask file is read
     metrics = {"method": name, "image_size": ds.image_size, "n_images": len(rows),
                "encoder": cfg.encoder.name if encoder is not None or cfg.selftrain.rounds else None,
-               "encoder_checkpoint": cfg.encoder.checkpoint, "device": str(device), "resumed_from_step": resumed}
+               "encoder_checkpoint": cfg.encoder.checkpoint, "encoder_from_file": sorted(from_file),
+               "device": str(device), "resumed_from_step": resumed}
     from ssl_derm.metrics.skin_tone import distribution, write_skin_tone_csv
     from ssl_derm.segmenters.skin_tone import rows_ita
 
