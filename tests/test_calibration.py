@@ -127,7 +127,7 @@ def test_predict_applies_the_stored_temperature(probe_runs):
     import json
 
     from ssl_derm.cli import main
-    from ssl_derm.serve.predict import read_predictions
+    from ssl_derm.commands.predict import read_predictions
 
     root, runs = probe_runs
     cal = json.loads((runs["temperature"] / "metrics.json").read_text())["calibration"]
