@@ -127,13 +127,15 @@ def test_sweep_table_has_a_column_per_scored_group_and_the_gap(tmp_path):
         gap = {"balanced_accuracy": light - 0.5, "balanced_accuracy_ci": [0.0, 0.3]} if tan_n >= 20 else {"status": "x"}
         return {"balanced_accuracy": 0.6, "ece": 0.1, "skin_tone": {"groups": groups, "worst_group_gap": gap}}
 
-    cells = [{"id": "a", "values": {"init": "random"}, "seed": 0}, {"id": "b", "values": {"init": "pretrained"}, "seed": 0}]
+    cells = [{"id": "a", "values": {"init": "random"}, "seed": 0},
+             {"id": "b", "values": {"init": "pretrained"}, "seed": 0}]
     for c, m in zip(cells, (block(0.7, 30), block(0.8, 5))):
         (tmp_path / "cells" / c["id"]).mkdir(parents=True)
         (tmp_path / "cells" / c["id"] / "metrics.json").write_text(json.dumps(m))
     rows = write_tables(tmp_path, {"grid": {"init": ["random", "pretrained"]}}, cells)
     assert rows[0]["skin_tone.groups.light.balanced_accuracy"] == 0.7
-    assert rows[0]["skin_tone.groups.tan.balanced_accuracy"] == 0.5 and rows[1]["skin_tone.groups.tan.balanced_accuracy"] is None
+    tan = "skin_tone.groups.tan.balanced_accuracy"
+    assert rows[0][tan] == 0.5 and rows[1][tan] is None
     assert rows[0]["skin_tone.worst_group_gap.balanced_accuracy"] == pytest.approx(0.2) and rows[0]["ece"] == 0.1
     assert rows[0]["skin_tone.groups.light.balanced_accuracy_ci"] == pytest.approx([0.6, 0.8])
     assert "skin_tone.groups.dark.balanced_accuracy" not in rows[0]  # no cell scored it

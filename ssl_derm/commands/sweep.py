@@ -332,7 +332,8 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
             vals = np.array([r[mk] for r in rs if r[mk] is not None], dtype=float)
             mean, std = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else (np.nan, np.nan)
             stats[mk] = (mean, std)
-            cols.append(f"{mean:.3f} ± {std:.3f}" if len(vals) else "too_few" if mk.startswith(("skin_tone.", "external.skin_tone.")) else "-")
+            too_few = mk.startswith(("skin_tone.", "external.skin_tone."))  # a group with too few images
+            cols.append(f"{mean:.3f} ± {std:.3f}" if len(vals) else "too_few" if too_few else "-")
         for ck in ci_keys:
             bounds = np.array([r[ck] for r in rs if r[ck]], dtype=float).reshape(-1, 2)
             cols.append(f"[{bounds[:, 0].mean():.3f}, {bounds[:, 1].mean():.3f}]" if len(bounds) else "-")

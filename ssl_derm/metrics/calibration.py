@@ -57,7 +57,7 @@ def weighted_scores(y, probs, w: np.ndarray, n_bins: int = N_BINS) -> dict:
     total = w.sum(1)
     onehot = np.zeros((len(y), n_bins))
     onehot[np.arange(len(y)), bin_index(conf, n_bins)] = 1.0
-    n_b, acc_b, conf_b = w @ onehot, w @ (onehot * correct[:, None]), w @ (onehot * conf[:, None])  # (B, bins)
+    acc_b, conf_b = w @ (onehot * correct[:, None]), w @ (onehot * conf[:, None])  # (B, bins) weighted sums
     with np.errstate(invalid="ignore", divide="ignore"):
         ece = np.abs(acc_b - conf_b).sum(1) / total  # sum_b n_b/n * |acc_b/n_b - conf_b/n_b|
         target = np.zeros_like(probs)

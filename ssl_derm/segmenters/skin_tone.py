@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -142,7 +142,8 @@ def dataset_ita(dataset, progress: bool = False) -> np.ndarray:
     return ita
 
 
-def write_folder_skin_tone(images: Sequence[str], out_dir, image_size: int = 128, cache_dir: Optional[str] = None) -> Path:
+def write_folder_skin_tone(images: Sequence[str], out_dir, image_size: int = 128,
+                           cache_dir: Optional[str] = None) -> Path:
     """``out_dir/skin_tone.csv`` of every usable image under the folders ``images`` (``ssl-derm data check
     --out``): decoded through the image cache at ``image_size``, ITAs cached beside it; prints the counts."""
     from ssl_derm.config import DataConfig
