@@ -4,6 +4,9 @@
 
 grouped on the usual scale (Chardon et al. 1991; Del Bino et al. 2013): very light > 55, light 41-55,
 intermediate 28-41, tan 10-28, brown -30-10, dark < -30 (a value on an edge goes to the lighter group).
+With atan2 a bluish skin colour (b* < 0, a dermoscope's white balance: about a third of HAM10000's
+skin bands at 64 px) has |ITA| > 90: very light when L* > 50, dark below. A dermoscopy ITA is the
+camera's, not a colorimeter's: compare groups within one archive, not across devices.
 The per-image ITA comes from :mod:`ssl_derm.segmenters.skin_tone` (the skin around the lesion).
 
 The ``skin_tone`` block of one scored side::
