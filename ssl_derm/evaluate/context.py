@@ -38,9 +38,10 @@ class Context:
     # dataset -> (N, S, S) uint8 annotation-free lesion masks of every cache row; the command supplies the
     # default segmenter's (protocols do not build segmenters themselves)
     mask_source: Optional[Callable[[Any], np.ndarray]] = None
-    # dataset -> (N,) float32 ITA (degrees, NaN unknown) of the skin around each row's lesion, for the
-    # per-skin-tone scores; the command supplies :func:`ssl_derm.segmenters.skin_tone.skin_tone_source`
-    ita_source: Optional[Callable[[Any], np.ndarray]] = None
+    # (dataset, its lesion masks or None) -> (N,) float32 ITA (degrees, NaN unknown) of the skin around
+    # each row's lesion, for the per-skin-tone scores; the command supplies
+    # :func:`ssl_derm.segmenters.skin_tone.skin_tone_source`
+    ita_source: Optional[Callable[[Any, Any], np.ndarray]] = None
 
     @property
     def n_classes(self) -> int:
@@ -93,7 +94,9 @@ class Context:
         image then counts as ``unknown`` in the skin-tone block)."""
         if "ita" not in self.extras:
             src = self.ita_source
-            self.extras["ita"] = src(self.dataset) if src is not None else np.full(len(self.dataset.images), np.nan)
+            # the lesion masks, when feature pooling computed them already, are the ones the ITA needs
+            ita = src(self.dataset, self.extras.get("lesion_masks")) if src is not None else None
+            self.extras["ita"] = ita if ita is not None else np.full(len(self.dataset.images), np.nan)
         return self.extras["ita"]
 
     def log(self, tag: str, value, step: int) -> None:

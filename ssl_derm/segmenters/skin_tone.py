@@ -119,16 +119,19 @@ def _entry(dataset) -> Optional[Path]:
     return masks.parent / f"skin-tone-{masks.name}-{_fingerprint([RECIPE_VERSION, BAND_PX, HAIR_DL])[:12]}.npy"
 
 
-def dataset_ita(dataset, progress: bool = False) -> np.ndarray:
+def dataset_ita(dataset, progress: bool = False, masks: Optional[np.ndarray] = None) -> np.ndarray:
     """(N,) float32 ITA of every row of ``dataset.images``: cached beside the image cache (keyed by the
     lesion masks' entry, which hashes the images and the default segmenter, and this file's recipe),
-    computed in memory for a dataset without a cache entry."""
+    computed in memory for a dataset without a cache entry (around ``masks`` (N, S, S), the default
+    segmenter's, when the caller already has them)."""
     path = _entry(dataset)
     if path is not None and path.is_file():
         ita = np.load(path, allow_pickle=False)
         if len(ita) == len(dataset.images):
             return ita
     if path is None:
+        if masks is not None:
+            return rows_ita(dataset.images, np.arange(len(masks)), masks)
         return default_ita(dataset.images)
     from ssl_derm.segmenters.archive_masks import archive_masks
 
@@ -161,11 +164,12 @@ def write_folder_skin_tone(images: Sequence[str], out_dir, image_size: int = 128
 
 
 def skin_tone_source(pool, external=None):
-    """A ``dataset -> (N,) ITA`` callable for :class:`ssl_derm.evaluate.context.Context` (``ita_source``):
-    the rows of ``pool`` (cached, :func:`dataset_ita`) then those of ``external`` (in memory; its rows sit
-    behind the pool's in the run's dataset). Nothing is computed until a side is scored."""
-    def source(dataset) -> np.ndarray:
-        parts = [dataset_ita(pool)] + ([default_ita(external.images)] if external is not None else [])
+    """A ``(dataset, pool masks or None) -> (N,) ITA`` callable for :class:`ssl_derm.evaluate.context.Context`
+    (``ita_source``): the rows of ``pool`` (cached, :func:`dataset_ita`; around the run's own lesion masks
+    when it computed them already) then those of ``external`` (in memory; its rows sit behind the pool's
+    in the run's dataset). Nothing is computed until a side is scored."""
+    def source(dataset, pool_masks: Optional[np.ndarray] = None) -> np.ndarray:
+        parts = [dataset_ita(pool, masks=pool_masks)] + ([default_ita(external.images)] if external is not None else [])
         ita = np.concatenate(parts).astype(np.float32)
         if len(ita) != len(dataset.images):
             raise ValueError(f"skin tone of {len(ita)} images for a dataset of {len(dataset.images)}")
