@@ -88,18 +88,35 @@ def adopt_encoder_file(cfg, image_size: bool = True) -> dict:
     return taken
 
 
+# keys whose shape timm adapts when it loads a state dict (a ViT's position embedding at another image size)
+ADAPTED = ("pos_embed", "relative_position_bias_table", "relative_position_index", "attn_mask")
+
+
+def state_mismatch(have: Dict[str, tuple], model: nn.Module) -> Tuple[list, list, list]:
+    """(missing, unknown, other-shape) keys of a state dict given as {key: shape} against ``model``: the one
+    check of every encoder file and ``encoder.init`` state. The classifier (the model's own
+    ``pretrained_cfg`` head and :data:`HEAD_PREFIXES`) and the shapes timm adapts are not counted."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads)) + HEAD_PREFIXES
+    have = {k: tuple(s) for k, s in have.items() if not k.startswith(heads)}
+    missing = [k for k in own if k not in have and not k.startswith(heads)]
+    unknown = [k for k in have if k not in own]
+    shape = [k for k in have if k in own and have[k] != own[k] and not k.endswith(ADAPTED)]
+    return missing, unknown, shape
+
+
 def check_fits(path, name: str, model: nn.Module) -> None:
     """Raise :class:`~ssl_derm.encoders.EncoderError` when the file's keys do not fit ``model`` (built as ``name``)."""
     have, meta = read_state(path)
-    want = set(model.state_dict())
-    extra = [k for k in have if k not in want and not k.startswith(HEAD_PREFIXES)]
-    missing = [k for k in want if k not in have]
-    if extra or missing:
+    missing, unknown, shape = state_mismatch(have, model)
+    if missing or unknown or shape:
         held = meta.get("timm_name") or "an unknown architecture (no timm_name in its metadata)"
         raise EncoderFileError(
             f"encoder file '{path}' holds {held}, which does not fit encoder.name '{name}': {len(missing)} of the "
-            f"model's {len(want)} keys are missing and {len(extra)} keys are unexpected (first: "
-            f"{(missing + extra)[:2]}); set encoder.name to the architecture the file was exported from")
+            f"model's {len(model.state_dict())} keys are missing, {len(unknown)} keys are unexpected and "
+            f"{len(shape)} of another shape (first: {(missing + unknown + shape)[:2]}); set encoder.name to the "
+            "architecture the file was exported from")
 
 
 def file_sha256(path) -> Optional[str]:

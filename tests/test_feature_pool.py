@@ -1,4 +1,4 @@
-"""protocol.feature_pool: frozen features pooled over the annotation-free lesion mask (issue 15, item 1)."""
+"""protocol.feature_pool: frozen features pooled over the annotation-free lesion mask."""
 import numpy as np
 import pytest
 import torch

@@ -3,7 +3,7 @@
 Every ``import`` in ``ssl_derm`` is read with :mod:`ast`, the lazy ones inside functions included, so the
 shape cannot erode behind a function-level import. The layers, top to bottom:
 
-6. entry points: ``ssl_derm.cli``, ``ssl_derm.api``
+6. entry points: ``ssl_derm.cli``, ``ssl_derm.api``, ``ssl_derm.docs_reference`` (writes the config reference)
 5. commands (``ssl_derm.commands``): the only place a run is put together
 4. ``ssl_derm.serve``: loads and runs what the families export
 3. families: ``methods``, ``evaluate`` (protocols), ``segmenters``; no family imports another
@@ -23,7 +23,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "ssl_derm"
 
 LAYERS = {
-    6: ("cli", "api"),
+    6: ("cli", "api", "docs_reference"),
     5: ("commands",),
     4: ("serve",),
     3: ("methods", "evaluate", "segmenters"),

@@ -137,7 +137,7 @@ def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkey
 
 @pytest.mark.slow
 def test_finetune_cli_survives_sigkill(tmp_path):
-    """The contract of issue 12 (there with 60 steps): killed with SIGKILL once a checkpoint exists, the same
+    """The resume contract (specified with 60 steps): killed with SIGKILL once a checkpoint exists, the same
     command resumes."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ssl_derm.cli", "finetune", "--config", str(ROOT / "configs/finetune/finetune.yaml"),

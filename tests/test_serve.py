@@ -1,4 +1,4 @@
-"""Issue 13's contract: trained models leave the run folder (model.safetensors + model.json), plain timm
+"""The export contract: trained models leave the run folder (model.safetensors + model.json), plain timm
 builds the classifiers, and ``ssl-derm predict`` runs every kind on a new folder (CPU, synthetic data
 written by ``ssl-derm data synth``, tiny sizes)."""
 import json

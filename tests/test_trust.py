@@ -1,4 +1,4 @@
-"""Issue 14's contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
+"""The trust contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
 import json
 from pathlib import Path
 
@@ -156,7 +156,7 @@ def test_wrong_architecture_and_single_class_exit_nonzero_with_one_line(tmp_path
     enc = _encoder(tmp_path)
     assert main(_ft(tmp_path, tmp_path / "a", "encoder.name=vit_tiny_patch16_224", f"encoder.checkpoint={enc}")) != 0
     line = _err(capsys)
-    assert enc in line and "resnet18" in line and "missing" in line
+    assert enc in line and "resnet18" in line and "vit_tiny_patch16_224" in line and "contradicts" in line
     root = _external(tmp_path, n=20)
     lines = (root / "labels.csv").read_text().splitlines()
     (root / "labels.csv").write_text("\n".join([lines[0]] + [",".join([ln.split(",")[0], "nevus"]) for ln in lines[1:]]))

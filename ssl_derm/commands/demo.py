@@ -18,7 +18,7 @@ import yaml
 from ssl_derm.config import load_config
 from ssl_derm.commands.sweep import run_sweep
 
-CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package (package data)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package (package data)
 
 # Sized so that the whole demo stays within 5 minutes on 2 CPU cores, install included: 32 px (ResNet-18's
 # cost here is per pixel; 48 px took 295 s), 120 steps, two label fractions, two values of C (124 s on 2026-11-29).

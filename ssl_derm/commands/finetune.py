@@ -38,14 +38,13 @@ from ssl_derm.runs.fingerprint import fingerprint
 from ssl_derm.registry import get
 from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_json, write_metrics
 
-SEG_PROTOCOLS = ("fewmask_seg",)
 
 
 def load_data_and_split(cfg: FinetuneConfig):
     """(dataset, :class:`Split`) from ``cfg.data`` and the split file (made once, then reused)."""
     from ssl_derm.data import load_dataset
 
-    seg = cfg.protocol.name in SEG_PROTOCOLS
+    seg = cfg.protocol.segments
     finetune_ignored_data_keys(cfg, seg)
     ds = load_dataset(cfg.data, need_labels=not seg, need_masks=seg)
     if not seg:
@@ -93,7 +92,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     if int(dataset.images.shape[1]) != cfg.data.image_size:
         raise DataError(f"the dataset's images are {dataset.images.shape[1]} px but data.image_size={cfg.data.image_size}")
     split = Split.of(split, dataset)
-    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.name in SEG_PROTOCOLS)
+    ext = external.load_external(cfg, dataset, need_masks=cfg.protocol.segments)
     derived = None
     if getattr(cfg.protocol, "feature_pool", "avg") != "avg":  # the lesion masks' recipe is part of the result
         from ssl_derm.segmenters.archive_masks import recipe

@@ -41,8 +41,8 @@ class PredictData:
 class PredictConfig:
     """Overrides of ``ssl-derm predict`` (``key=value``)."""
 
-    device: str = "auto"
-    batch_size: int = 64
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    batch_size: int = 64  # images per forward pass
     workers: int = 2  # decoding threads
     num_threads: int = 0  # >0: torch CPU threads for this run
     tta: str = "none"  # none | d4: mean over the 8 rotations/flips

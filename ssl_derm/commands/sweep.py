@@ -145,9 +145,9 @@ def _shared_data(cfg, shared: dict) -> tuple:
     by every cell that differs only in protocol, fraction or seed."""
     from ssl_derm.config import to_dict
     from ssl_derm.models.features import FeatureCache
-    from ssl_derm.commands.finetune import SEG_PROTOCOLS, load_data_and_split
+    from ssl_derm.commands.finetune import load_data_and_split
 
-    key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.name in SEG_PROTOCOLS, cfg.augment.mean, cfg.augment.std])
+    key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.segments, cfg.augment.mean, cfg.augment.std])
     if key not in shared:
         dataset, split = load_data_and_split(cfg)
         shared[key] = (dataset, split, FeatureCache())

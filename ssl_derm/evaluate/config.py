@@ -6,7 +6,7 @@ adds the checks for values with a closed set of choices or a range.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import ClassVar, List
 
 from ssl_derm.config import (
     AugmentConfig,
@@ -45,6 +45,8 @@ class ProtocolSettings:
 
     name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | distill | fewmask_seg
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
+    # what the protocol learns from: lesion masks (segmentation) rather than class labels
+    segments: ClassVar[bool] = False
     # none | temperature: one temperature fitted on the val side (ssl_derm/metrics/calibration.py) divides
     # the logits of every scored side; model.json stores it and `ssl-derm predict` applies it
     calibrate: str = "none"
@@ -67,17 +69,17 @@ class FrozenFeatures:
     (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips);
     pooled over the whole image (avg), over the annotation-free lesion mask (lesion), or both side by side."""
 
-    feature_stages: int = 1
-    feature_tta: str = "none"
-    feature_pool: str = "avg"
+    feature_stages: int = 1  # pooled outputs of the last n stages, concatenated (1 = the encoder's pooled output)
+    feature_tta: str = "none"  # none | d4: features averaged over the 8 rotations/flips
+    feature_pool: str = "avg"  # avg: whole image | lesion: over the annotation-free lesion mask | both, side by side
 
 
 @dataclass
 class LinearProbe:
     """Logistic regression on standardised frozen features; C picked on the val side."""
 
-    linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
-    linear_max_iter: int = 2000
+    linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])  # inverse regularisation strengths tried; the best on val is kept
+    linear_max_iter: int = 2000  # iterations of the logistic-regression solver
 
 
 @dataclass
@@ -90,7 +92,7 @@ class Trained:
     # the frozen features (C picked on val, as protocol `linear`), so finetuning starts from the probe
     # and the initial state is a model-selection candidate too
     head_init: str = "random"
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
 
 
 @dataclass
@@ -118,8 +120,8 @@ _SHARED_RULES = {
 class FinetuneConfig:
     """``ssl-derm finetune``: an encoder (pretrained or random) + labels -> metrics.json."""
 
-    device: str = "auto"
-    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    seed: int = 0  # seeds initialisation and batch order (split.seed seeds the split file)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3,
@@ -136,9 +138,9 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     if not 0.0 < cfg.split.fraction <= 1.0:
         raise ConfigError(f"config key 'split.fraction': must be in (0, 1], got {cfg.split.fraction}")
     cfg.protocol.check()
-    if cfg.protocol.name == "fewmask_seg" and cfg.protocol.calibrate != "none":
-        raise ConfigError("config key 'protocol.calibrate': fewmask_seg predicts masks, not class probabilities; "
-                          "set protocol.calibrate=none")
+    if type(cfg.protocol).segments and cfg.protocol.calibrate != "none":
+        raise ConfigError(f"config key 'protocol.calibrate': {cfg.protocol.name} predicts masks, not class "
+                          "probabilities; set protocol.calibrate=none")
     return cfg
 
 

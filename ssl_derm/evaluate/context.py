@@ -38,6 +38,8 @@ class Context:
     # dataset -> (N, S, S) uint8 annotation-free lesion masks of every cache row; the command supplies the
     # default segmenter's (protocols do not build segmenters themselves)
     mask_source: Optional[Callable[[Any], np.ndarray]] = None
+    # what the protocol trained (one of ssl_derm.models.trained's types), exported by ssl_derm.serve.export
+    trained: Any = None
     # (dataset, its lesion masks or None) -> (N,) float32 ITA (degrees, NaN unknown) of the skin around
     # each row's lesion, for the per-skin-tone scores; the command supplies
     # :func:`ssl_derm.segmenters.skin_tone.skin_tone_source`

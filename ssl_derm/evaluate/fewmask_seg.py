@@ -8,19 +8,18 @@ the best state (mean Dice); the test side is scored once with :mod:`ssl_derm.met
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import ClassVar, List
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ssl_derm.engine import BestState, Engine, Stateful
 from ssl_derm.engine.precision import Precision, resolve_precision
-from ssl_derm.errors import ConfigError, EncoderError
+from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import ProtocolSettings
 from ssl_derm.models.features import rows_to_batch, to_device
 from ssl_derm.models.unet import SegModel, dice_bce_loss
+from ssl_derm.models.trained import SegNet
 from ssl_derm.registry import register
 
 
@@ -68,9 +67,10 @@ def score_masks(pred: np.ndarray, gt: np.ndarray, ids) -> dict:
 @dataclass
 class FewMaskSegSettings(ProtocolSettings):
     name: str = "fewmask_seg"
+    segments: ClassVar[bool] = True
     eval_every: int = 100  # steps between validation passes (model selection only)
-    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
-    seg_freeze_encoder: bool = False
+    seg_decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])  # U-Net decoder widths, deepest first
+    seg_freeze_encoder: bool = False  # true: train only the decoder on the frozen encoder
     seg_threshold: float = 0.5  # probability threshold of the predicted mask
 
     def check(self) -> None:
@@ -129,7 +129,7 @@ def run_fewmask_seg(ctx) -> dict:
             "val_history": best.history if best else [],
             "best_val_dice": None if best is None or best.state is None else best.best, "scored_at_px": ctx.image_size,
             "resumed_from_step": summary["resumed_from"]}
-    ctx.extras["export"] = {"model": model}  # the selected state, for ssl_derm.serve.export
+    ctx.trained = SegNet(model, list(p.seg_decoder_channels), float(p.seg_threshold))  # the selected state
     out = {"seg": scores, "info": info, "pred_masks": pred}
     if "external" in ctx.rows:  # data.test_images + data.test_masks: scored like the test side
         ext = ctx.rows["external"]

@@ -34,10 +34,10 @@ class SegmenterSettings:
     smooth_sigma: float = 1.0  # Gaussian pre-smoothing of the Lab image (px at 128)
     # refine: finish the method's masks with the colour EM of ssl_derm/segment/em.py (contrast_em always uses it)
     refine_em: bool = False
-    em_iters: int = 3
+    em_iters: int = 3  # EM iterations of that refinement
     # clean up (ssl_derm/segment/cleanup.py)
     component: str = "central"  # central | largest | all: which connected component is the lesion
-    fill_holes: bool = True
+    fill_holes: bool = True  # fill holes inside the lesion component
     convex_hull: bool = False  # the component's convex hull: fills bays as well as holes (contrast_em: on)
     upsample: str = "bilinear"  # to the original size: bilinear score of the mask > 0.5, or nearest
     # outputs
@@ -70,7 +70,7 @@ class SelfTrainSection:
     image_size: int = 96  # training/prediction size of the segmentation network
     ignore_band: float = 0.2  # pixels whose pseudo score is within this of 0.5 are left out of the loss
     boundary_px: int = 2  # and a band this wide (px at 128) around the pseudo-mask outline
-    decoder_widths: List[int] = field(default_factory=lambda: [128, 64, 32, 16, 16])
+    decoder_widths: List[int] = field(default_factory=lambda: [128, 64, 32, 16, 16])  # U-Net decoder widths, deepest first
     max_images: int = 0  # >0: train on a random subset of this many images (all images are predicted)
     # each round teaches with the most reliable pseudo-masks only (ssl_derm/segment/selftrain.py, reliable_rows):
     select_frac: float = 1.0  # this fraction of the images, ranked by the mean margin |2 score - 1| of their scores
@@ -82,8 +82,8 @@ class SelfTrainSection:
 class SegmentConfig:
     """``ssl-derm segment``: images (+ masks, read only to score) -> masks and metrics.json."""
 
-    device: str = "auto"
-    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    seed: int = 0  # seeds subsets, clustering and training
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=128))
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     segment: SegmenterSettings = plugin("segmenter", DEFAULT_METHOD, aliases={"default": DEFAULT_METHOD})

@@ -69,12 +69,12 @@ class GharawiSettings(SegmenterSettings):
     method: str = "gharawi"
     max_clusters: int = 8  # width of the cluster head (argmax labels may use fewer)
     min_clusters: int = 3  # stop early once this few clusters remain
-    feat_dim: int = 32
-    transformer_layers: int = 1
-    heads: int = 4
+    feat_dim: int = 32  # width of the pixel features (divisible by heads)
+    transformer_layers: int = 1  # transformer layers of the contextual attention
+    heads: int = 4  # attention heads
     iters: int = 40  # optimisation steps per image (per_image) or per batch
     work_size: int = 64  # the clustering runs at this size (px), its responses are upsampled to the cache size
-    lr: float = 0.1
+    lr: float = 0.1  # learning rate of the clustering optimisation
     position_weight: float = 0.0  # scale of the x, y inputs of the pixel branch (0: colour only, as Kim et al.)
     spatial_weight: float = 1.0  # weight of the spatial-consistency (L1 response difference) loss
     per_image: bool = True  # optimise a fresh model per image; false: one model per batch

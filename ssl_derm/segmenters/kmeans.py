@@ -44,7 +44,7 @@ def lesion_from_labels(labels: np.ndarray, prep: Prepared, i: int, lab: np.ndarr
 @dataclass
 class KMeansColourSettings(SegmenterSettings):
     method: str = "kmeans_color"
-    n_clusters: int = 2
+    n_clusters: int = 2  # clusters per image; the lesion is the clusters least like the skin ring
 
     def check(self) -> None:
         super().check()
@@ -90,7 +90,7 @@ def dense_features(encoder, images: np.ndarray, aug_cfg, grid: int, device) -> t
 @dataclass
 class KMeansFeatureSettings(SegmenterSettings):
     method: str = "kmeans_features"
-    n_clusters: int = 2
+    n_clusters: int = 2  # clusters per image; the lesion is the clusters least like the skin ring
     feature_size: int = 32  # grid the dense features are resized to
 
     def check(self) -> None:

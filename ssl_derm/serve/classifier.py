@@ -39,7 +39,7 @@ class Classifier(nn.Module):
         self.image_size = int(meta["image_size"])
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
-        self.pool = meta.get("feature_pool", "avg")  # absent from model.json before 2026-11-29: avg
+        self.pool = meta.get("feature_pool", "avg")  # absent from older model.json format 1 files: avg
         self.calibration_t = float(meta.get("temperature", 1.0))  # format 1 has none: uncalibrated
         if not self.calibration_t > 0:
             raise ModelFileError(f"model.json has temperature {meta.get('temperature')!r}; it must be > 0 "

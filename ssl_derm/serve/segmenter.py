@@ -101,7 +101,7 @@ class Segmenter(nn.Module):
         masks = (soft[:, 0] >= self.threshold).numpy() if self.segmenter is None or tta == "d4" else soft[:, 0].numpy() > 0.5
         if self.post.get("clean") and (self.segmenter is None or tta == "d4"):
             masks = clean_masks(masks, self.post["component"], self.post["fill_holes"],
-                                self.post.get("convex_hull", False))  # absent from model.json before 2026-11-29
+                                self.post.get("convex_hull", False))  # absent from model.json format 1 files written before the key existed
         return masks
 
     def predict(self, images, tta: Optional[str] = None, batch_size: int = 32) -> List[np.ndarray]:
