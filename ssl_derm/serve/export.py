@@ -1,8 +1,8 @@
 """Trained models leave the run folder as ``model.safetensors`` + ``model.json``.
 
 ``model.json`` (``format_version`` 2; version 1 files, which lack ``temperature``, still load) always
-holds ``kind`` (classifier | segmenter), ``protocol`` (or segmenter ``method``), ``image_size`` (the square size images are decoded at, as in the run's cache),
-``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
+holds ``kind`` (classifier | segmenter), ``protocol`` (or segmenter ``method``), ``image_size`` (the
+square size images are decoded at, as in the run's cache), ``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
 init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
 
 - ``timm``: the safetensors file is a whole timm classifier (finetune, FixMatch, the mean teacher's
