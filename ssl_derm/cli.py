@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image folders")
     p.add_argument("--masks")
     p.add_argument("--labels")
+    p.add_argument("--out", help="also write OUT/skin_tone.csv: each image's ITA (skin around the default "
+                   "segmenter's lesion) and its skin-tone group")
+    p.add_argument("--size", type=int, default=128, help="with --out: the size images are segmented at")
+    p.add_argument("--cache-dir", help="with --out: image cache folder (default: $SSL_DERM_CACHE or ~/.cache/ssl-derm)")
 
     _add_run_args(sub.add_parser("pretrain", help="self-supervised pretraining"), _default("pretrain/simclr_resnet18.yaml"), force=True)
     _add_run_args(sub.add_parser("finetune", help="kNN / linear / finetune / semi-supervised / few-mask segmentation"),
@@ -119,7 +123,12 @@ def _run(args) -> int:
             return 0
         from ssl_derm.data import run_check
 
-        return run_check(args.paths, masks=args.masks, labels=args.labels)
+        rc = run_check(args.paths, masks=args.masks, labels=args.labels)
+        if args.out:
+            from ssl_derm.segmenters.skin_tone import write_folder_skin_tone
+
+            write_folder_skin_tone(args.paths, args.out, args.size, args.cache_dir)
+        return rc
     if args.command == "pretrain":
         from ssl_derm.config import PretrainConfig
         from ssl_derm.commands.pretrain import run_pretrain

@@ -96,8 +96,12 @@ def features(prep: Prepared, s: ContrastEMSettings) -> np.ndarray:
 
 
 def colour_edges(lab: np.ndarray) -> np.ndarray:
-    """Colour gradient magnitude: float (N, 3, S, S) Lab -> float (N, S, S), summed over the channels."""
-    return sum(np.hypot(ndi.sobel(lab[:, c], 1), ndi.sobel(lab[:, c], 2)) for c in range(lab.shape[1]))
+    """Colour gradient magnitude: float (N, 3, S, S) Lab -> float (N, S, S), summed over the channels.
+
+    Image by image: ``ndi.sobel`` of an (N, S, S) stack would smooth across the batch axis too, so an
+    image's edges would depend on its neighbours in the batch."""
+    return np.stack([sum(np.hypot(ndi.sobel(img[c], 0), ndi.sobel(img[c], 1)) for c in range(img.shape[0]))
+                     for img in lab]) if len(lab) else np.zeros((0,) + lab.shape[2:])
 
 
 def outline_edge(mask: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> float:
