@@ -1,0 +1,1 @@
+"""Commands: each puts a run together from the families below it (``ssl-derm <command>``)."""
