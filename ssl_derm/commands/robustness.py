@@ -70,8 +70,8 @@ def load_truth(found, cfg, model, bad: list):
         ids.append(i)
         imgs.append(arr)
     if not ids:
-        raise DataError(f"no usable image{' with a usable mask' if is_seg else ''}: all {len(rows)} were unreadable "
-                        "(listed in bad_files.txt)")
+        raise DataError(f"no usable image{' with a usable mask' if is_seg else ''}: all {len(rows)} failed, e.g. "
+                        f"'{bad[0][0]}': {bad[0][1]}")
     return (ids, np.stack(imgs), np.stack(masks) if is_seg else None, np.array(labels) if not is_seg else None,
             groups if not is_seg and any(g != i for g, i in zip(groups, ids)) else None, n_without)
 
