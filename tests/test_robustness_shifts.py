@@ -115,3 +115,10 @@ def test_bad_input_is_refused():
         s.apply(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), None, 1, [0])
     with pytest.raises(ValueError, match="seeds"):
         s.apply(torch.rand(2, 3, 32, 32), None, 1, [0])
+
+
+def test_strokes_leaving_the_frame_are_not_drawn_along_its_edge():
+    from ssl_derm.robustness.shifts import stroke_map
+
+    pts = torch.stack([torch.full((50,), -5.0), torch.linspace(0, 31, 50)], 1)[None]  # a line above the image
+    assert stroke_map(pts, 32, 32, 1.0).max() == 0

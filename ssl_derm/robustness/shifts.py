@@ -174,11 +174,12 @@ def stroke_map(points: torch.Tensor, h: int, w: int, width: float) -> torch.Tens
     """points: float (N, P, 2) (y, x) in pixels -> float (N, 1, H, W) in [0, 1]: the points splatted, grown
     to ``width`` px (max pool) and softened (Gaussian), so strokes have antialiased edges."""
     n = points.shape[0]
-    yi = points[..., 0].round().long().clamp(0, h - 1)
-    xi = points[..., 1].round().long().clamp(0, w - 1)
-    canvas = torch.zeros(n, h * w, device=points.device)
-    canvas.scatter_(1, yi * w + xi, 1.0)
-    canvas = canvas.view(n, 1, h, w)
+    yi, xi = points[..., 0].round().long(), points[..., 1].round().long()
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    idx = torch.where(inside, yi * w + xi, torch.full_like(yi, h * w))  # points off the frame go to a spare cell
+    canvas = torch.zeros(n, h * w + 1, device=points.device)
+    canvas.scatter_(1, idx, 1.0)
+    canvas = canvas[:, :-1].view(n, 1, h, w)
     k = max(1, int(round(width)))
     if k > 1:
         canvas = F.max_pool2d(canvas, k + 1 - k % 2, stride=1, padding=(k + 1 - k % 2) // 2)

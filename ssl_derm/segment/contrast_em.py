@@ -45,9 +45,27 @@ from ssl_derm.segment.prep import Prepared, smooth_lab
 from ssl_derm.segment.prior import otsu_threshold
 
 
-def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Mahalanobis distance to the ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
-    dist = mahalanobis(f, ring)
+def trimmed_ring(f: np.ndarray, ring: np.ndarray, trim: float, rounds: int = 2) -> np.ndarray:
+    """The ring pixels that look like skin: bool (P,) ``ring`` less the ``trim`` share farthest from the
+    ring's own Gaussian (refitted ``rounds`` times). Whatever else lies in the ring (a lesion that fills the
+    frame, hair, a marker line, a dark corner) is far from the skin's tight colour and drops out first."""
+    if trim <= 0:
+        return ring
+    keep = ring
+    idx = np.flatnonzero(ring)
+    for _ in range(rounds):
+        d = mahalanobis(f[:, idx], keep[idx])
+        sel = np.zeros_like(ring)
+        sel[idx[d <= np.quantile(d, 1.0 - trim)]] = True
+        if sel.sum() < 20:
+            return keep
+        keep = sel
+    return keep
+
+
+def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, trim: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Mahalanobis distance to the (trimmed) ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
+    dist = mahalanobis(f, trimmed_ring(f, ring, trim))
     return dist, (dist > otsu_threshold(dist[valid])) & valid
 
 
@@ -73,6 +91,7 @@ class ContrastEMSettings(SegmenterSettings):
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
     convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
+    ring_trim: float = 0.0  # share of the skin ring left out of the skin model (the pixels least like skin)
 
     def check(self) -> None:
         super().check()
@@ -81,6 +100,8 @@ class ContrastEMSettings(SegmenterSettings):
         if self.edge_margin < 0:
             raise ConfigError(f"config key 'segment.edge_margin': must be >= 0 (0 = always the last EM round), "
                               f"got {self.edge_margin}")
+        if not 0 <= self.ring_trim < 0.9:
+            raise ConfigError(f"config key 'segment.ring_trim': must be in [0, 0.9) (0 = the whole ring), got {self.ring_trim}")
         if self.texture_sigma < 0 or self.texture_weight <= 0:
             raise ConfigError("config keys 'segment.texture_sigma' (>= 0, 0 = off) and 'segment.texture_weight' (> 0): "
                               f"got {self.texture_sigma} and {self.texture_weight}")
@@ -129,7 +150,7 @@ class ContrastEM(Segmenter):
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
             f, v, ring = feats[i].reshape(c, -1), prep.valid[i].ravel(), prep.ring[i].ravel()
-            dist, init = contrast_init(f, v, ring)
+            dist, init = contrast_init(f, v, ring, self.s.ring_trim)
             rounds = em_rounds(f, v, init, self.s.em_iters, self.s.lesion_bias)
             if edges is not None:
                 post, m = pick_round(rounds, edges[i], prep.valid[i], self.s.component, self.s.fill_holes,
