@@ -61,3 +61,20 @@ def test_trimmed_ring_drops_what_is_not_skin():
     kept = trimmed_ring(f, ring, 0.25)
     assert not kept[:150].any() and kept[150:].mean() > 0.8
     assert np.array_equal(trimmed_ring(f, ring, 0.0), ring)
+
+
+def test_flatten_illumination_undoes_a_radial_fall_off_measured_on_the_ring():
+    from ssl_derm.segment.prior import skin_ring
+    from ssl_derm.segment.vignette import flatten_illumination
+
+    img, disc = _skin()
+    r2 = np.hypot(*np.mgrid[-32:32, -32:32]) ** 2 / (2 * 32 ** 2)
+    dark = (img.astype(float) * (1 - 0.5 * r2)[None, ..., None]).astype(np.uint8)
+    valid = np.ones((1, 64, 64), bool)
+    ring = skin_ring(valid[0], 1, 6)[None]
+    flat = flatten_illumination(dark, ring, valid)
+    corner, centre_skin = flat[0, :6, :6].mean(), flat[0, 32, 12:16].mean()
+    before = dark[0, :6, :6].mean() / dark[0, 32, 12:16].mean()
+    assert before < 0.8 and abs(corner / centre_skin - 1) < 0.06
+    # the lesion keeps its contrast to the skin
+    assert abs(flat[0][disc].mean() / centre_skin - img[0][disc].mean() / img[0, 32, 12:16].mean()) < 0.06

@@ -32,6 +32,7 @@ class SegmenterSettings:
     hair_lines: float = 0.0  # oriented line closings this long (px at 128) find and inpaint thicker hairs; 0 = off
     hair_threshold: float = 0.08  # their top-hat spread (grey, 0-1) above which a pixel is hair
     colour_constancy: float = 0.0  # shades-of-grey white balance with this Minkowski p before Lab; 0 = off
+    flatten_light: bool = False  # divide out a smooth illumination fall-off fitted to the skin ring
     vignette: bool = True  # leave out the dark dermoscope border (a fitted circle)
     ring: List[float] = field(default_factory=lambda: [2.0, 10.0])  # skin ring: px inside the field of view
     smooth_sigma: float = 1.0  # Gaussian pre-smoothing of the Lab image (px at 128)

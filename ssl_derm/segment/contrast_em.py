@@ -63,9 +63,22 @@ def trimmed_ring(f: np.ndarray, ring: np.ndarray, trim: float, rounds: int = 2) 
     return keep
 
 
-def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, trim: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
-    """Mahalanobis distance to the (trimmed) ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
-    dist = mahalanobis(f, trimmed_ring(f, ring, trim))
+def lightest_ring(f: np.ndarray, ring: np.ndarray, keep: float) -> np.ndarray:
+    """The lightest ``keep`` share of the ``ring`` pixels (by f[0], Lab L): bool (P,). A lesion is darker
+    than the skin around it, so when it fills most of the frame and reaches the ring, the skin that is left
+    in the ring (its corners) is the light part; on a ring of skin alone this keeps the lighter skin."""
+    if keep >= 1:
+        return ring
+    L = f[0, ring]
+    sel = ring.copy()
+    sel[np.flatnonzero(ring)[L < np.quantile(L, 1.0 - keep)]] = False
+    return sel if sel.sum() >= 20 else ring
+
+
+def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, trim: float = 0.0,
+                  light: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Mahalanobis distance to the (lightest, trimmed) ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
+    dist = mahalanobis(f, trimmed_ring(f, lightest_ring(f, ring, light), trim))
     return dist, (dist > otsu_threshold(dist[valid])) & valid
 
 
@@ -92,6 +105,7 @@ class ContrastEMSettings(SegmenterSettings):
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
     convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
     ring_trim: float = 0.0  # share of the skin ring left out of the skin model (the pixels least like skin)
+    ring_light: float = 1.0  # share of the skin ring, the lightest, that the skin model starts from (1 = all)
 
     def check(self) -> None:
         super().check()
@@ -100,6 +114,8 @@ class ContrastEMSettings(SegmenterSettings):
         if self.edge_margin < 0:
             raise ConfigError(f"config key 'segment.edge_margin': must be >= 0 (0 = always the last EM round), "
                               f"got {self.edge_margin}")
+        if not 0.05 <= self.ring_light <= 1:
+            raise ConfigError(f"config key 'segment.ring_light': must be in [0.05, 1] (1 = the whole ring), got {self.ring_light}")
         if not 0 <= self.ring_trim < 0.9:
             raise ConfigError(f"config key 'segment.ring_trim': must be in [0, 0.9) (0 = the whole ring), got {self.ring_trim}")
         if self.texture_sigma < 0 or self.texture_weight <= 0:
@@ -150,7 +166,7 @@ class ContrastEM(Segmenter):
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
             f, v, ring = feats[i].reshape(c, -1), prep.valid[i].ravel(), prep.ring[i].ravel()
-            dist, init = contrast_init(f, v, ring, self.s.ring_trim)
+            dist, init = contrast_init(f, v, ring, self.s.ring_trim, self.s.ring_light)
             rounds = em_rounds(f, v, init, self.s.em_iters, self.s.lesion_bias)
             if edges is not None:
                 post, m = pick_round(rounds, edges[i], prep.valid[i], self.s.component, self.s.fill_holes,

@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from ssl_derm.segment.colour import (hair_map, inpaint_hair, odd_kernel, remove_hair, scaled_px, shades_of_grey,
                                      to_lab)
 from ssl_derm.segment.prior import skin_ring
-from ssl_derm.segment.vignette import field_of_view
+from ssl_derm.segment.vignette import field_of_view, flatten_illumination
 
 
 @dataclass
@@ -37,11 +37,14 @@ def prepare(images: np.ndarray, s) -> Prepared:
     clean = remove_hair(clean, odd_kernel(s.hair_kernel, size))
     lab = to_lab(clean)
     valid = np.stack([field_of_view(lab[i, 0], s.vignette) for i in range(len(lab))])
-    if s.colour_constancy > 0:  # white balance from the field of view only (the dark border is no colour cue)
-        clean = shades_of_grey(clean, s.colour_constancy, valid)
-        lab = to_lab(clean)
     inner, outer = (scaled_px(r, size) for r in s.ring)
     ring = np.stack([skin_ring(v, inner, outer) for v in valid])
+    if s.flatten_light or s.colour_constancy > 0:
+        if s.flatten_light:  # the fall-off measured on the ring's skin, inside the field of view only
+            clean = flatten_illumination(clean, ring, valid)
+        if s.colour_constancy > 0:  # white balance from the field of view only (the dark border is no colour cue)
+            clean = shades_of_grey(clean, s.colour_constancy, valid)
+        lab = to_lab(clean)
     return Prepared(clean, lab, valid, ring)
 
 
