@@ -2,12 +2,16 @@
 
 Per image, with no labels and nothing learnt across images:
 
+0. prepare, against acquisition shift: thick hairs and marker lines inpainted (``hair_lines``), the
+   illumination fall-off fitted to the skin ring divided out (``flatten_light``: vignetting, uneven light),
+   shades-of-grey white balance (``colour_constancy``: camera and light colour);
 1. features: the (hair-free, lightly smoothed) Lab colour, plus the local contrast of lightness (its
    standard deviation in a small Gaussian window, ``texture_sigma``): pigment networks, dots and globules
    make a lesion rough where skin is smooth, which separates lesions whose colour is close to the skin's
    and keeps smooth skin shading out of a small lesion's class;
-2. skin model: a Gaussian of the features in the skin ring just inside the field of view; every pixel's
-   Mahalanobis distance to it is its contrast to the skin;
+2. skin model: a Gaussian of the features in the skin ring just inside the field of view, from its lightest
+   half (``ring_light``: a lesion that fills the frame reaches the ring, and it is the darker part); every
+   pixel's Mahalanobis distance to it is its contrast to the skin;
 3. initial lesion: contrast above Otsu's threshold (of the field of view's contrasts);
 4. hard EM (classification EM) of two full-covariance Gaussians, lesion and skin: refit both to the
    current split, reassign each pixel to the likelier class with the prior log-odds ``lesion_bias``
@@ -105,7 +109,11 @@ class ContrastEMSettings(SegmenterSettings):
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
     convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
     ring_trim: float = 0.0  # share of the skin ring left out of the skin model (the pixels least like skin)
-    ring_light: float = 1.0  # share of the skin ring, the lightest, that the skin model starts from (1 = all)
+    ring_light: float = 0.5  # share of the skin ring, the lightest, that the skin model starts from (1 = all)
+    # the shared prepare keys, on here (benchmarks/robustness_ham10000.py: the shifts they remove)
+    hair_lines: float = 11.0  # thick hairs and marker lines found by oriented line closings and inpainted
+    colour_constancy: float = 6.0  # shades-of-grey white balance (p = 6) before Lab
+    flatten_light: bool = True  # the illumination fall-off fitted to the skin ring divided out
 
     def check(self) -> None:
         super().check()

@@ -86,11 +86,11 @@ def flatten_illumination(images: np.ndarray, ring: np.ndarray, valid: np.ndarray
         sel = ring[i].ravel()
         if sel.sum() < 50:
             continue
-        for _ in range(2):
+        for _ in range(3):
             coef, *_ = np.linalg.lstsq(design[sel], g[sel], rcond=None)
             res = g - design @ coef
             sd = res[sel].std() + 1e-6
-            sel = sel & (np.abs(res) < 2 * sd)
+            sel = sel & (res > -sd) & (res < 2 * sd)  # darker than the surface is lesion or hair: out sooner
         surf = design @ coef
         surf -= surf[valid[i].ravel()].mean()
         gain = np.exp(-surf).reshape(s, s, 1)
