@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,5 +21,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# the docs site into site/ (the configuration reference is written from the settings dataclasses as it builds)
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
 clean:
-	rm -rf runs
+	rm -rf runs site

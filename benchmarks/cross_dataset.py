@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ssl_derm.config import load_config
 from ssl_derm.evaluate.config import FinetuneConfig
-from ssl_derm.evaluate.label_efficiency import cell_id, run_label_efficiency
+from ssl_derm.commands.label_efficiency import cell_id, run_label_efficiency
 
 LABEL_MAP = {"melanoma": "mel", "nevus": "nv", "seborrheic_keratosis": "bkl"}
 

@@ -1,7 +1,7 @@
-"""Two prototypes that tie a frozen encoder's dense features to the default segmenter (issue 15, session 11).
+"""Two prototypes that tie a frozen encoder's dense features to the default segmenter.
 
-Neither paid, so neither is a library option; this script reproduces the RESULTS.md section "Pretrained dense
-features in the default's EM, and Gharawi-style clusters as its start". Per image, everything but the named
+Neither paid, so neither is a library option; this script reproduces the dense-feature table of RESULTS.md
+("Pretraining for segmentation"). Per image, everything but the named
 change is the default's (``contrast_em``: Otsu start, biased EM, round picked by colour edges, convex hull):
 
 - ``dense K,W,IN,STRIDE``: the encoder's maps of stride 4 up to STRIDE (the input resized to IN px) are upsampled,
@@ -13,7 +13,7 @@ change is the default's (``contrast_em``: Otsu start, biased EM, round picked by
     python benchmarks/dense_em_prototypes.py --checkpoint ENC|none --n 800 --dense 0,0,64,8 2,2,128,8 1,1,64,8
     python benchmarks/dense_em_prototypes.py --checkpoint ENC|none --n 200 --gharawi
 
-Images: the session-6 development subset A (the first 800 of ``np.random.default_rng(15).permutation``), or B
+Images: the development subset A of the default segmenter (the first 800 of ``np.random.default_rng(15).permutation``), or B
 (the next 800) with ``--subset B``; masks are read only to score. The PCA is randomised
 (``torch.pca_lowrank``): a rerun of a dense variant moves by about 0.0005.
 """
@@ -31,14 +31,14 @@ from ssl_derm.data import load_dataset
 from ssl_derm.encoders import create_encoder
 from ssl_derm.packaged import resolve_config
 from ssl_derm.runs import seed_everything
-from ssl_derm.segment import contrast_em as ce
-from ssl_derm.segment.base import build_segmenter
-from ssl_derm.segment.cleanup import clean_masks
-from ssl_derm.segment.config import SegmentConfig
-from ssl_derm.segment.gharawi import encoder_levels
-from ssl_derm.segment.prep import prepare
-from ssl_derm.segment.run import resolve_data
-from ssl_derm.segment.scoring import score_predictions
+from ssl_derm.segmenters import contrast_em as ce
+from ssl_derm.segmenters.base import build_segmenter
+from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.segmenters.config import SegmentConfig
+from ssl_derm.segmenters.gharawi import encoder_levels
+from ssl_derm.segmenters.prep import prepare
+from ssl_derm.commands.segment import resolve_data
+from ssl_derm.segmenters.scoring import score_predictions
 
 BATCH = 50
 
@@ -101,7 +101,7 @@ def main() -> None:
     perm = np.random.default_rng(15).permutation(len(ds))
     rows = np.sort(perm[:800] if args.subset == "A" else perm[800:1600])[:args.n]
     ckpt = None if args.checkpoint == "none" else args.checkpoint
-    seed_everything(cfg.seed)  # random init: the same weights every run (the session-11 runs did not seed them)
+    seed_everything(cfg.seed)  # random init: the same weights every run (the first recorded runs did not seed them)
     encoder = create_encoder("resnet18", ds.image_size, ckpt).eval()
     gharawi = None
     if args.gharawi:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check for the engine (issue 12), for a session that has a CUDA machine.
+# One prepared GPU check for the engine, for a machine with CUDA.
 # Run from the repository root on the GPU machine, with the device kit carried as .gpu/
 # (see ../shared/device-kit/README.md: lightly/kornia wheels, optionally .gpu/ham10000):
 #     bash benchmarks/gpu_check.sh            # writes everything under $OUT (default: runs/gpu_check)

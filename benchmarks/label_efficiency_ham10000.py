@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ssl_derm.evaluate.config import load_finetune_config
-    from ssl_derm.evaluate.label_efficiency import collect, run_label_efficiency, write_tables
+    from ssl_derm.commands.label_efficiency import collect, run_label_efficiency, write_tables
 
     data = Path(args.data)
     inits = tuple(args.inits.split(","))

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from ssl_derm.augment import build_preset
-from ssl_derm.bench import _timed
+from ssl_derm.commands.bench import _timed
 from ssl_derm.config import AugmentConfig, plugin_settings
 from ssl_derm.encoders import create_encoder
 from ssl_derm.methods import build_method, lesion_term
@@ -32,7 +32,7 @@ def _setup(args, weight: float, device):
 
 
 def _step_fn(setup, batch):
-    """One training step on ``batch`` as ``ssl_derm.bench._timed`` wants it: step -> images."""
+    """One training step on ``batch`` as ``ssl_derm.commands.bench._timed`` wants it: step -> images."""
     method, preset, opt = setup
 
     def step(s: int) -> int:

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
-    from ssl_derm.sweep import run_sweep
+    from ssl_derm.commands.sweep import run_sweep
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

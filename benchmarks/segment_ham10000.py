@@ -18,12 +18,12 @@ Recorded 2026-11-26, CPU only (2 shared cores, 1 torch thread, load average 4-9,
 resnet18 from `ssl-derm pretrain` on the pooled archive (64 px, 800 steps: runs/pretrain_pooled).
 Subsets are seeded (the first 200 / 1000 of one permutation); on the same 200 images the default got
 0.7416 (otsu_blue 0.6099, kmeans_color 0.6295), on the same 1000 images 0.7774. The default's row is from
-2026-11-29 (issue 15: local contrast, lesion_bias, EM round picked by edges; same conditions): 0.7717 on the
+2026-11-29 (local contrast, lesion_bias, EM round picked by edges; same conditions): 0.7717 on the
 200, 0.8068 on the 1000; the self-training rows still start from the 2026-11-26 default (0.7690).
 
 | method | images | mean Jaccard | mean Dice | thresholded Jaccard | s/image (CPU) | checkpoint |
 |---|---|---|---|---|---|---|
-| default (contrast_em, with the convex hull: 2026-11-29, session 8) | 8019 | 0.8097 | 0.8795 | 0.7571 | 0.026 | no |
+| default (contrast_em, with the convex hull: 2026-11-29) | 8019 | 0.8097 | 0.8795 | 0.7571 | 0.026 | no |
 | default without the convex hull (`--set segment.convex_hull=false`) | 8019 | 0.7994 | 0.8725 | 0.7357 | 0.028-0.046 | no |
 | otsu_gray | 8019 | 0.5838 | 0.6862 | 0.4449 | 0.009 | no |
 | otsu_blue | 8019 | 0.6411 | 0.7322 | 0.5421 | 0.007 | no |
@@ -70,7 +70,7 @@ ENTRIES = {
     "selftrain_random_2rounds": ("selftrain.yaml", ["encoder.checkpoint=none", "selftrain.rounds=2", *CPU_SELFTRAIN],
                                  0, False),
     "selftrain": ("selftrain.yaml", CPU_SELFTRAIN, 0, True),
-    # only the 30% most reliable pseudo-masks teach (selftrain.select_frac; session 10)
+    # only the 30% most reliable pseudo-masks teach (selftrain.select_frac)
     "selftrain_random_select": ("selftrain.yaml", ["encoder.checkpoint=none", "selftrain.select_frac=0.3", *CPU_SELFTRAIN],
                                 0, False),
     "selftrain_select": ("selftrain.yaml", ["selftrain.select_frac=0.3", *CPU_SELFTRAIN], 0, True),
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from ssl_derm.config import load_config
-    from ssl_derm.segment.config import SegmentConfig
-    from ssl_derm.segment.run import run_segment
+    from ssl_derm.segmenters.config import SegmentConfig
+    from ssl_derm.commands.segment import run_segment
 
     names = [n for n in (args.only.split(",") if args.only else ENTRIES) if n]
     unknown = [n for n in names if n not in ENTRIES]

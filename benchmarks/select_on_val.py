@@ -26,9 +26,9 @@ METRICS = ["balanced_accuracy", "accuracy", "macro_f1", "macro_auroc"]
 
 def read_cells(folders, tune, ignore) -> list:
     """One row per finished cell of every folder; a clear error where two cells differ in an untuned key."""
-    from ssl_derm.evaluate.label_efficiency import cell_id, finished_cells
+    from ssl_derm.commands.label_efficiency import cell_id, finished_cells
     from ssl_derm.runs import flatten
-    from ssl_derm.sweep import metric_value
+    from ssl_derm.commands.sweep import metric_value
 
     rows, seen = [], {}
     for folder in map(Path, folders):

@@ -18,7 +18,7 @@ from ssl_derm.config import ConfigError, load_config as _load
 Overrides = Union[None, Sequence[str], Mapping[str, object]]
 _KINDS = {"pretrain": ("ssl_derm.config", "PretrainConfig"),
           "finetune": ("ssl_derm.evaluate.config", "FinetuneConfig"),
-          "segment": ("ssl_derm.segment.config", "SegmentConfig")}
+          "segment": ("ssl_derm.segmenters.config", "SegmentConfig")}
 
 
 def _override_list(overrides: Overrides) -> list:
@@ -66,7 +66,7 @@ def load_config(config=None, overrides: Overrides = None, kind: Optional[str] = 
 
 def pretrain(config="pretrain/simclr_resnet18", overrides: Overrides = None, out: str = "runs/pretrain") -> dict:
     """Self-supervised pretraining; the encoder is exported to ``out/encoder.safetensors``."""
-    from ssl_derm.pretrain import run_pretrain
+    from ssl_derm.commands.pretrain import run_pretrain
 
     return run_pretrain(load_config(config, overrides, kind="pretrain"), out)
 
@@ -74,14 +74,14 @@ def pretrain(config="pretrain/simclr_resnet18", overrides: Overrides = None, out
 def finetune(config="finetune/linear", overrides: Overrides = None, out: str = "runs/finetune") -> dict:
     """One protocol (kNN, linear, finetune, FixMatch...); the model is exported to ``out/model.*``."""
     from ssl_derm.evaluate.config import check_finetune_config
-    from ssl_derm.evaluate.run import run_finetune
+    from ssl_derm.commands.finetune import run_finetune
 
     return run_finetune(check_finetune_config(load_config(config, overrides, kind="finetune")), out)
 
 
 def segment(config="segment/default", overrides: Overrides = None, out: str = "runs/segment") -> dict:
     """Annotation-free segmentation (and self-training); masks and ``out/model.json`` are written."""
-    from ssl_derm.segment.run import run_segment
+    from ssl_derm.commands.segment import run_segment
 
     return run_segment(load_config(config, overrides, kind="segment"), out)
 
@@ -89,7 +89,7 @@ def segment(config="segment/default", overrides: Overrides = None, out: str = "r
 def predict(model_dir, images, out: str, overrides: Overrides = None, tta: Optional[str] = None) -> dict:
     """``ssl-derm predict``: an exported model on image folders; returns the summary (with ``metrics``
     when ``data.labels``/``data.masks`` are given)."""
-    from ssl_derm.serve.predict import run_predict
+    from ssl_derm.commands.predict import run_predict
 
     images = [images] if isinstance(images, str) or not isinstance(images, Sequence) else list(images)
     return run_predict(model_dir, [str(i) for i in images], out, _override_list(overrides), tta=tta)

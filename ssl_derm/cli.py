@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfgs.add_parser("show", help="print one packaged config").add_argument("name", help="e.g. finetune/linear")
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    from ssl_derm.bench import add_arguments
+    from ssl_derm.commands.bench import add_arguments
 
     add_arguments(bench.add_parser("throughput", help="training-step ceiling vs ssl-derm's cache->GPU->kornia path "
                                    "vs lightly's standard JPEG path"))
@@ -114,7 +114,7 @@ def load_run_config(cls, args, default_rel: str):
 
 def _run(args) -> int:
     if getattr(args, "force", False) and os.environ.get("RANK", "0") == "0":
-        from ssl_derm.engine.resume import discard_checkpoints
+        from ssl_derm.runs.resume import discard_checkpoints
 
         discard_checkpoints(args.out)
 
@@ -129,43 +129,44 @@ def _run(args) -> int:
         return run_check(args.paths, masks=args.masks, labels=args.labels)
     if args.command == "pretrain":
         from ssl_derm.config import PretrainConfig
-        from ssl_derm.pretrain import run_pretrain
+        from ssl_derm.commands.pretrain import run_pretrain
 
         run_pretrain(load_run_config(PretrainConfig, args, "pretrain/simclr_resnet18.yaml"), args.out)
         return 0
     if args.command == "finetune":
         from ssl_derm.evaluate.config import FinetuneConfig
-        from ssl_derm.evaluate.run import run_finetune
+        from ssl_derm.commands.finetune import run_finetune
 
         run_finetune(load_run_config(FinetuneConfig, args, "finetune/linear.yaml"), args.out,
                      existing="force" if args.force else "error")
         return 0
     if args.command == "label-efficiency":
         from ssl_derm.evaluate.config import FinetuneConfig
-        from ssl_derm.evaluate.label_efficiency import run_label_efficiency
+        from ssl_derm.commands.label_efficiency import run_label_efficiency
 
         cfg = load_run_config(FinetuneConfig, args, "finetune/linear.yaml")
         run_label_efficiency(cfg, args.checkpoint, [float(f) for f in args.fractions.split(",")],
                              args.protocols.split(","), [int(s) for s in args.seeds.split(",")], args.out)
         return 0
     if args.command == "segment":
-        from ssl_derm.segment.config import SegmentConfig
-        from ssl_derm.segment.run import run_segment
+        from ssl_derm.segmenters.config import SegmentConfig
+        from ssl_derm.commands.segment import run_segment
 
-        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out)
+        run_segment(load_run_config(SegmentConfig, args, "segment/default.yaml"), args.out,
+                    existing="force" if args.force else "error")
         return 0
     if args.command == "sweep":
-        from ssl_derm.sweep import run_sweep
+        from ssl_derm.commands.sweep import run_sweep
 
         run_sweep(args.config, out=args.out, overrides=args.overrides, workers=args.workers)
         return 0
     if args.command == "demo":
-        from ssl_derm.demo import run_demo
+        from ssl_derm.commands.demo import run_demo
 
         run_demo(args.out, data=args.data, quick=args.quick)
         return 0
     if args.command == "predict":
-        from ssl_derm.serve.predict import run_predict
+        from ssl_derm.commands.predict import run_predict
 
         run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
         return 0
@@ -183,7 +184,7 @@ def _run(args) -> int:
             print(show_config(args.name), end="")
         return 0
     if args.command == "bench":
-        from ssl_derm.bench import run_from_args
+        from ssl_derm.commands.bench import run_from_args
 
         run_from_args(args)
         return 0

@@ -7,16 +7,16 @@ typo never passes silently. Every command has one top-level dataclass (``Pretrai
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ssl_derm.config_values import coerce_scalar
+from ssl_derm.config_values import flatten
 from ssl_derm.errors import ConfigError
-from ssl_derm.plugins import (plugin, plugin_section, plugin_settings, prune_foreign,  # noqa: F401  (re-exported)
+from ssl_derm.packaged import is_packaged
+from ssl_derm.plugins import (_coerce, _from_dict, plugin, plugin_section, plugin_settings, prune_foreign,  # noqa: F401  (re-exported)
                               require_at_least)
 
 
@@ -32,8 +32,8 @@ class DataConfig:
     synthetic_n: int = 600  # images in the built-in synthetic set
     split_file: Optional[str] = None  # default: <cache_dir>/splits/<key>.json
     exclude_split: Optional[str] = None  # pretraining: leave out the "test" ids of this split file
-    test_frac: float = 0.2
-    val_frac: float = 0.1
+    test_frac: float = 0.2  # share of the labelled images held out as the test side (lesion-grouped)
+    val_frac: float = 0.1  # share held out as the validation side (model selection only)
     # external test set (finetune): scored as `external` in metrics.json, never trained or selected on
     test_images: List[str] = field(default_factory=list)  # folders
     test_labels: Optional[str] = None  # CSV image_id,label[,lesion_id][,split] of the external images
@@ -43,30 +43,30 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    name: str = "resnet18"
+    name: str = "resnet18"  # any timm model name (resnet18, vit_small_patch16_224, ...)
     checkpoint: Optional[str] = None  # exported encoder (.safetensors/.pth) or "none"
     init: str = "none"  # starting weights: none | timm (timm's own, downloaded on request) | PATH (a timm state dict)
     pretrained: bool = False  # hub weights cannot be downloaded: True is an error
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth of timm models that have it (ViTs, ConvNeXt)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
-    batch_size: int = 64
+    max_steps: int = 1000  # optimiser steps of the run (the cosine schedule spans them)
+    batch_size: int = 64  # images per micro-batch and rank
     lr: float = 1e-3  # base LR for batch 256, scaled linearly by batch_size/256
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
+    min_lr: float = 1e-6  # end of the cosine schedule
+    weight_decay: float = 0.05  # decoupled weight decay; timm's param groups leave biases and norms out
     optimizer: str = "adamw"  # any timm optimizer name: adamw, lars, sgd, lamb...
-    warmup_steps: int = 50
+    warmup_steps: int = 50  # linear LR warm-up from 0
     clip_grad: float = 3.0  # 0 disables
     precision: str = "auto"  # bf16 | fp16 (with a GradScaler) | fp32 | auto: bf16 on CUDA, fp32 on the CPU
     amp: Optional[bool] = None  # deprecated alias: true = precision auto, false = fp32 (use train.precision)
     accumulate: int = 1  # micro-batches of batch_size per optimiser step (gradient accumulation)
     channels_last: bool = False  # NHWC memory format for CNNs on the GPU
     ckpt_every: int = 200  # 0: no checkpoints (and no resume) for this run
-    log_every: int = 10
-    image_log_every: int = 500
+    log_every: int = 10  # steps between TensorBoard scalar logs
+    image_log_every: int = 500  # steps between the view grids logged to TensorBoard
     compile: bool = False  # torch.compile the model
     resume: bool = True  # continue from <out>/checkpoints/last.pt when present
     num_threads: int = 0  # CPU threads; 0 = torch default
@@ -76,36 +76,36 @@ class TrainConfig:
 @dataclass
 class AugmentConfig:
     preset: str = ""  # empty: the method's default preset
-    crop_scale_min: float = 0.2
-    crop_scale_max: float = 1.0
-    local_crop_scale_min: float = 0.05
-    local_crop_scale_max: float = 0.3
+    crop_scale_min: float = 0.2  # random resized crop: smallest area fraction of a global view
+    crop_scale_max: float = 1.0  # random resized crop: largest area fraction of a global view
+    local_crop_scale_min: float = 0.05  # multi_crop preset: smallest area fraction of a local view
+    local_crop_scale_max: float = 0.3  # multi_crop preset: largest area fraction of a local view
     local_crop_size: int = 0  # 0: half the image size (rounded to 8)
-    n_local_crops: int = 6
+    n_local_crops: int = 6  # multi_crop preset: local views per image (DINO, iBOT, SwAV)
     rotation: float = 180.0  # degrees either way: dermoscopy has no up
-    hflip: float = 0.5
-    vflip: float = 0.5
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.2
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    brightness: float = 0.3  # colour jitter strength of brightness
+    contrast: float = 0.3  # colour jitter strength of contrast
+    saturation: float = 0.2  # colour jitter strength of saturation
     hue: float = 0.03  # mild: colour carries diagnosis in dermoscopy
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.1
-    blur_p: float = 0.3
-    solarize_p: float = 0.0
-    blur_sigma_min: float = 0.1
-    blur_sigma_max: float = 2.0
+    jitter_p: float = 0.8  # probability that colour jitter is applied
+    grayscale_p: float = 0.1  # probability of a grey view
+    blur_p: float = 0.3  # probability of a Gaussian blur
+    solarize_p: float = 0.0  # probability of solarisation
+    blur_sigma_min: float = 0.1  # smallest blur sigma (px)
+    blur_sigma_max: float = 2.0  # largest blur sigma (px)
     padding_mode: str = "reflection"  # what rotated/cropped views see outside the image: reflection | zeros | border
     masked_crop_scale_min: float = 0.5  # "masked" preset (MAE/SimMIM): light crops that keep most of the lesion
     lesion_crop_p: float = 0.0  # pretraining: share of views whose crop is moved to keep the lesion centre in frame
     weak_crop_scale_min: float = 0.8  # "weak_strong" preset: the weak view is nearly the whole image
     strong_magnitude: float = 2.0  # strong view: brightness/contrast/saturation jitter times this (hue stays mild)
-    strong_solarize_p: float = 0.2
-    posterize_p: float = 0.2
-    erase_p: float = 0.5
+    strong_solarize_p: float = 0.2  # weak_strong preset: solarisation probability of the strong view
+    posterize_p: float = 0.2  # weak_strong preset: posterisation probability of the strong view
+    erase_p: float = 0.5  # weak_strong preset: random-erasing probability of the strong view
     erase_scale_max: float = 0.15  # largest erased area fraction (smallest: 0.02)
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # per-channel normalisation mean (RGB, 0-1 scale)
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # per-channel normalisation std (RGB, 0-1 scale)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class MethodSettings:
     # the lesion-vs-skin term (methods/lesion_term.py), any two-view method: loss += lesion_weight * BCE of a
     # linear read-out of the stride-``lesion_stride`` feature map against each view's annotation-free mask
     lesion_weight: float = 0.0
-    lesion_stride: int = 16
+    lesion_stride: int = 16  # stride of the feature map the lesion-vs-skin term reads
 
     def at_least(self, minimum, *keys: str, strict: bool = False) -> None:
         require_at_least("method", self, minimum, *keys, strict=strict)
@@ -127,56 +127,12 @@ class MethodSettings:
 @dataclass
 class MonitorConfig:
     every_steps: int = 0  # 0 disables the online kNN monitor
-    k: int = 20
-    temperature: float = 0.07
-    max_images: int = 2000
+    k: int = 20  # neighbours of the online kNN monitor
+    temperature: float = 0.07  # softmax temperature of its similarity weights
+    max_images: int = 2000  # images the monitor embeds (a seeded subset)
 
 
 # ----------------------------------------------------------------------------- loading
-def _coerce(value: Any, tp, key: str):
-    """Check ``value`` against the annotation ``tp``; convert where it is unambiguous."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin in (list, List):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
-        return _from_dict(tp, value, key + ".")
-    if tp is Any:
-        return value
-    if tp in (bool, int, float, str):
-        return coerce_scalar(value, tp, key)
-    return value
-
-
-def _from_dict(cls, data: dict, prefix: str = "", lenient: bool = False):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in fields:
-            raise ConfigError(f"unknown config key '{prefix}{k}'; allowed keys here: {', '.join(sorted(fields))}")
-    obj = cls()
-    for k, v in data.items():
-        if "plugin" in fields[k].metadata:
-            if not isinstance(v, dict):
-                raise ConfigError(f"config key '{prefix}{k}': expected a mapping of settings, got {v!r}")
-            setattr(obj, k, plugin_section(fields[k], hints[k], v, getattr(obj, k), prefix + k, lenient))
-        else:
-            setattr(obj, k, _coerce(v, hints[k], prefix + k))
-    return obj
-
-
 def parse_override(text: str) -> tuple:
     """``a.b=value`` -> (["a", "b"], parsed value); the value is parsed as YAML."""
     if "=" not in text:
@@ -235,6 +191,12 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenie
         data = prune_foreign(cls, data, _merge(data, over))
     cfg = _from_dict(cls, _merge(data, over), lenient=lenient is True)
     validate(cfg)
+    # the keys a user set (overrides, and a config file of their own; a packaged file gives defaults):
+    # values read from an encoder file may fill the others (ssl_derm.encoder_files.adopt_encoder_file)
+    explicit = set(flatten(over))
+    if path and not is_packaged(path):
+        explicit |= set(flatten(read_yaml(path)))
+    cfg.explicit_keys = frozenset(explicit)
     return cfg
 
 
@@ -283,8 +245,8 @@ def dump_yaml(cfg, path) -> None:
 class PretrainConfig:
     """``ssl-derm pretrain``: an unlabeled archive -> an encoder."""
 
-    device: str = "auto"
-    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    seed: int = 0  # seeds initialisation, augmentation and batch order
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

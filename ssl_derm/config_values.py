@@ -35,3 +35,12 @@ def coerce_scalar(value: Any, tp: type, key: str):
             return str(value)
         raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
     return value
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested config sections as dotted key paths."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+

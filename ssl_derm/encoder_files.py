@@ -16,11 +16,11 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
+from ssl_derm.errors import EncoderError as EncoderFileError  # one error type for the CLI's one-line message
+
 # classifier heads of timm models (the encoder is built with num_classes=0, so it has none)
 HEAD_PREFIXES = ("fc.", "head.", "head.fc.", "classifier.", "last_linear.", "head_dist.")
 
-
-from ssl_derm.encoders import EncoderError as EncoderFileError  # one error type for the CLI's one-line message
 
 
 def read_state(path) -> Tuple[Dict[str, tuple], Dict[str, str]]:
@@ -49,28 +49,82 @@ def read_state(path) -> Tuple[Dict[str, tuple], Dict[str, str]]:
     return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}, {}
 
 
+def encoder_file(checkpoint) -> Optional[Path]:
+    """The file that ``encoder.checkpoint`` names (a run folder means its ``encoder.safetensors``), None for
+    random init; a missing file is an error naming the key."""
+    if checkpoint is None or str(checkpoint).lower() in ("", "none"):
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    if not path.is_file():
+        raise EncoderFileError(f"encoder.checkpoint '{checkpoint}' does not exist; give an encoder.safetensors (or "
+                               "the pretraining run folder that holds one), or encoder.checkpoint=none for random init")
+    return path
+
+
+def adopt_encoder_file(cfg, image_size: bool = True) -> dict:
+    """Fill ``encoder.name`` (and ``data.image_size``, the size it was trained at, when ``image_size``) from the
+    metadata of the file ``encoder.checkpoint`` names, where the user did not set them (``cfg.explicit_keys``,
+    recorded by :func:`ssl_derm.config.load_config`). A set ``encoder.name`` that contradicts the file is an
+    error naming both; a set image size may differ (finetuning at another resolution is a choice).
+    Returns {key: value} of what was taken from the file (changed in ``cfg`` in place)."""
+    path = encoder_file(cfg.encoder.checkpoint)
+    if path is None:
+        return {}
+    _, meta = read_state(path)
+    explicit = getattr(cfg, "explicit_keys", frozenset())
+    taken = {}
+    held = meta.get("timm_name")
+    if held and held != cfg.encoder.name:
+        if "encoder.name" in explicit:
+            raise EncoderFileError(f"encoder.name='{cfg.encoder.name}' contradicts encoder.checkpoint '{path}', which "
+                                   f"holds a {held}: drop encoder.name (it is read from the file) or give a "
+                                   f"{cfg.encoder.name} encoder file")
+        cfg.encoder.name = taken["encoder.name"] = held
+    size = meta.get("img_size")
+    if image_size and size and "data.image_size" not in explicit and int(size) != cfg.data.image_size:
+        cfg.data.image_size = taken["data.image_size"] = int(size)
+    return taken
+
+
+# keys whose shape timm adapts when it loads a state dict (a ViT's position embedding at another image size)
+ADAPTED = ("pos_embed", "relative_position_bias_table", "relative_position_index", "attn_mask")
+
+
+def state_mismatch(have: Dict[str, tuple], model: nn.Module) -> Tuple[list, list, list]:
+    """(missing, unknown, other-shape) keys of a state dict given as {key: shape} against ``model``: the one
+    check of every encoder file and ``encoder.init`` state. The classifier (the model's own
+    ``pretrained_cfg`` head and :data:`HEAD_PREFIXES`) and the shapes timm adapts are not counted."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads)) + HEAD_PREFIXES
+    have = {k: tuple(s) for k, s in have.items() if not k.startswith(heads)}
+    missing = [k for k in own if k not in have and not k.startswith(heads)]
+    unknown = [k for k in have if k not in own]
+    shape = [k for k in have if k in own and have[k] != own[k] and not k.endswith(ADAPTED)]
+    return missing, unknown, shape
+
+
 def check_fits(path, name: str, model: nn.Module) -> None:
     """Raise :class:`~ssl_derm.encoders.EncoderError` when the file's keys do not fit ``model`` (built as ``name``)."""
     have, meta = read_state(path)
-    want = set(model.state_dict())
-    extra = [k for k in have if k not in want and not k.startswith(HEAD_PREFIXES)]
-    missing = [k for k in want if k not in have]
-    if extra or missing:
+    missing, unknown, shape = state_mismatch(have, model)
+    if missing or unknown or shape:
         held = meta.get("timm_name") or "an unknown architecture (no timm_name in its metadata)"
         raise EncoderFileError(
             f"encoder file '{path}' holds {held}, which does not fit encoder.name '{name}': {len(missing)} of the "
-            f"model's {len(want)} keys are missing and {len(extra)} keys are unexpected (first: "
-            f"{(missing + extra)[:2]}); set encoder.name to the architecture the file was exported from")
+            f"model's {len(model.state_dict())} keys are missing, {len(unknown)} keys are unexpected and "
+            f"{len(shape)} of another shape (first: {(missing + unknown + shape)[:2]}); set encoder.name to the "
+            "architecture the file was exported from")
 
 
 def file_sha256(path) -> Optional[str]:
     """sha256 hex of a file (an encoder checkpoint), or None for no file. Read once per (path, size, mtime):
     a label-efficiency table asks for the same encoder's hash in every cell (fingerprint and export)."""
-    if path is None or str(path).lower() in ("", "none"):
+    p = encoder_file(path)
+    if p is None:
         return None
-    p = Path(path)
-    if p.is_dir():
-        p = p / "encoder.safetensors"
     st = p.stat()
     return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
 

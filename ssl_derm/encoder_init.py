@@ -24,6 +24,7 @@ import timm
 import torch
 from torch import nn
 
+from ssl_derm.encoder_files import state_mismatch
 from ssl_derm.errors import EncoderError
 
 HUB_HOST = "huggingface.co"
@@ -53,25 +54,19 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
 
 
 def check_keys(state: Dict[str, torch.Tensor], model: nn.Module, path: Path, name: str) -> Dict[str, torch.Tensor]:
-    """``state`` less the classifier; an error naming ``path`` when any other key does not fit ``model``.
-    Shapes that timm adapts when loading (a ViT's position embedding) are not counted."""
-    classifier = model.pretrained_cfg.get("classifier") or ()
-    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifier)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unknown = [k for k in state if k not in own]
-    adapted = ("pos_embed", "relative_position_bias_table", "relative_position_index", "attn_mask")
-    shape = [k for k in state if k in own and state[k].shape != own[k].shape and not k.endswith(adapted)]
+    """``state`` less the classifier; an error naming ``path`` when any other key does not fit ``model``
+    (:func:`ssl_derm.encoder_files.state_mismatch`)."""
+    missing, unknown, shape = state_mismatch({k: tuple(v.shape) for k, v in state.items()}, model)
     bad = len(missing) + len(unknown) + len(shape)
     if bad:
         example = (missing + unknown + shape)[0]
         raise EncoderError(
-            f"encoder.init '{path}': {bad} of {len(own)} keys do not match timm model '{name}' "
+            f"encoder.init '{path}': {bad} of {len(model.state_dict())} keys do not match timm model '{name}' "
             f"({len(missing)} missing, "
             f"{len(unknown)} unknown, {len(shape)} of another shape; e.g. '{example}'). Give a state dict of "
             f"timm.create_model('{name}'), or set encoder.name to the model it came from")
-    return state
+    own = model.state_dict()
+    return {k: v for k, v in state.items() if k in own}
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -161,12 +161,9 @@ def create_encoder(
     if init:
         model = _from_init(name, init, kwargs)
     elif given:
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "encoder.safetensors"
-        if not path.is_file():
-            raise EncoderError(f"encoder.checkpoint '{checkpoint}' does not exist; give the encoder.safetensors that `ssl-derm pretrain` exported")
-        from ssl_derm.encoder_files import check_fits, check_image_size
+        from ssl_derm.encoder_files import check_fits, check_image_size, encoder_file
+
+        path = encoder_file(checkpoint)
 
         probe = _create(name, pretrained=False, **kwargs)
         check_image_size(probe, name, img_size)
@@ -200,15 +197,19 @@ def _from_init(name: str, init: str, kwargs: dict) -> nn.Module:
         raise EncoderError(f"encoder.init '{path}' does not fit encoder.name '{name}': {str(e)[:400]}") from None
 
 
-def export_encoder(encoder: Encoder, path) -> Path:
+def export_encoder(encoder: Encoder, path, **about: str) -> Path:
     """Write the timm state dict as safetensors, atomically, so that plain timm can load it with
-    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0)``."""
+    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0)``.
+
+    The file describes itself: its metadata holds ``timm_name`` and ``img_size`` (which ``finetune`` and
+    ``segment`` read when the user sets neither) and ``about`` (e.g. the method that trained it)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"timm_name": encoder.name, "img_size": str(encoder.img_size)})
+    save_file(state, str(tmp), metadata={"timm_name": encoder.name, "img_size": str(encoder.img_size),
+                                       **{k: str(v) for k, v in about.items()}})
     tmp.replace(path)
     return path

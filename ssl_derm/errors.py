@@ -33,6 +33,10 @@ class DataError(UserError, ValueError):
     """Data on disk is missing or wrong; the message names the file, key or ids and what to do."""
 
 
+class ModelFileError(DataError):
+    """A run folder has no usable exported model; the message names the folder or file."""
+
+
 class SplitError(DataError):
     """The split does not fit the dataset or the requested label fraction."""
 

@@ -27,6 +27,15 @@ def packaged_config(name) -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def is_packaged(path) -> bool:
+    """True when ``path`` names (or resolves to) a config shipped inside the package."""
+    p = resolve_config(path)
+    try:
+        return p.resolve().is_relative_to(CONFIG_DIR.resolve())
+    except OSError:
+        return False
+
+
 def resolve_config(path) -> Path:
     """An existing file as given, else the packaged config of that name, else the path unchanged (so the
     loader's 'does not exist' message names what the user typed)."""

@@ -9,9 +9,11 @@ Such a section's dataclass is the settings class that the chosen plug-in registe
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import field
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
+from ssl_derm.config_values import coerce_scalar
 from ssl_derm.errors import ConfigError, UnknownNameError
 
 # the key inside each kind's section that names the plug-in
@@ -74,8 +76,6 @@ def plugin_section(f_or_meta, declared: Optional[type], values: dict, current, k
     """Build the settings of the plug-in that ``values`` (or else ``current``) names; unknown keys are
     errors that list the chosen plug-in's keys (with ``lenient``, keys of its kind's other plug-ins are
     dropped instead)."""
-    from ssl_derm.config import _coerce, _from_dict
-
     meta = f_or_meta.metadata if isinstance(f_or_meta, dataclasses.Field) else f_or_meta
     kind, sel = meta["plugin"], meta["key"]
     declared = meta.get("base") or declared
@@ -114,3 +114,48 @@ def require_at_least(section: str, settings, minimum, *keys: str, strict: bool =
         v = getattr(settings, key)
         if v < minimum or (strict and v == minimum):
             raise ConfigError(f"config key '{section}.{key}': must be {'>' if strict else '>='} {minimum}, got {v}")
+
+
+# ----------------------------------------------------------------------------- typed loading
+def _coerce(value: Any, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; convert where it is unambiguous."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, List):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if tp in (bool, int, float, str):
+        return coerce_scalar(value, tp, key)
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str = "", lenient: bool = False):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{k}'; allowed keys here: {', '.join(sorted(fields))}")
+    obj = cls()
+    for k, v in data.items():
+        if "plugin" in fields[k].metadata:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{prefix}{k}': expected a mapping of settings, got {v!r}")
+            setattr(obj, k, plugin_section(fields[k], hints[k], v, getattr(obj, k), prefix + k, lenient))
+        else:
+            setattr(obj, k, _coerce(v, hints[k], prefix + k))
+    return obj

@@ -29,7 +29,7 @@ _PLUGIN_MODULES = {
     "method": "ssl_derm.methods",
     "preset": "ssl_derm.augment",
     "protocol": "ssl_derm.evaluate",
-    "segmenter": "ssl_derm.segment",
+    "segmenter": "ssl_derm.segmenters",
     "shift": "ssl_derm.robustness",
 }
 

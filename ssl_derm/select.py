@@ -42,7 +42,7 @@ def paired_t(diffs) -> tuple:
 
 
 def check_select(path, spec: dict) -> None:
-    """The ``select:`` key of a sweep file (:mod:`ssl_derm.sweep`): a clear error for every misuse."""
+    """The ``select:`` key of a sweep file (:mod:`ssl_derm.commands.sweep`): a clear error for every misuse."""
     sel = spec.get("select")
     if sel is None:
         return

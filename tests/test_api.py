@@ -31,9 +31,10 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
 
 def test_import_is_lazy():
     code = ("import sys, ssl_derm; assert 'torch' not in sys.modules; assert callable(ssl_derm.load_config)\n"
-            # ssl_derm.segment / ssl_derm.pretrain are modules too: importing them must not hide the API functions
-            "import ssl_derm.segment.run, ssl_derm.pretrain; assert callable(ssl_derm.segment) and callable(ssl_derm.pretrain)\n"
-            "from ssl_derm import pretrain; assert hasattr(pretrain, 'run_pretrain')")
+            # the families and commands are plain modules whose names do not clash with the API functions
+            "import ssl_derm.segmenters, ssl_derm.commands.pretrain; assert callable(ssl_derm.segment) and "
+            "callable(ssl_derm.pretrain)\n"
+            "assert type(ssl_derm.segmenters).__name__ == 'module' and hasattr(ssl_derm.commands.pretrain, 'run_pretrain')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
 
 

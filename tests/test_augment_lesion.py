@@ -102,7 +102,7 @@ def test_with_lesion_channel_reads_rows_of_both():
 
 def test_archive_masks_are_computed_once_and_cached(tmp_path, monkeypatch):
     from ssl_derm.data import load_dataset
-    from ssl_derm.segment import archive_masks as A
+    from ssl_derm.segmenters import archive_masks as A
 
     ds = load_dataset(DataConfig(images=["synthetic"], synthetic_n=12, image_size=32, cache_dir=str(tmp_path)),
                       progress=False)

@@ -1,9 +1,9 @@
 """Bootstrap intervals: the vectorised resamples equal a plain loop over classification_metrics."""
 import numpy as np
 
-from ssl_derm.evaluate.bootstrap import (classification_cis, mean_cis, percentile_ci, resample_weights,
+from ssl_derm.metrics.bootstrap import (classification_cis, mean_cis, percentile_ci, resample_weights,
                                          resampled_classification)
-from ssl_derm.evaluate.metrics import classification_metrics
+from ssl_derm.metrics.classification import classification_metrics
 
 
 def _toy(n=40, k=3, seed=1):

@@ -10,7 +10,7 @@ from ssl_derm.config import ConfigError
 from ssl_derm.engine import Engine, load_checkpoint
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.distill import DistillTrainer, distillation_loss, soften
-from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.commands.finetune import run_finetune
 from test_protocols import _cfg, _ctx, data  # noqa: F401  (data is a fixture)
 from test_resume import Kill, kill_engine_at, same_weights, strip
 

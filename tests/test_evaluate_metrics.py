@@ -7,7 +7,7 @@ from ssl_derm.evaluate.fixmatch import fixmatch_unlabeled_loss
 from ssl_derm.evaluate.knn import inverse_frequency, weighted_knn_predict, weighted_knn_probs
 from ssl_derm.evaluate.linear import fit_linear, predict_probs
 from ssl_derm.evaluate.meanteacher import consistency_loss, sigmoid_rampup
-from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png
+from ssl_derm.metrics.classification import classification_metrics, save_confusion_png
 
 CLASSES = ["a", "b", "c"]
 
@@ -112,7 +112,8 @@ def test_mean_teacher_pieces():
 
 
 def test_seg_pieces_keep_image_and_mask_aligned():
-    from ssl_derm.evaluate.fewmask_seg import dice_bce_loss, flip_rotate
+    from ssl_derm.evaluate.fewmask_seg import flip_rotate
+    from ssl_derm.models.unet import dice_bce_loss
 
     m = torch.zeros(2, 1, 8, 8)
     m[:, :, 1:4, 2:6] = 1

@@ -1,4 +1,4 @@
-"""protocol.feature_pool: frozen features pooled over the annotation-free lesion mask (issue 15, item 1)."""
+"""protocol.feature_pool: frozen features pooled over the annotation-free lesion mask."""
 import numpy as np
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch
 from ssl_derm.config import AugmentConfig, ConfigError
 from ssl_derm.encoders import create_encoder, weighted_pool
 from ssl_derm.evaluate.config import load_finetune_config
-from ssl_derm.evaluate.features import FeatureCache, extract_features
-from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.models.features import FeatureCache, extract_features
+from ssl_derm.commands.finetune import run_finetune
 from test_protocols import _cfg, data  # noqa: F401  (the fixture)
 
 SIZE = 32
@@ -50,7 +50,7 @@ def test_a_whole_image_mask_gives_the_average_and_a_part_does_not(stages):
 
 
 def test_frozen_protocols_pool_over_the_default_segmenters_masks(data, tmp_path, monkeypatch):  # noqa: F811
-    import ssl_derm.segment.archive_masks as am
+    import ssl_derm.segmenters.archive_masks as am
 
     ds, split = data
     calls = []
@@ -88,8 +88,8 @@ def test_the_label_efficiency_benchmark_routes_protocol_keys_to_the_protocols_th
 
 
 def test_a_lesion_pooled_result_goes_stale_when_the_default_segmenter_changes(data, tmp_path, monkeypatch):  # noqa: F811
-    import ssl_derm.segment.archive_masks as am
-    from ssl_derm.segment.config import SegmentConfig
+    import ssl_derm.segmenters.archive_masks as am
+    from ssl_derm.segmenters.config import SegmentConfig
 
     ds, split = data
     cfg = _cfg("linear", **{"protocol.feature_pool": "lesion"})

@@ -5,7 +5,7 @@ import json
 import torch
 
 from ssl_derm.encoders import create_encoder, export_encoder
-from ssl_derm.evaluate.label_efficiency import run_label_efficiency
+from ssl_derm.commands.label_efficiency import run_label_efficiency
 from test_protocols import ENCODER, SIZE, _cfg, data  # noqa: F401  (data is a fixture)
 
 
@@ -33,7 +33,7 @@ def test_label_efficiency_table(data, tmp_path):
 
 
 def test_label_efficiency_differences_are_paired_by_seed(tmp_path):
-    from ssl_derm.evaluate.label_efficiency import write_tables
+    from ssl_derm.commands.label_efficiency import write_tables
 
     def row(init, protocol, fraction, seed, ba):
         return {"init": init, "protocol": protocol, "fraction": fraction, "seed": seed, "balanced_accuracy": ba,

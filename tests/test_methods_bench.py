@@ -2,7 +2,7 @@
 import json
 
 
-from ssl_derm.bench import main, run_throughput
+from ssl_derm.commands.bench import main, run_throughput
 
 
 

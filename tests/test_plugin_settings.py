@@ -7,7 +7,7 @@ import pytest
 from ssl_derm.config import ConfigError, PretrainConfig, load_config, plugin_settings, to_dict
 from ssl_derm.evaluate.config import FinetuneConfig, load_finetune_config
 from ssl_derm.registry import names, settings_class
-from ssl_derm.segment.config import SegmentConfig
+from ssl_derm.segmenters.config import SegmentConfig
 
 SECTIONS = {"method": (PretrainConfig, "method", "name"), "protocol": (FinetuneConfig, "protocol", "name"),
             "segmenter": (SegmentConfig, "segment", "method")}
@@ -83,7 +83,7 @@ def test_every_config_file_and_sweep_cell_loads(monkeypatch):
     its configs (a sweep's shared keys reach the cells whose plug-in has them)."""
     from pathlib import Path
 
-    from ssl_derm.sweep import _overrides, load_sweep, plan_cells
+    from ssl_derm.commands.sweep import _overrides, load_sweep, plan_cells
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # sweep files name their base configs relative to the repository

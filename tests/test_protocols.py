@@ -11,8 +11,9 @@ from ssl_derm.data.synth import SYNTH_CLASSES, synth_arrays
 from ssl_derm.encoders import create_encoder
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.context import Context, SplitError, split_rows
+from ssl_derm.segmenters.archive_masks import masks_for
 from ssl_derm.evaluate.linear import EncoderChangedError, run_linear
-from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.commands.finetune import run_finetune
 from ssl_derm.evaluate.train import IndexStream
 from ssl_derm.registry import names
 
@@ -117,7 +118,8 @@ def _ctx(data, protocol, tmp_path, **extra):
     torch.manual_seed(0)
     enc = create_encoder(ENCODER, SIZE)
     return Context(cfg=cfg, encoder=enc, device=torch.device("cpu"), dataset=ds,
-                   rows=split_rows(ds.ids, ds.labels, split, cfg.split.fraction), out_dir=tmp_path)
+                   rows=split_rows(ds.ids, ds.labels, split, cfg.split.fraction), out_dir=tmp_path,
+                   mask_source=masks_for)
 
 
 def test_lp_ft_head_starts_as_the_linear_probe(data, tmp_path):
@@ -145,7 +147,7 @@ def test_multistage_and_d4_features(encoder, data):
     """feature_stages=n concatenates the last n stages (the pooled output last for a CNN); d4 TTA makes
     the features of an image and of its 90-degree rotation or mirror image the same."""
     from ssl_derm.config import AugmentConfig
-    from ssl_derm.evaluate.features import extract_features
+    from ssl_derm.models.features import extract_features
 
     ds, _ = data
     torch.manual_seed(0)
@@ -168,7 +170,7 @@ def test_multistage_and_d4_features(encoder, data):
 
 
 def test_frozen_protocols_with_multistage_tta_features(data, tmp_path):
-    from ssl_derm.evaluate.features import FeatureCache
+    from ssl_derm.models.features import FeatureCache
 
     ds, split = data
     cache = FeatureCache()

@@ -8,7 +8,7 @@ from ssl_derm.config import ConfigError
 from ssl_derm.data.synth import SYNTH_CLASSES
 from ssl_derm.evaluate.config import load_finetune_config
 from ssl_derm.evaluate.fixmatch import FixMatchTrainer
-from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.commands.finetune import run_finetune
 from test_protocols import _cfg, _ctx, data  # noqa: F401  (data is a fixture)
 
 

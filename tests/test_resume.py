@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssl_derm.engine import Engine, Every, load_checkpoint
-from ssl_derm.evaluate.run import run_finetune
+from ssl_derm.commands.finetune import run_finetune
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = {"seconds", "resumed_from_step", "train_seconds", "img_per_s", "seconds_per_image"}
@@ -102,8 +102,8 @@ def test_changed_config_refuses_to_resume(data, tmp_path):
 def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkeypatch):
     from test_segment_run import folder as make_folder
     from ssl_derm.config import load_config
-    from ssl_derm.segment.config import SegmentConfig
-    from ssl_derm.segment.run import run_segment
+    from ssl_derm.segmenters.config import SegmentConfig
+    from ssl_derm.commands.segment import run_segment
 
     root = tmp_path / "lesions"
     root.mkdir()
@@ -137,7 +137,7 @@ def test_self_training_killed_and_resumed_matches_uninterrupted(tmp_path, monkey
 
 @pytest.mark.slow
 def test_finetune_cli_survives_sigkill(tmp_path):
-    """The contract of issue 12 (there with 60 steps): killed with SIGKILL once a checkpoint exists, the same
+    """The resume contract (specified with 60 steps): killed with SIGKILL once a checkpoint exists, the same
     command resumes."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ssl_derm.cli", "finetune", "--config", str(ROOT / "configs/finetune/finetune.yaml"),

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from ssl_derm.config import ConfigError, load_config
-from ssl_derm.segment.base import build_segmenter
-from ssl_derm.segment.cleanup import convex_hull
-from ssl_derm.segment.config import SegmentConfig, check_segment_config
-from ssl_derm.segment.contrast_em import colour_edges, local_contrast, pick_round
-from ssl_derm.segment.em import em_split
-from ssl_derm.segment.run import predict_batch
+from ssl_derm.segmenters.base import build_segmenter
+from ssl_derm.segmenters.cleanup import convex_hull
+from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
+from ssl_derm.segmenters.contrast_em import colour_edges, local_contrast, pick_round
+from ssl_derm.segmenters.em import em_split
+from ssl_derm.segmenters.pipeline import predict_batch
 
 SKIN = np.array([200.0, 160.0, 150.0])
 
@@ -94,7 +94,7 @@ def test_an_earlier_round_on_the_lesions_edge_beats_a_last_round_leaking_into_sk
 
 
 def test_the_default_picks_its_round_by_edges(monkeypatch):
-    import ssl_derm.segment.contrast_em as ce
+    import ssl_derm.segmenters.contrast_em as ce
 
     calls = []
     real = ce.pick_round
@@ -179,9 +179,9 @@ def test_the_dense_em_prototypes_reproduce_the_default_and_add_unit_variance_com
     import torch
 
     from ssl_derm.encoders import create_encoder
-    from ssl_derm.segment.cleanup import clean_masks
-    from ssl_derm.segment.contrast_em import features
-    from ssl_derm.segment.prep import prepare
+    from ssl_derm.segmenters.cleanup import clean_masks
+    from ssl_derm.segmenters.contrast_em import features
+    from ssl_derm.segmenters.prep import prepare
 
     bench = _dense_em_prototypes()
     cfg = _cfg()

@@ -6,14 +6,14 @@ import torch
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.data.synth import synth_arrays
 from ssl_derm.encoders import create_encoder
-from ssl_derm.evaluate.seg_metrics import score_dataset
+from ssl_derm.metrics.segmentation import score_dataset
 from ssl_derm.registry import names
-from ssl_derm.segment.base import build_segmenter, segmenter_class
-from ssl_derm.segment.run import predict_batch
-from ssl_derm.segment.cleanup import clean_mask, select_component
-from ssl_derm.segment.config import DEFAULT_METHOD, SegmentConfig, check_segment_config
-from ssl_derm.segment.prior import choose_lesion_clusters, otsu_threshold, skin_ring
-from ssl_derm.segment.vignette import field_of_view
+from ssl_derm.segmenters.base import build_segmenter, segmenter_class
+from ssl_derm.segmenters.pipeline import predict_batch
+from ssl_derm.segmenters.cleanup import clean_mask, select_component
+from ssl_derm.segmenters.config import DEFAULT_METHOD, SegmentConfig, check_segment_config
+from ssl_derm.segmenters.prior import choose_lesion_clusters, otsu_threshold, skin_ring
+from ssl_derm.segmenters.vignette import field_of_view
 
 SIZE = 48
 ENCODER = {"kmeans_features": "resnet18", "gharawi": "resnet18", "vit_attention": "vit_tiny_patch16_224"}
@@ -141,7 +141,7 @@ def test_shared_modules_import_no_concrete_segmenter():
     import inspect
 
     from ssl_derm.registry import get, names
-    from ssl_derm.segment import base, em, prep
+    from ssl_derm.segmenters import base, em, prep
 
     concrete = {get("segmenter", n).__module__ for n in names("segmenter")}
     for mod in (base, em, prep):
@@ -152,7 +152,7 @@ def test_shared_modules_import_no_concrete_segmenter():
 
 def test_gharawi_reads_the_last_stage_only_when_asked(synth):
     from ssl_derm.config import AugmentConfig
-    from ssl_derm.segment.gharawi import encoder_levels
+    from ssl_derm.segmenters.gharawi import encoder_levels
 
     enc = create_encoder("resnet18", 64)
     images = np.zeros((2, 64, 64, 3), np.uint8)

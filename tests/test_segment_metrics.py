@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ssl_derm.evaluate.seg_metrics import image_metrics, mean_metrics, score_dataset
+from ssl_derm.metrics.segmentation import image_metrics, mean_metrics, score_dataset
 
 
 def _masks():

@@ -2,8 +2,8 @@
 ring that the lesion or ink reaches."""
 import numpy as np
 
-from ssl_derm.segment.colour import hair_map, inpaint_hair, shades_of_grey
-from ssl_derm.segment.contrast_em import trimmed_ring
+from ssl_derm.segmenters.colour import hair_map, inpaint_hair, shades_of_grey
+from ssl_derm.segmenters.contrast_em import trimmed_ring
 
 
 def _skin(size=64, seed=0):
@@ -64,8 +64,8 @@ def test_trimmed_ring_drops_what_is_not_skin():
 
 
 def test_flatten_illumination_undoes_a_radial_fall_off_measured_on_the_ring():
-    from ssl_derm.segment.prior import skin_ring
-    from ssl_derm.segment.vignette import flatten_illumination
+    from ssl_derm.segmenters.prior import skin_ring
+    from ssl_derm.segmenters.vignette import flatten_illumination
 
     img, disc = _skin()
     r2 = np.hypot(*np.mgrid[-32:32, -32:32]) ** 2 / (2 * 32 ** 2)

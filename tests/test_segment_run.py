@@ -11,10 +11,10 @@ from PIL import Image
 
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.data.synth import synth_arrays
-from ssl_derm.segment import run as run_mod
-from ssl_derm.segment.config import SegmentConfig
-from ssl_derm.segment.run import run_segment
-from ssl_derm.segment.selftrain import joint_augmentation, loss_weights, reliable_rows
+from ssl_derm.commands import segment as run_mod
+from ssl_derm.segmenters.config import SegmentConfig
+from ssl_derm.commands.segment import run_segment
+from ssl_derm.segmenters.selftrain import joint_augmentation, loss_weights, reliable_rows
 
 W, H = 60, 45  # original image size (not square, not the cache size)
 
@@ -54,7 +54,7 @@ def test_default_run_writes_masks_metrics_overlays(folder, tmp_path):
     assert saved["mean"]["jaccard"] > 0.6 and metrics["mean"] == saved["mean"]
     assert (out / "overlays_contrast_em.png").is_file() and any((out / "tb").iterdir())
     # the scores are those of the written PNGs against the mask files
-    from ssl_derm.evaluate.seg_metrics import image_metrics
+    from ssl_derm.metrics.segmentation import image_metrics
 
     gt = np.asarray(Image.open(folder / "masks" / "img0.png").convert("L")) > 0
     assert image_metrics(m > 0, gt)["jaccard"] == pytest.approx(saved["per_image"]["img0"]["jaccard"])
@@ -151,7 +151,7 @@ def test_reliable_rows_rank_by_margin_within_area_strata():
 
 def test_encoder_lr_mult_zero_keeps_the_encoder_weights(tmp_path):
     """selftrain.encoder_lr_mult=0: the decoder learns, the encoder's weights stay as they started."""
-    from ssl_derm.segment.selftrain import train_round
+    from ssl_derm.segmenters.selftrain import train_round
 
     images, masks, _ = synth_arrays(6, 32, 3)
     cfg = load_config(SegmentConfig, None, ["selftrain.image_size=32", "train.max_steps=3", "train.batch_size=4",

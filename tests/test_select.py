@@ -72,7 +72,7 @@ def test_bad_select_keys_are_named(sel, msg):
 
 
 def test_sweep_select_picks_each_inits_best_val_setting(tmp_path):
-    from ssl_derm.sweep import run_sweep
+    from ssl_derm.commands.sweep import run_sweep
 
     spec = yaml.safe_load(_spec(tmp_path).read_text())  # test_sweep's tiny kNN sweep, with its own grid
     spec["metrics"] = ["balanced_accuracy"]

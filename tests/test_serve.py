@@ -1,4 +1,4 @@
-"""Issue 13's contract: trained models leave the run folder (model.safetensors + model.json), plain timm
+"""The export contract: trained models leave the run folder (model.safetensors + model.json), plain timm
 builds the classifiers, and ``ssl-derm predict`` runs every kind on a new folder (CPU, synthetic data
 written by ``ssl-derm data synth``, tiny sizes)."""
 import json
@@ -12,8 +12,9 @@ from PIL import Image
 
 from ssl_derm.cli import main
 from ssl_derm.data.decode import load_image
-from ssl_derm.serve.loaders import ModelFileError, d4_undo, d4_views, load_model, read_model_json
-from ssl_derm.serve.predict import read_predictions
+from ssl_derm.serve.loaders import ModelFileError, load_model, read_model_json
+from ssl_derm.serve.views import d4_undo, d4_views
+from ssl_derm.commands.predict import read_predictions
 
 SIZE = 32
 ODD = {"odd_wide": (70, 45), "odd_tall": (40, 66)}  # extra images of their own (W, H) sizes

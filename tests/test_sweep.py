@@ -2,7 +2,7 @@ import csv
 
 import yaml
 
-from ssl_derm.sweep import plan_cells, run_sweep
+from ssl_derm.commands.sweep import plan_cells, run_sweep
 
 
 def _spec(tmp_path):
@@ -28,7 +28,7 @@ def _rows(root):
 
 
 def test_plan_routes_keys_and_shares_pretraining(tmp_path):
-    from ssl_derm.sweep import load_sweep
+    from ssl_derm.commands.sweep import load_sweep
 
     cells = plan_cells(load_sweep(_spec(tmp_path)))
     assert len(cells) == 8
@@ -42,7 +42,7 @@ def test_plan_routes_keys_and_shares_pretraining(tmp_path):
 def test_command_line_overrides_reach_the_dotted_keys_of_each_section(tmp_path):
     """``grid.K=[..]`` replaces one axis, ``common.K`` and ``pretrain.set.K`` set one config key of their
     section; any other key is a path into the file (``seeds``)."""
-    from ssl_derm.sweep import load_sweep
+    from ssl_derm.commands.sweep import load_sweep
 
     path = _spec(tmp_path)
     spec = load_sweep(path, ["grid.finetune.split.fraction=[0.25]", "common.data.image_size=48",

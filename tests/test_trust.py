@@ -1,4 +1,4 @@
-"""Issue 14's contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
+"""The trust contract: external test sets, intervals, fingerprints, and runs that never end with exit 0 and a lie."""
 import json
 from pathlib import Path
 
@@ -130,7 +130,7 @@ def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(
 
 
 def test_sweep_rerun_after_editing_common_reruns_its_cells(tmp_path):
-    from ssl_derm.sweep import run_sweep
+    from ssl_derm.commands.sweep import run_sweep
 
     spec = {"seeds": [0], "downstream": "finetune", "metrics": ["balanced_accuracy"],
             "common": {"data.images": ["synthetic"], "data.synthetic_n": 64, "data.image_size": 32,
@@ -153,7 +153,7 @@ def test_wrong_architecture_and_single_class_exit_nonzero_with_one_line(tmp_path
     enc = _encoder(tmp_path)
     assert main(_ft(tmp_path, tmp_path / "a", "encoder.name=vit_tiny_patch16_224", f"encoder.checkpoint={enc}")) != 0
     line = _err(capsys)
-    assert enc in line and "resnet18" in line and "missing" in line
+    assert enc in line and "resnet18" in line and "vit_tiny_patch16_224" in line and "contradicts" in line
     root = _external(tmp_path, n=20)
     lines = (root / "labels.csv").read_text().splitlines()
     (root / "labels.csv").write_text("\n".join([lines[0]] + [",".join([ln.split(",")[0], "nevus"]) for ln in lines[1:]]))
@@ -188,7 +188,7 @@ def test_messages_name_the_file_or_key(tmp_path, capsys):
 
 
 def test_masks_for_a_classifier_warn(tmp_path, capsys):
-    from ssl_derm.checks import finetune_ignored_data_keys
+    from ssl_derm.commands.checks import finetune_ignored_data_keys
     from ssl_derm.evaluate.config import FinetuneConfig
 
     cfg = FinetuneConfig()
@@ -213,7 +213,7 @@ def test_stale_cache_temp_folders_are_removed(tmp_path):
 
 def test_fingerprint_ignores_logging_and_diff_names_keys():
     from ssl_derm.evaluate.config import FinetuneConfig
-    from ssl_derm.fingerprint import config_diff, config_sha256
+    from ssl_derm.runs.fingerprint import config_diff, config_sha256
     from ssl_derm.config import to_dict
 
     a, b = FinetuneConfig(), FinetuneConfig()

@@ -1,1 +1,5 @@
-"""Commands: each puts a run together from the families below it (``ssl-derm <command>``)."""
+"""The commands: the only place where a run is put together (data, encoder, family plug-in, engine, run folder).
+
+One module per ``ssl-derm`` command; :mod:`ssl_derm.cli` parses arguments and :mod:`ssl_derm.api` takes Python
+values, and both call the ``run_*`` functions here. Nothing below this layer imports it.
+"""

@@ -25,7 +25,7 @@ from ssl_derm.engine import distributed as D
 from ssl_derm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ssl_derm.engine.optim import build_optimizer, build_scheduler
 from ssl_derm.engine.precision import Precision, resolve_precision
-from ssl_derm.engine.resume import check_resume_config, field_defaults
+from ssl_derm.runs.resume import check_resume_config, field_defaults
 from ssl_derm.errors import TrainingError
 
 

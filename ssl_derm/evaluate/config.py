@@ -6,7 +6,7 @@ adds the checks for values with a closed set of choices or a range.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import ClassVar, List
 
 from ssl_derm.config import (
     AugmentConfig,
@@ -17,7 +17,7 @@ from ssl_derm.config import (
     load_config,
     plugin,
 )
-from ssl_derm.evaluate.features import POOL_CHOICES, TTA_CHOICES
+from ssl_derm.models.features import POOL_CHOICES, TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
 HEAD_INIT_CHOICES = ("random", "linear_probe")
@@ -44,6 +44,8 @@ class ProtocolSettings:
 
     name: str = "knn"  # a registered protocol: knn | linear | labelprop | finetune | fixmatch | meanteacher | distill | fewmask_seg
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
+    # what the protocol learns from: lesion masks (segmentation) rather than class labels
+    segments: ClassVar[bool] = False
 
     def check(self) -> None:
         """Range and choice checks of every shared group this class holds; a protocol adds its own."""
@@ -63,17 +65,17 @@ class FrozenFeatures:
     (1 = the encoder's pooled output), averaged over test-time views (none | d4: 8 rotations/flips);
     pooled over the whole image (avg), over the annotation-free lesion mask (lesion), or both side by side."""
 
-    feature_stages: int = 1
-    feature_tta: str = "none"
-    feature_pool: str = "avg"
+    feature_stages: int = 1  # pooled outputs of the last n stages, concatenated (1 = the encoder's pooled output)
+    feature_tta: str = "none"  # none | d4: features averaged over the 8 rotations/flips
+    feature_pool: str = "avg"  # avg: whole image | lesion: over the annotation-free lesion mask | both, side by side
 
 
 @dataclass
 class LinearProbe:
     """Logistic regression on standardised frozen features; C picked on the val side."""
 
-    linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
-    linear_max_iter: int = 2000
+    linear_C: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])  # inverse regularisation strengths tried; the best on val is kept
+    linear_max_iter: int = 2000  # iterations of the logistic-regression solver
 
 
 @dataclass
@@ -86,7 +88,7 @@ class Trained:
     # the frozen features (C picked on val, as protocol `linear`), so finetuning starts from the probe
     # and the initial state is a model-selection candidate too
     head_init: str = "random"
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
 
 
 @dataclass
@@ -113,8 +115,8 @@ _SHARED_RULES = {
 class FinetuneConfig:
     """``ssl-derm finetune``: an encoder (pretrained or random) + labels -> metrics.json."""
 
-    device: str = "auto"
-    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    seed: int = 0  # seeds initialisation and batch order (split.seed seeds the split file)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3,

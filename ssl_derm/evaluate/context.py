@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
 from ssl_derm.data.splits import SplitError, fraction_key, split_rows  # noqa: F401  (re-exported)
 from ssl_derm.evaluate.config import FinetuneConfig
-from ssl_derm.evaluate.features import FeatureCache
+from ssl_derm.models.features import FeatureCache
 
 SIDES = ("labelled", "unlabeled", "val", "test")
 
@@ -35,6 +35,11 @@ class Context:
     feature_cache: Optional[FeatureCache] = None
     cache_key: Optional[str] = None  # identifies the encoder's weights for the feature cache
     extras: dict = field(default_factory=dict)
+    # dataset -> (N, S, S) uint8 annotation-free lesion masks of every cache row; the command supplies the
+    # default segmenter's (protocols do not build segmenters themselves)
+    mask_source: Optional[Callable[[Any], np.ndarray]] = None
+    # what the protocol trained (one of ssl_derm.models.trained's types), exported by ssl_derm.serve.export
+    trained: Any = None
 
     @property
     def n_classes(self) -> int:
@@ -67,21 +72,19 @@ class Context:
                          self.lesion_masks() if pool != "avg" else None)
 
     def lesion_masks(self):
-        """(N, S, S) uint8 annotation-free lesion masks of every cache row (the default segmenter's,
-        cached beside the image cache: :func:`ssl_derm.segment.archive_masks.archive_masks`; computed in
-        memory for a dataset without a cache entry)."""
+        """(N, S, S) uint8 annotation-free lesion masks of every cache row, from :attr:`mask_source`
+        (the command gives :func:`ssl_derm.segmenters.archive_masks.masks_for`)."""
         if "lesion_masks" not in self.extras:
             from ssl_derm.errors import ConfigError
-            from ssl_derm.segment.archive_masks import archive_masks, default_masks
 
             if "external" in self.rows:
                 raise ConfigError("protocol.feature_pool (lesion, both) and data.test_images cannot be used "
                                   "together yet: the lesion masks are cached per image archive; set "
                                   "protocol.feature_pool=avg or score the other archive in its own run")
-            if getattr(self.dataset, "cache_dir", None) is None or not getattr(self.dataset, "key", None):
-                self.extras["lesion_masks"] = default_masks(self.dataset.images)
-            else:
-                self.extras["lesion_masks"] = archive_masks(self.dataset, progress=False)
+            if self.mask_source is None:
+                raise ConfigError(f"protocol.feature_pool={self.cfg.protocol.feature_pool} needs lesion masks, and "
+                                  "this run was given none: run it through `ssl-derm finetune` or pass mask_source")
+            self.extras["lesion_masks"] = self.mask_source(self.dataset)
         return self.extras["lesion_masks"]
 
     def log(self, tag: str, value, step: int) -> None:

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from ssl_derm.engine.hooks import snapshot
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.evaluate.features import rows_to_batch, to_device
+from ssl_derm.models.features import rows_to_batch, to_device
 from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
-from ssl_derm.evaluate.metrics import classification_metrics
+from ssl_derm.metrics.classification import classification_metrics
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
 from ssl_derm.registry import register
 

@@ -140,8 +140,8 @@ def warn_unused_test_keys(cfg, command: str) -> None:
 def score(ctx, probs: np.ndarray, logger=None) -> dict:
     """Metrics of the external rows (the test side's names, with bootstrap intervals); writes
     external_probs.npy, external_ids.json and external_confusion_matrix.png."""
-    from ssl_derm.evaluate.bootstrap import classification_cis
-    from ssl_derm.evaluate.metrics import classification_metrics, save_confusion_png
+    from ssl_derm.metrics.bootstrap import classification_cis
+    from ssl_derm.metrics.classification import classification_metrics, save_confusion_png
     from ssl_derm.runs import write_json
 
     rows = ctx.rows["external"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, Trained
 from ssl_derm.evaluate.train import ClassifierTrainer
+from ssl_derm.models.trained import TimmClassifier
 from ssl_derm.registry import register
 
 
@@ -19,5 +20,5 @@ class FinetuneSettings(Trained, Balanced, LinearProbe, ProtocolSettings):
 def run_finetune_protocol(ctx) -> dict:
     trainer = ClassifierTrainer(ctx)
     out = trainer.run()
-    ctx.extras["export"] = {"model": trainer.eval_model()}  # the selected state, for ssl_derm.serve.export
+    ctx.trained = TimmClassifier(trainer.eval_model())  # the selected state
     return out

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.evaluate.features import rows_to_batch, to_device
+from ssl_derm.models.features import rows_to_batch, to_device
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed
+from ssl_derm.models.trained import TimmClassifier
 from ssl_derm.registry import register
 
 THRESHOLD_MODES = ("fixed", "freematch")
@@ -108,7 +109,7 @@ def run_semi_supervised(trainer) -> dict:
     """Run a trainer that draws unlabeled images (``trainer.unlabeled``, ``trainer.note``): its result dict,
     with the model it scored set for export and how many unlabeled images it drew from."""
     out = trainer.run()
-    trainer.ctx.extras["export"] = {"model": trainer.eval_model()}  # for ssl_derm.serve.export
+    trainer.ctx.trained = TimmClassifier(trainer.eval_model())
     out["info"]["n_unlabeled"] = int(len(np.unique(trainer.unlabeled.rows)))
     if trainer.note:
         out["info"]["note"] = trainer.note

@@ -13,6 +13,7 @@ import torch
 
 from ssl_derm.errors import ConfigError, SplitError
 from ssl_derm.evaluate.config import Balanced, FrozenFeatures, ProtocolSettings
+from ssl_derm.models.trained import KNNBank
 from ssl_derm.registry import register
 
 
@@ -66,7 +67,7 @@ class KNNSettings(Balanced, FrozenFeatures, ProtocolSettings):
     name: str = "knn"
     # weighted kNN (DINO eval_knn): cosine similarity, exp(sim / T) votes of the k nearest
     knn_k: int = 20
-    knn_temperature: float = 0.07
+    knn_temperature: float = 0.07  # softmax temperature of the similarity weights
 
     def check(self) -> None:
         super().check()
@@ -88,6 +89,5 @@ def run_knn(ctx) -> dict:
         cw = torch.from_numpy(inverse_frequency(y_lab.numpy(), k_cls)).float()
     probs = {side: weighted_knn_probs(feats["labelled"], y_lab, feats[side], k_cls, p.knn_k, p.knn_temperature, cw).numpy()
              for side in ctx.scored if len(feats[side])}
-    ctx.extras["export"] = {"bank": feats["labelled"], "labels": y_lab.numpy(), "k": p.knn_k,
-                            "temperature": p.knn_temperature, "class_weights": cw}  # for ssl_derm.serve.export
+    ctx.trained = KNNBank(feats["labelled"], y_lab.numpy(), p.knn_k, p.knn_temperature, cw)
     return {"probs": probs, "info": {"k": min(p.knn_k, len(y_lab)), "temperature": p.knn_temperature}}

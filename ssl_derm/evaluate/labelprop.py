@@ -28,6 +28,7 @@ from ssl_derm.errors import ConfigError, SplitError
 from ssl_derm.evaluate.config import Balanced, FrozenFeatures, LinearProbe, ProtocolSettings
 from ssl_derm.evaluate.knn import inverse_frequency
 from ssl_derm.evaluate.linear import assert_unchanged, fit_linear, predict_probs, select_by_val, snapshot
+from ssl_derm.models.trained import FeatureProbe
 from ssl_derm.registry import register
 
 
@@ -97,7 +98,7 @@ def run_labelprop(ctx) -> dict:
         feats["val"], ctx.labels("val"), k_cls, ctx.dataset.classes)
     probs = {side: predict_probs(scaler, clf, feats[side], k_cls) for side in ctx.scored if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
-    ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
+    ctx.trained = FeatureProbe(scaler, clf)
     n_unl = len(conf)
     info = {"C": C, "val_balanced_accuracy_by_C": search, "k": p.labelprop_k, "alpha": p.labelprop_alpha,
             "threshold": p.labelprop_threshold, "n_unlabeled": int(n_unl), "n_pseudo_labelled": int(keep.sum()),

@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 
 from ssl_derm.errors import SplitError
 from ssl_derm.evaluate.config import Balanced, FrozenFeatures, LinearProbe, ProtocolSettings
-from ssl_derm.evaluate.metrics import classification_metrics
+from ssl_derm.metrics.classification import classification_metrics
+from ssl_derm.models.trained import FeatureProbe
 from ssl_derm.registry import register
 
 
@@ -116,6 +117,6 @@ def run_linear(ctx) -> dict:
     C, search, scaler, clf = fit_probe(ctx, feats)
     probs = {side: predict_probs(scaler, clf, feats[side], ctx.n_classes) for side in ctx.scored if len(feats[side])}
     assert_unchanged(before, ctx.encoder)
-    ctx.extras["export"] = {"scaler": scaler, "clf": clf}  # folded into a head by ssl_derm.serve.export
+    ctx.trained = FeatureProbe(scaler, clf)
     return {"probs": probs, "info": {"C": C, "val_balanced_accuracy_by_C": search,
                                      "balanced_class_weight": ctx.cfg.protocol.balance != "none"}}

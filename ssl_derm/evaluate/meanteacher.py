@@ -13,7 +13,7 @@ from timm.utils import ModelEmaV3
 
 from ssl_derm.errors import ConfigError
 from ssl_derm.evaluate.config import Balanced, LinearProbe, ProtocolSettings, SemiSupervised, Trained
-from ssl_derm.evaluate.features import rows_to_batch
+from ssl_derm.models.features import rows_to_batch
 from ssl_derm.evaluate.fixmatch import run_semi_supervised, unlabeled_rows
 from ssl_derm.engine import Hook
 from ssl_derm.evaluate.train import ClassifierTrainer, IndexStream, rank_seed

@@ -20,10 +20,10 @@ from ssl_derm.engine import BestState, Engine
 from ssl_derm.engine import distributed as D
 from ssl_derm.engine.precision import Precision, resolve_precision
 from ssl_derm.errors import ConfigError, SplitError
-from ssl_derm.evaluate.features import rows_to_batch, to_device
+from ssl_derm.models.features import rows_to_batch, to_device
 from ssl_derm.evaluate.knn import inverse_frequency
 from ssl_derm.evaluate.linear import fit_probe, probe_as_linear_layer
-from ssl_derm.evaluate.metrics import classification_metrics
+from ssl_derm.metrics.classification import classification_metrics
 
 
 class IndexStream:

@@ -15,7 +15,7 @@ from ssl_derm.registry import register
 @dataclass
 class BarlowTwinsSettings(Projector, MethodSettings):
     name: str = "barlowtwins"
-    proj_hidden_dim: int = 2048
+    proj_hidden_dim: int = 2048  # width of the projection MLP's hidden layers
     proj_dim: int = 2048  # Barlow Twins wants a wide embedding (paper: 8192)
     lambda_offdiag: float = 5e-3  # weight of the redundancy-reduction (off-diagonal) term
 

@@ -68,16 +68,16 @@ class Method(nn.Module, abc.ABC):
 class Projector:
     """Settings of a projection MLP (SimCLR, MoCo v3, BYOL, DINO); mixed into their settings."""
 
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
+    proj_hidden_dim: int = 2048  # width of the projection MLP's hidden layers
+    proj_dim: int = 128  # output width of the projection MLP
 
 
 @dataclass
 class Momentum:
     """Settings of a momentum teacher (MoCo v3, BYOL, DINO): EMA start, cosine schedule to the end value."""
 
-    momentum: float = 0.99
-    momentum_end: float = 1.0
+    momentum: float = 0.99  # teacher EMA momentum at step 0
+    momentum_end: float = 1.0  # teacher EMA momentum at the last step (cosine schedule)
 
 
 def make_teacher(module: nn.Module) -> nn.Module:

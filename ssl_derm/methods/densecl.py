@@ -4,7 +4,7 @@ Wang et al. (2021) add to the global term a per-location one: each location of v
 map is matched to the location of view 1 whose *backbone* feature is most similar (the crops differ,
 so the grid cells do not line up), and their dense projections must agree against the others. It is
 the CNN route to features that change across an image, which annotation-free segmentation needs
-(:mod:`ssl_derm.segment.gharawi` and the self-training U-Net read them).
+(:mod:`ssl_derm.segmenters.gharawi` and the self-training U-Net read them).
 
 Built on lightly: ``DenseCLProjectionHead`` (the per-location MLP), ``select_most_similar`` (the
 matching) and ``NTXentLoss``. Negatives are in-batch, as SimCLR's: the other cells of the batch, one

@@ -25,11 +25,11 @@ from ssl_derm.registry import register
 class DINOSettings(Projector, Momentum, MethodSettings):
     name: str = "dino"
     dino_out_dim: int = 4096  # width of the weight-normalised output layer (proj_dim is its bottleneck)
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
+    teacher_temp: float = 0.04  # teacher softmax temperature after the warm-up
+    warmup_teacher_temp: float = 0.04  # teacher temperature at step 0, raised linearly to teacher_temp
+    warmup_teacher_temp_steps: int = 0  # steps of that warm-up (0 = none)
+    student_temp: float = 0.1  # student softmax temperature
+    center_momentum: float = 0.9  # EMA of the teacher-output centre (against collapse)
     koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view features; 0 = off
 
     def check(self) -> None:

@@ -30,10 +30,10 @@ from ssl_derm.registry import register
 @dataclass
 class IBOTSettings(DINOSettings):
     name: str = "ibot"
-    patch_loss_weight: float = 1.0
+    patch_loss_weight: float = 1.0  # weight of the masked patch-token loss beside DINO's class-token loss
     ibot_mask_prob: float = 0.5  # share of global views that get masked
-    ibot_mask_ratio_min: float = 0.1
-    ibot_mask_ratio_max: float = 0.5
+    ibot_mask_ratio_min: float = 0.1  # smallest share of patches masked in a masked view
+    ibot_mask_ratio_max: float = 0.5  # largest share of patches masked in a masked view
 
     def check(self) -> None:
         super().check()

@@ -24,8 +24,8 @@ def decoder_heads(dim: int) -> int:
 class MAESettings(MethodSettings):
     name: str = "mae"
     mask_ratio: float = 0.75  # share of patches the encoder never sees
-    decoder_dim: int = 256
-    decoder_depth: int = 2
+    decoder_dim: int = 256  # width of the MAE decoder's tokens
+    decoder_depth: int = 2  # transformer blocks in the MAE decoder
 
 
 @register("method", "mae", settings=MAESettings)

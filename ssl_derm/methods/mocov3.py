@@ -36,7 +36,7 @@ def moco_v3_loss(q, k, temperature: float):
 class MoCoV3Settings(Projector, Momentum, MethodSettings):
     name: str = "mocov3"
     pred_hidden_dim: int = 2048  # predictor MLP
-    temperature: float = 0.1
+    temperature: float = 0.1  # InfoNCE temperature
 
 
 @register("method", "mocov3", settings=MoCoV3Settings)

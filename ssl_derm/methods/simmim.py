@@ -22,7 +22,7 @@ from ssl_derm.registry import register
 @dataclass
 class SimMIMSettings(MethodSettings):
     name: str = "simmim"
-    simmim_mask_ratio: float = 0.6
+    simmim_mask_ratio: float = 0.6  # share of patches masked and reconstructed
     mask_patch_size: int = 32  # mask unit in pixels
 
 

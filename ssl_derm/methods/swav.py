@@ -29,12 +29,12 @@ from ssl_derm.registry import register
 class SwAVSettings(Projector, MethodSettings):
     name: str = "swav"
     n_prototypes: int = 3000  # paper's ImageNet value; a few hundred suits a 10k-image archive
-    temperature: float = 0.1
-    sinkhorn_iterations: int = 3
-    sinkhorn_epsilon: float = 0.05
+    temperature: float = 0.1  # softmax temperature of the swapped prediction
+    sinkhorn_iterations: int = 3  # Sinkhorn-Knopp iterations per assignment
+    sinkhorn_epsilon: float = 0.05  # entropy regularisation of the assignment
     freeze_prototypes_steps: int = 0  # paper: about one epoch
     queue_length: int = 0  # past global projections per view added to Sinkhorn's batch; 0 = no queue
-    queue_start_step: int = 0
+    queue_start_step: int = 0  # step from which the queue is used (it needs filling first)
 
     def check(self) -> None:
         self.at_least(1, "n_prototypes", "sinkhorn_iterations")

@@ -15,7 +15,7 @@ from ssl_derm.registry import register
 @dataclass
 class VICRegSettings(Projector, MethodSettings):
     name: str = "vicreg"
-    proj_hidden_dim: int = 2048
+    proj_hidden_dim: int = 2048  # width of the projection MLP's hidden layers
     proj_dim: int = 2048  # paper: 8192
     invariance_weight: float = 25.0  # lambda
     variance_weight: float = 25.0  # mu

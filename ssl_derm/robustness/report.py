@@ -2,7 +2,7 @@
 
 ``summarise`` turns :func:`ssl_derm.robustness.suite.run_conditions` output into rows
 ``{shift, severity, level, metric, value, drop, lo, hi, drop_lo, drop_hi, n}`` (clean has severity 0 and
-drop 0). Intervals: 95% percentile bootstrap over images (ssl_derm/evaluate/bootstrap.py), the same
+drop 0). Intervals: 95% percentile bootstrap over images (ssl_derm/metrics/bootstrap.py), the same
 resamples for every condition, so a drop's interval is paired.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssl_derm.evaluate.bootstrap import percentile_ci, resample_weights, resampled_classification
+from ssl_derm.metrics.bootstrap import percentile_ci, resample_weights, resampled_classification
 from ssl_derm.robustness.shifts import get_shift
 from ssl_derm.robustness.suite import CLS_METRICS, SEG_METRICS
 
@@ -28,7 +28,7 @@ def _resampled(results, y_true: Optional[np.ndarray], w: np.ndarray) -> Dict[Tup
         if y_true is None:  # segmenter: per-image scores
             out[cond] = {k: (float(np.mean(r[k])), (w @ r[k]) / w.sum(1)) for k in SEG_METRICS}
         else:
-            from ssl_derm.evaluate.metrics import classification_metrics
+            from ssl_derm.metrics.classification import classification_metrics
 
             k = r.shape[1]
             full = classification_metrics(y_true, r, [str(i) for i in range(k)])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_derm.serve.loaders import d4_views, load_strict, square_uint8
+from ssl_derm.serve.views import d4_views, load_strict, square_uint8
 
 
 def _timm(meta: dict, num_classes: int) -> nn.Module:
@@ -38,7 +38,7 @@ class Classifier(nn.Module):
         self.image_size = int(meta["image_size"])
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
-        self.pool = meta.get("feature_pool", "avg")  # absent from model.json before 2026-11-29: avg
+        self.pool = meta.get("feature_pool", "avg")  # absent from older model.json format 1 files: avg
         self._segmenter = None  # the default segmenter, built on the first batch that needs lesion masks
         self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -66,7 +66,7 @@ class Classifier(nn.Module):
         return (x.float() / 255.0 - self.mean) / self.std
 
     def _features(self, x: torch.Tensor, tta: str, masks: Optional[torch.Tensor]) -> torch.Tensor:
-        from ssl_derm.evaluate.features import pooled
+        from ssl_derm.models.features import pooled
 
         views = [v for _, _, v in d4_views(x)] if tta == "d4" else [x]
         weights = [None] * len(views)
@@ -76,7 +76,7 @@ class Classifier(nn.Module):
 
     def lesion_masks(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float (B, 1, S, S): the default segmenter's masks, as the run's cache held."""
-        from ssl_derm.segment.archive_masks import default_masks, default_segmenter
+        from ssl_derm.segmenters.archive_masks import default_masks, default_segmenter
 
         if self._segmenter is None:
             self._segmenter = default_segmenter()

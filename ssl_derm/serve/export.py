@@ -22,27 +22,26 @@ init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
 ``feature_tta`` (none | d4) is part of the model: predict averages over those views (logits for a timm
 head, which equals the probe on averaged features; features for ``linear``/``knn``).
 Segmenters: ``net`` (the self-training or few-mask U-Net: ``arch`` rebuilds
-:class:`ssl_derm.evaluate.fewmask_seg.SegModel`) or ``classical`` (``segment_config`` re-runs the method).
+:class:`ssl_derm.models.unet.SegModel`) or ``classical`` (``segment_config`` re-runs the method).
 Files are written to a temp name and renamed; ``model.json`` goes last, so its presence means complete.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from pathlib import Path
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 
 from ssl_derm.config import to_dict
 from ssl_derm.encoder_files import file_sha256
+from ssl_derm.models.trained import TRAINED, FeatureProbe, KNNBank, SegNet, TimmClassifier
 from ssl_derm.runs import write_json
 
 FORMAT_VERSION = 1
-TIMM_HEAD_PROTOCOLS = ("finetune", "fixmatch", "meanteacher", "distill")
-PROBE_PROTOCOLS = ("linear", "labelprop")
 
 
 def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
@@ -80,53 +79,79 @@ def _encoder_state(encoder) -> Dict[str, torch.Tensor]:
     return dict(encoder.model.state_dict())
 
 
-def export_classifier(ctx, out_dir) -> Optional[Path]:
-    """Export the classifier a finished protocol left in ``ctx.extras["export"]`` (see the protocols);
-    returns model.json's path, or None for a protocol that trains no classifier."""
-    cfg, p = ctx.cfg, ctx.cfg.protocol
-    got = ctx.extras.get("export")
-    if got is None:
-        return None
-    meta = {"kind": "classifier", "protocol": p.name, **_common(cfg, ctx.encoder.name, ctx.image_size),
+def _classifier_meta(ctx) -> dict:
+    cfg = ctx.cfg
+    return {"kind": "classifier", "protocol": cfg.protocol.name, **_common(cfg, ctx.encoder.name, ctx.image_size),
             "classes": [str(c) for c in ctx.dataset.classes], "num_classes": ctx.n_classes,
-            "feature_stages": 1, "feature_tta": "none", "feature_pool": "avg", "fraction": cfg.split.fraction, "seed": cfg.seed}
-    if p.name in TIMM_HEAD_PROTOCOLS:
-        model = got["model"]
-        tensors = dict(model.state_dict())
-        meta.update(head="timm", timm_loadable=True,
-                    timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
-        return save_model(out_dir, tensors, meta)
-    meta.update(feature_stages=int(p.feature_stages), feature_tta=p.feature_tta, feature_pool=p.feature_pool)
-    if p.name in PROBE_PROTOCOLS:
-        from ssl_derm.evaluate.linear import probe_as_linear_layer
+            "feature_stages": 1, "feature_tta": "none", "feature_pool": "avg", "fraction": cfg.split.fraction,
+            "seed": cfg.seed}
 
-        weight, bias = probe_as_linear_layer(got["scaler"], got["clf"], ctx.n_classes)
-        weight, bias = torch.from_numpy(weight), torch.from_numpy(bias)
-        if p.feature_stages == 1 and p.feature_pool == "avg":
-            model = copy.deepcopy(ctx.encoder.model).cpu()
-            model.reset_classifier(ctx.n_classes)
-            head = model.get_classifier()
-            if isinstance(head, torch.nn.Linear) and tuple(head.weight.shape) == tuple(weight.shape):
-                with torch.no_grad():
-                    head.weight.copy_(weight)
-                    head.bias.copy_(bias)
-                meta.update(head="timm", timm_loadable=True,
-                            timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
-                return save_model(out_dir, dict(model.state_dict()), meta)
-        # several stages (or a timm head that is not one linear layer): the probe rides beside the encoder
-        tensors = {**_encoder_state(ctx.encoder), "probe.weight": weight, "probe.bias": bias}
-        meta.update(head="linear", timm_loadable=False,
-                    timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
-        return save_model(out_dir, tensors, meta)
-    if p.name == "knn":
-        tensors = {**_encoder_state(ctx.encoder), "knn.bank": got["bank"].float(),
-                   "knn.labels": torch.as_tensor(got["labels"], dtype=torch.int64)}
-        if got.get("class_weights") is not None:
-            tensors["knn.class_weights"] = got["class_weights"].float()
-        meta.update(head="knn", timm_loadable=False, knn_k=int(got["k"]), knn_temperature=float(got["temperature"]),
-                    timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
-        return save_model(out_dir, tensors, meta)
-    raise ValueError(f"protocol '{p.name}' left a model to export but the exporter does not know it")
+
+def _frozen_feature_meta(ctx) -> dict:
+    p = ctx.cfg.protocol
+    return {**_classifier_meta(ctx), "feature_stages": int(p.feature_stages), "feature_tta": p.feature_tta,
+            "feature_pool": p.feature_pool}
+
+
+def _timm_head(ctx, model: torch.nn.Module, meta: dict, out_dir) -> Path:
+    meta.update(head="timm", timm_loadable=True,
+                timm_create_kwargs={"num_classes": ctx.n_classes, **timm_kwargs(model, ctx.image_size)})
+    return save_model(out_dir, dict(model.state_dict()), meta)
+
+
+@functools.singledispatch
+def _write(trained, ctx, out_dir) -> Path:
+    raise TypeError(f"protocol '{ctx.cfg.protocol.name}' trained a {type(trained).__name__}; ctx.trained must be "
+                    f"one of {', '.join(t.__name__ for t in TRAINED)} (ssl_derm.models.trained)")
+
+
+@_write.register
+def _(trained: TimmClassifier, ctx, out_dir) -> Path:
+    return _timm_head(ctx, trained.model, _classifier_meta(ctx), out_dir)
+
+
+@_write.register
+def _(trained: FeatureProbe, ctx, out_dir) -> Path:
+    """Folded into the timm head when the probe read the pooled output; else beside the encoder."""
+    from ssl_derm.evaluate.linear import probe_as_linear_layer
+
+    p, meta = ctx.cfg.protocol, _frozen_feature_meta(ctx)
+    weight, bias = probe_as_linear_layer(trained.scaler, trained.clf, ctx.n_classes)
+    weight, bias = torch.from_numpy(weight), torch.from_numpy(bias)
+    if p.feature_stages == 1 and p.feature_pool == "avg":
+        model = copy.deepcopy(ctx.encoder.model).cpu()
+        model.reset_classifier(ctx.n_classes)
+        head = model.get_classifier()
+        if isinstance(head, torch.nn.Linear) and tuple(head.weight.shape) == tuple(weight.shape):
+            with torch.no_grad():
+                head.weight.copy_(weight)
+                head.bias.copy_(bias)
+            return _timm_head(ctx, model, meta, out_dir)
+    # several stages (or a timm head that is not one linear layer): the probe rides beside the encoder
+    tensors = {**_encoder_state(ctx.encoder), "probe.weight": weight, "probe.bias": bias}
+    meta.update(head="linear", timm_loadable=False,
+                timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
+    return save_model(out_dir, tensors, meta)
+
+
+@_write.register
+def _(trained: KNNBank, ctx, out_dir) -> Path:
+    tensors = {**_encoder_state(ctx.encoder), "knn.bank": trained.bank.float(),
+               "knn.labels": torch.as_tensor(trained.labels, dtype=torch.int64)}
+    if trained.class_weights is not None:
+        tensors["knn.class_weights"] = trained.class_weights.float()
+    meta = _frozen_feature_meta(ctx)
+    meta.update(head="knn", timm_loadable=False, knn_k=int(trained.k), knn_temperature=float(trained.temperature),
+                timm_create_kwargs={"num_classes": 0, **timm_kwargs(ctx.encoder.model, ctx.image_size)})
+    return save_model(out_dir, tensors, meta)
+
+
+@_write.register
+def _(trained: SegNet, ctx, out_dir) -> Path:
+    name = ctx.cfg.protocol.name
+    return export_seg_net(out_dir, ctx.cfg, trained.model, method=name, net_size=ctx.image_size,
+                          widths=trained.decoder_widths, image_size=ctx.image_size, threshold=trained.threshold,
+                          clean=False)
 
 
 def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, image_size: int,
@@ -155,7 +180,7 @@ def export_seg_net(out_dir, cfg, model, *, method: str, net_size: int, widths, i
 def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
     """A per-image segmenter (contrast_em, Otsu, k-means, Gharawi-style...): its settings, and the encoder's
     weights when it reads one, so ``ssl-derm predict`` re-runs it on new images."""
-    from ssl_derm.segment.base import method_name
+    from ssl_derm.segmenters.base import method_name
 
     name = method_name(cfg.segment.method)
     meta = {"kind": "segmenter", "method": name, "protocol": name, "segmenter": "classical",
@@ -171,13 +196,9 @@ def export_classical_segmenter(out_dir, cfg, encoder=None) -> Path:
 
 
 def export_protocol_run(ctx, out_dir) -> Optional[Path]:
-    """``ssl-derm finetune``'s export: the few-mask U-Net or the classifier a protocol left in ``ctx.extras``."""
-    p = ctx.cfg.protocol
-    if p.name == "fewmask_seg" and "export" in ctx.extras:
-        return export_seg_net(out_dir, ctx.cfg, ctx.extras["export"]["model"], method="fewmask_seg",
-                              net_size=ctx.image_size, widths=p.seg_decoder_channels, image_size=ctx.image_size,
-                              threshold=p.seg_threshold, clean=False)
-    return export_classifier(ctx, out_dir)
+    """``ssl-derm finetune``'s export: what the protocol trained (``ctx.trained``), written by its type;
+    None for a protocol that trains nothing to serve."""
+    return None if ctx.trained is None else _write(ctx.trained, ctx, out_dir)
 
 
 def export_segment_run(out_dir, cfg, image_size: int, net=None, encoder=None) -> Path:

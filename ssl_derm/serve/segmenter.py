@@ -1,5 +1,5 @@
 """An exported segmenter as one ``nn.Module``: the self-training or few-mask U-Net
-(:class:`ssl_derm.evaluate.fewmask_seg.SegModel` rebuilt from ``arch``), or a per-image method
+(:class:`ssl_derm.models.unet.SegModel` rebuilt from ``arch``), or a per-image method
 (contrast_em, Otsu, k-means, Gharawi-style...) re-built from its ``segment_config``.
 
 Both follow their run: images at ``image_size`` (the run's cache size) -> lesion probability ->
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_derm.segment.cleanup import clean_masks
-from ssl_derm.serve.loaders import d4_undo, d4_views, load_strict, square_uint8
+from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.serve.views import d4_undo, d4_views, load_strict, square_uint8
 
 
 class Segmenter(nn.Module):
@@ -32,7 +32,7 @@ class Segmenter(nn.Module):
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if self.kind == "net":
             from ssl_derm.encoders import create_encoder
-            from ssl_derm.evaluate.fewmask_seg import SegModel
+            from ssl_derm.models.unet import SegModel
 
             arch = meta["arch"]
             self.net_size = int(arch["net_size"])
@@ -47,8 +47,8 @@ class Segmenter(nn.Module):
     def _classical(meta: dict, state: dict):
         from ssl_derm.config import load_config
         from ssl_derm.encoders import Encoder
-        from ssl_derm.segment.base import build_segmenter
-        from ssl_derm.segment.config import SegmentConfig, check_segment_config
+        from ssl_derm.segmenters.base import build_segmenter
+        from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
 
         cfg = check_segment_config(load_config(SegmentConfig, base=meta["segment_config"]))
         encoder = None
@@ -84,7 +84,7 @@ class Segmenter(nn.Module):
             dev = self.mean.device
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 return self(x.to(dev)).float()
-        from ssl_derm.segment.run import predict_batch  # prepare -> segment -> refine -> clean up
+        from ssl_derm.segmenters.pipeline import predict_batch  # prepare -> segment -> refine -> clean up
 
         _, masks = predict_batch(self.segmenter, x.permute(0, 2, 3, 1).cpu().numpy())
         return torch.from_numpy(masks.astype(np.float32))[:, None]
@@ -101,13 +101,13 @@ class Segmenter(nn.Module):
         masks = (soft[:, 0] >= self.threshold).numpy() if self.segmenter is None or tta == "d4" else soft[:, 0].numpy() > 0.5
         if self.post.get("clean") and (self.segmenter is None or tta == "d4"):
             masks = clean_masks(masks, self.post["component"], self.post["fill_holes"],
-                                self.post.get("convex_hull", False))  # absent from model.json before 2026-11-29
+                                self.post.get("convex_hull", False))  # absent from model.json format 1 files written before the key existed
         return masks
 
     def predict(self, images, tta: Optional[str] = None, batch_size: int = 32) -> List[np.ndarray]:
         """uint8 images ((N,H,W,3) array or list of (H_i,W_i,3)) -> list of bool (H_i, W_i) masks, each at
         its image's own size."""
-        from ssl_derm.segment.scoring import to_original
+        from ssl_derm.segmenters.scoring import to_original
 
         arr, sizes = square_uint8(images, self.image_size)
         out: List[np.ndarray] = []

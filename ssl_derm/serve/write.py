@@ -15,7 +15,7 @@ from PIL import Image
 def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     """Write ``predictions.csv`` from ``(ids, uint8 (B,S,S,3), sizes)`` batches; with ``cfg.data.labels``
     return the classification metrics of the labelled images, else None."""
-    from ssl_derm.evaluate.metrics import classification_metrics
+    from ssl_derm.metrics.classification import classification_metrics
 
     path = out / "predictions.csv"
     tmp = path.with_name(path.name + ".tmp")
@@ -64,9 +64,9 @@ def segment_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     ``cfg.data.masks`` return per-image and mean segmentation metrics, else None."""
     from ssl_derm.data.decode import load_mask
     from ssl_derm.data.sources import find_masks
-    from ssl_derm.evaluate.seg_metrics import image_metrics, mean_metrics
-    from ssl_derm.segment.overlay import draw_overlays
-    from ssl_derm.segment.scoring import to_original
+    from ssl_derm.metrics.segmentation import image_metrics, mean_metrics
+    from ssl_derm.segmenters.overlay import draw_overlays
+    from ssl_derm.segmenters.scoring import to_original
 
     mask_dir, ov_dir = out / "masks", out / "overlays"
     mask_dir.mkdir(parents=True, exist_ok=True)

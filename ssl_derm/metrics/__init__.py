@@ -1,0 +1,1 @@
+"""Scores shared by every family: classification, segmentation and their lesion-grouped bootstrap intervals."""

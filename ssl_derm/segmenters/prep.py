@@ -1,0 +1,54 @@
+"""The first step of every segmenter: hair removal, Lab colour, field of view and skin ring of a batch.
+
+``prepare`` runs once per batch before the segmenter (see the steps in :mod:`ssl_derm.segmenters.pipeline`);
+segmenters and the EM refinement read its :class:`Prepared` inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ssl_derm.segmenters.colour import (hair_map, inpaint_hair, odd_kernel, remove_hair, scaled_px, shades_of_grey,
+                                        to_lab)
+from ssl_derm.segmenters.prior import skin_ring
+from ssl_derm.segmenters.vignette import field_of_view, flatten_illumination
+
+
+@dataclass
+class Prepared:
+    """Shared per-batch inputs. images: uint8 (N,S,S,3) hair removed; lab: float32 (N,3,S,S);
+    valid: bool (N,S,S) field of view; ring: bool (N,S,S) skin ring inside it."""
+
+    images: np.ndarray
+    lab: np.ndarray
+    valid: np.ndarray
+    ring: np.ndarray
+
+
+def prepare(images: np.ndarray, s) -> Prepared:
+    """Hair removal, Lab, field of view and skin ring for a batch (``s``: the ``segment`` section)."""
+    size = images.shape[1]
+    clean = images
+    if s.hair_lines > 0:  # long thin dark lines first: wider than the square kernel below, narrower than a lesion
+        length = odd_kernel(s.hair_lines, size)
+        clean = inpaint_hair(clean, hair_map(clean, length, s.hair_threshold), odd_kernel(s.hair_lines / 2, size))
+    clean = remove_hair(clean, odd_kernel(s.hair_kernel, size))
+    lab = to_lab(clean)
+    valid = np.stack([field_of_view(lab[i, 0], s.vignette) for i in range(len(lab))])
+    inner, outer = (scaled_px(r, size) for r in s.ring)
+    ring = np.stack([skin_ring(v, inner, outer) for v in valid])
+    if s.flatten_light or s.colour_constancy > 0:
+        if s.flatten_light:  # the fall-off measured on the ring's skin, inside the field of view only
+            clean = flatten_illumination(clean, ring, valid)
+        if s.colour_constancy > 0:  # white balance from the field of view only (the dark border is no colour cue)
+            clean = shades_of_grey(clean, s.colour_constancy, valid)
+        lab = to_lab(clean)
+    return Prepared(clean, lab, valid, ring)
+
+
+def smooth_lab(lab: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of (N, 3, S, S) over the two spatial axes (``sigma`` px at 128)."""
+    sig = scaled_px(sigma, lab.shape[-1])
+    return ndi.gaussian_filter(lab, (0, 0, sig, sig)) if sig > 0 else lab
