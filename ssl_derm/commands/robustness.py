@@ -87,11 +87,11 @@ def run_robustness(model_dir, images: Sequence[str], out_dir, overrides=()) -> d
     from ssl_derm.data.sources import list_images
     from ssl_derm.robustness import report
     from ssl_derm.robustness.shifts import shift_names
-    from ssl_derm.robustness.suite import RobustnessConfig, conditions, run_conditions
+    from ssl_derm.robustness.suite import RobustnessConfig, check_robustness_config, conditions, run_conditions
     from ssl_derm.serve.loaders import load_model
 
     cfg = overrides if isinstance(overrides, RobustnessConfig) else load_config(RobustnessConfig, None, list(overrides))
-    cfg.check()
+    check_robustness_config(cfg)
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

@@ -37,10 +37,10 @@ class RobustnessData:
 class RobustnessConfig:
     """Overrides of ``ssl-derm robustness`` (``key=value``)."""
 
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda when there is one), cpu or cuda: where the shifts and the model run
     seed: int = 0  # seeds every random shift (hair, ink, colour direction); image i gets seed + i
     image_size: int = 256  # working size the shifts run at (square); the model then sees its own size
-    batch_size: int = 32
+    batch_size: int = 32  # images shifted and predicted at once
     max_images: int = 0  # >0: a seeded random subset of this many images
     shifts: List[str] = field(default_factory=list)  # empty: every registered shift
     num_threads: int = 0  # >0: torch CPU threads for this run
@@ -121,3 +121,9 @@ def run_conditions(model, images: np.ndarray, masks: Optional[np.ndarray], names
     if is_seg:
         return {c: {k: np.concatenate([p[k] for p in v]) for k in SEG_METRICS} for c, v in parts.items()}
     return {c: np.concatenate(v) for c, v in parts.items()}
+
+
+def check_robustness_config(cfg: RobustnessConfig) -> RobustnessConfig:
+    """The range and name checks of ``ssl-derm robustness``'s keys; returns ``cfg``."""
+    cfg.check()
+    return cfg
