@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=("none", "d4"), help="average over the 8 rotations/flips")
     p.add_argument("overrides", nargs="*", help="device=cpu, batch_size=64, data.labels=CSV, data.masks=DIR ...")
 
+    p = sub.add_parser("robustness", help="score an exported classifier or segmenter under acquisition shifts")
+    p.add_argument("--model", required=True, help="run folder with model.json (a finetune or segment run)")
+    p.add_argument("--images", required=True, nargs="+", help="image folders (recursive) or files")
+    p.add_argument("--out", required=True, help="output folder: robustness.csv, metrics.json, robustness.png")
+    p.add_argument("overrides", nargs="*", help="data.masks=DIR or data.labels=CSV, image_size=256, "
+                   "shifts=[zoom,blur], max_images=500, device=cpu ...")
+
     cfgs = sub.add_parser("configs", help="the configs shipped with the package").add_subparsers(
         dest="configs_command", required=True)
     cfgs.add_parser("list", help="print the names of the packaged configs")
@@ -171,6 +178,11 @@ def _run(args) -> int:
         from ssl_derm.commands.predict import run_predict
 
         run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
+        return 0
+    if args.command == "robustness":
+        from ssl_derm.commands.robustness import run_robustness
+
+        run_robustness(args.model, args.images, args.out, args.overrides)
         return 0
     if args.command == "configs":
         from ssl_derm.packaged import CONFIG_DIR, list_configs, show_config

@@ -44,7 +44,7 @@ def test_local_contrast_is_zero_on_flat_and_high_on_rough():
 def test_texture_feature_finds_a_lesion_with_the_skins_mean_colour():
     # hair removal off and heavy colour smoothing: the disc's mean colour is the skin's, only its roughness differs
     images, true = _rough_lesion()
-    keys = ["segment.hair_kernel=0", "segment.smooth_sigma=3"]
+    keys = ["segment.hair_kernel=0", "segment.hair_lines=0", "segment.smooth_sigma=3"]
     _, with_texture = predict_batch(build_segmenter(_cfg(*keys)), images)
     _, colour_only = predict_batch(build_segmenter(_cfg(*keys, "segment.texture_sigma=0")), images)
     assert _jaccard(with_texture[0], true[0]) > 0.8
