@@ -78,3 +78,26 @@ def test_flatten_illumination_undoes_a_radial_fall_off_measured_on_the_ring():
     assert before < 0.8 and abs(corner / centre_skin - 1) < 0.06
     # the lesion keeps its contrast to the skin
     assert abs(flat[0][disc].mean() / centre_skin - img[0][disc].mean() / img[0, 32, 12:16].mean()) < 0.06
+
+
+def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
+    """A classical segmenter exported as model.json format 2 (before contrast_em's acquisition-shift steps)
+    runs as it was trained: the steps off, not the new defaults that its segment_config lacks."""
+    import json
+
+    from ssl_derm.cli import main
+    from ssl_derm.segmenters.config import BEFORE_SHIFT_STEPS
+    from ssl_derm.serve.loaders import load_model
+
+    out = tmp_path / "seg"
+    assert main(["segment", "--out", str(out), "data.synthetic_n=8", "data.image_size=32", "device=cpu",
+                 f"data.cache_dir={tmp_path / 'cache'}", "segment.overlay_n=0"]) == 0
+    now = load_model(out).segmenter.s
+    assert now.hair_lines > 0 and now.flatten_light and now.ring_light < 1  # format 3: the steps on
+    meta = json.loads((out / "model.json").read_text())
+    meta["format_version"] = 2
+    for key in BEFORE_SHIFT_STEPS:
+        del meta["segment_config"]["segment"][key]
+    (out / "model.json").write_text(json.dumps(meta))
+    old = load_model(out).segmenter.s
+    assert {k: getattr(old, k) for k in BEFORE_SHIFT_STEPS} == BEFORE_SHIFT_STEPS

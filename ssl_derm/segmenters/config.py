@@ -17,6 +17,11 @@ COMPONENT_CHOICES = ("central", "largest", "all")
 UPSAMPLE_CHOICES = ("bilinear", "nearest")
 
 
+# contrast_em's settings before its acquisition-shift steps (hair-line inpainting, light flattening, white
+# balance, the lightest part of the skin ring): what an exported segmenter of model.json format 1-2 ran with
+BEFORE_SHIFT_STEPS = {"hair_lines": 0.0, "colour_constancy": 0.0, "flatten_light": False, "ring_light": 1.0}
+
+
 @dataclass
 class SegmenterSettings:
     """What every segmenter's settings hold: the shared steps around it (prepare: hair removal, field of

@@ -1,6 +1,6 @@
 """Trained models leave the run folder as ``model.safetensors`` + ``model.json``.
 
-``model.json`` (``format_version`` 2; version 1 files, which lack ``temperature``, still load) always
+``model.json`` (``format_version`` 3; versions 1 and 2 still load: see :data:`READABLE_VERSIONS`) always
 holds ``kind`` (classifier | segmenter), ``protocol`` (or segmenter ``method``), ``image_size`` (the
 square size images are decoded at, as in the run's cache), ``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
 init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
@@ -43,8 +43,10 @@ from ssl_derm.encoder_files import file_sha256
 from ssl_derm.models.trained import TRAINED, FeatureProbe, KNNBank, SegNet, TimmClassifier
 from ssl_derm.runs import write_json
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no temperature (read as 1.0)
+FORMAT_VERSION = 3
+# 1: no temperature (read as 1.0); 1-2: a classical segmenter's segment_config predates the acquisition-shift
+# steps of contrast_em, which such a file runs without (ssl_derm.segmenters.config.BEFORE_SHIFT_STEPS)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
