@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image folders")
     p.add_argument("--masks")
     p.add_argument("--labels")
+    p.add_argument("--out", help="also write OUT/skin_tone.csv: each image's ITA (skin around the default "
+                   "segmenter's lesion) and its skin-tone group")
+    p.add_argument("--size", type=int, default=128, help="with --out: the size images are segmented at")
+    p.add_argument("--cache-dir", help="with --out: image cache folder (default: $SSL_DERM_CACHE or ~/.cache/ssl-derm)")
 
     _add_run_args(sub.add_parser("pretrain", help="self-supervised pretraining"), _default("pretrain/simclr_resnet18.yaml"), force=True)
     _add_run_args(sub.add_parser("finetune", help="kNN / linear / finetune / semi-supervised / few-mask segmentation"),
@@ -93,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: predictions.csv or masks/, bad_files.txt")
     p.add_argument("--tta", choices=("none", "d4"), help="average over the 8 rotations/flips")
     p.add_argument("overrides", nargs="*", help="device=cpu, batch_size=64, data.labels=CSV, data.masks=DIR ...")
+
+    p = sub.add_parser("robustness", help="score an exported classifier or segmenter under acquisition shifts")
+    p.add_argument("--model", required=True, help="run folder with model.json (a finetune or segment run)")
+    p.add_argument("--images", required=True, nargs="+", help="image folders (recursive) or files")
+    p.add_argument("--out", required=True, help="output folder: robustness.csv, metrics.json, robustness.png")
+    p.add_argument("overrides", nargs="*", help="data.masks=DIR or data.labels=CSV, image_size=256, "
+                   "shifts=[zoom,blur], max_images=500, device=cpu ...")
 
     cfgs = sub.add_parser("configs", help="the configs shipped with the package").add_subparsers(
         dest="configs_command", required=True)
@@ -145,7 +156,12 @@ def _run(args) -> int:
             return 0
         from ssl_derm.data import run_check
 
-        return run_check(args.paths, masks=args.masks, labels=args.labels)
+        rc = run_check(args.paths, masks=args.masks, labels=args.labels)
+        if args.out:
+            from ssl_derm.segmenters.skin_tone import write_folder_skin_tone
+
+            write_folder_skin_tone(args.paths, args.out, args.size, args.cache_dir)
+        return rc
     if args.command in ("configs", "bench"):
         return _run_tool(args)
     work = _command(args)  # the config is read (and refused) before the folder is made or locked
@@ -202,6 +218,10 @@ def _command(args):
         from ssl_derm.commands.predict import run_predict
 
         return lambda: run_predict(args.model, args.images, args.out, args.overrides, tta=args.tta)
+    if args.command == "robustness":
+        from ssl_derm.commands.robustness import run_robustness
+
+        return lambda: run_robustness(args.model, args.images, args.out, args.overrides)
     raise AssertionError(args.command)
 
 

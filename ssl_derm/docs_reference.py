@@ -38,6 +38,7 @@ COMMANDS: Dict[str, tuple] = {
     "finetune": ("ssl_derm.evaluate.config:FinetuneConfig", "ssl_derm.evaluate.config:load_finetune_config"),
     "segment": ("ssl_derm.segmenters.config:SegmentConfig", "ssl_derm.segmenters.config:check_segment_config"),
     "predict": ("ssl_derm.commands.predict:PredictConfig", "ssl_derm.config:load_config"),
+    "robustness": ("ssl_derm.robustness.suite:RobustnessConfig", "ssl_derm.robustness.suite:check_robustness_config"),
 }
 _PROBES = {str: ["not-a-choice"], int: [-10**9, 10**9], float: [-1e9, 1e9]}
 

@@ -30,6 +30,7 @@ _PLUGIN_MODULES = {
     "preset": "ssl_derm.augment",
     "protocol": "ssl_derm.evaluate",
     "segmenter": "ssl_derm.segmenters",
+    "shift": "ssl_derm.robustness",
 }
 
 

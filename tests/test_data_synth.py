@@ -2,11 +2,13 @@
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from ssl_derm.data import SYNTH_CLASSES, synth_arrays, write_synthetic
+from ssl_derm.data.synth import synth_ita
 
 
 def test_shapes_and_determinism():
@@ -44,9 +46,10 @@ def test_write_synthetic_layout(tmp_path, capsys):
     assert "wrote 12 synthetic lesions" in capsys.readouterr().out
     im, m, y = synth_arrays(12, 32, seed=2)
     rows = list(csv.DictReader(open(out / "labels.csv")))
-    assert list(rows[0]) == ["image_id", "label", "lesion_id"] and len(rows) == 12
+    assert list(rows[0]) == ["image_id", "label", "lesion_id", "ita"] and len(rows) == 12
+    true_ita = synth_ita(12, 32, seed=2)
     for i, r in enumerate(rows):
-        assert r["label"] == SYNTH_CLASSES[y[i]]
+        assert r["label"] == SYNTH_CLASSES[y[i]] and float(r["ita"]) == pytest.approx(true_ita[i], abs=0.006)
         mask = Image.open(out / "masks" / f"{r['image_id']}.png")
         assert mask.mode == "L" and (np.asarray(mask) == m[i] * 255).all()
         jpg = np.asarray(Image.open(out / "images" / f"{r['image_id']}.jpg")).astype(int)

@@ -7,7 +7,7 @@ shape cannot erode behind a function-level import. The layers, top to bottom:
 5. commands (``ssl_derm.commands``): the only place a run is put together
 4. ``ssl_derm.serve``: loads and runs what the families export
 3. families: ``methods``, ``evaluate`` (protocols), ``segmenters``; no family imports another
-2. shared models, metrics and pipelines: ``models``, ``metrics``, ``augment``, ``select``, ``plots``
+2. shared models, metrics and pipelines: ``models``, ``metrics``, ``augment``, ``select``, ``plots``, ``robustness``
 1. engine, data, runs, encoders
 0. config, registry, errors
 
@@ -27,7 +27,7 @@ LAYERS = {
     5: ("commands",),
     4: ("serve",),
     3: ("methods", "evaluate", "segmenters"),
-    2: ("models", "metrics", "augment", "select", "plots"),
+    2: ("models", "metrics", "augment", "select", "plots", "robustness"),
     1: ("engine", "data", "runs", "encoders", "encoder_files", "encoder_init"),
     0: ("config", "config_values", "registry", "errors", "packaged", "plugins"),
 }

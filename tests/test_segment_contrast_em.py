@@ -44,7 +44,7 @@ def test_local_contrast_is_zero_on_flat_and_high_on_rough():
 def test_texture_feature_finds_a_lesion_with_the_skins_mean_colour():
     # hair removal off and heavy colour smoothing: the disc's mean colour is the skin's, only its roughness differs
     images, true = _rough_lesion()
-    keys = ["segment.hair_kernel=0", "segment.smooth_sigma=3"]
+    keys = ["segment.hair_kernel=0", "segment.hair_lines=0", "segment.smooth_sigma=3"]
     _, with_texture = predict_batch(build_segmenter(_cfg(*keys)), images)
     _, colour_only = predict_batch(build_segmenter(_cfg(*keys, "segment.texture_sigma=0")), images)
     assert _jaccard(with_texture[0], true[0]) > 0.8
@@ -202,3 +202,15 @@ def test_the_dense_em_prototypes_reproduce_the_default_and_add_unit_variance_com
     assert comps.shape == (3, 2, 64, 64)
     assert np.allclose(comps.reshape(3, 2, -1).std(-1), 1.0, atol=1e-2)
     assert abs(float(np.corrcoef(comps[0, 0].ravel(), comps[0, 1].ravel())[0, 1])) < 1e-2  # principal axes
+
+
+def test_an_images_masks_do_not_depend_on_its_batch():
+    from ssl_derm.data.synth import synth_arrays
+
+    images = synth_arrays(32, 48, seed=2)[0]  # image 30 changed with its neighbours when edges crossed the batch
+    seg = build_segmenter(_cfg())
+    together = predict_batch(seg, images)[1]
+    alone = np.concatenate([predict_batch(seg, images[i:i + 1])[1] for i in range(len(images))])
+    assert np.array_equal(together, alone)
+    lab = np.random.default_rng(0).normal(size=(3, 3, 16, 16))
+    np.testing.assert_allclose(colour_edges(lab)[1], colour_edges(lab[1:2])[0])

@@ -57,6 +57,9 @@ def test_linear_scores_an_external_set_with_intervals(tmp_path, capsys):
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert 0 <= m["external"]["balanced_accuracy"] <= 1 and m["external"]["n"] == 40
+    tone = m["external"]["skin_tone"]  # the external rows' own skin tone, behind the pool's
+    assert tone["n_unknown"] + sum(g["n"] for g in tone["groups"].values()) == 40 and 0 <= m["external"]["ece"] <= 1
+    assert (out / "external_calibration.png").is_file()
     lo, hi = m["external"]["balanced_accuracy_ci"]
     assert lo <= m["external"]["balanced_accuracy"] <= hi
     assert m["balanced_accuracy_ci"][0] <= m["balanced_accuracy"] <= m["balanced_accuracy_ci"][1]

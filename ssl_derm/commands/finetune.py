@@ -4,7 +4,8 @@
         data.images=[../shared/data/ham10000/images] data.labels=../shared/data/ham10000/labels.csv \\
         split.fraction=0.1 seed=0
 
-metrics.json holds the test side's scores at the top level (balanced_accuracy is the headline), the val
+metrics.json holds the test side's scores at the top level (balanced_accuracy is the headline; ece, brier,
+nll, aurc and the per-skin-tone ``skin_tone`` block of :mod:`ssl_derm.metrics.audit` beside it), the val
 side's under ``val``, and the run's facts (protocol, fraction, image counts per side, encoder) beside them.
 """
 from __future__ import annotations
@@ -22,11 +23,14 @@ from ssl_derm.encoders import create_encoder
 from ssl_derm.engine import distributed as D
 from ssl_derm.errors import ConfigError, DataError, SplitError
 from ssl_derm.evaluate import external
+from ssl_derm.evaluate.calibrate import calibrate
+from ssl_derm.metrics.audit import side_scores
 from ssl_derm.metrics.bootstrap import classification_cis, mean_cis
 from ssl_derm.evaluate.config import FinetuneConfig, check_finetune_config
 from ssl_derm.data.splits import Split
 from ssl_derm.evaluate.context import Context
 from ssl_derm.segmenters.archive_masks import masks_for
+from ssl_derm.segmenters.skin_tone import skin_tone_source
 from ssl_derm.models.features import FeatureCache
 from ssl_derm.runs.finished import check_out_path, resolve_existing
 from ssl_derm.metrics.classification import classification_metrics, save_confusion_png, summary_line
@@ -106,6 +110,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
     if not len(rows["test"]) and ext is None and not cfg.protocol.segments:
         raise SplitError(_no_test_advice(cfg))  # before training: nothing would be scored
     cache_key = encoder_key(cfg)
+    ita_source = skin_tone_source(dataset, ext)  # per-image ITA: the pool's cached beside its image cache
     if ext is not None:  # external rows go behind the pool's, so the split's rows keep their numbers
         dataset, rows["external"] = external.attach(dataset, ext)
         cache_key += f"+external:{ext.key}:{len(ext.ids)}"
@@ -118,7 +123,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir, dataset=None, split: Union[Split,
 
     logger = Logger(out, enabled=main)
     ctx = Context(cfg=cfg, encoder=encoder, device=device, dataset=dataset, rows=rows, out_dir=out,
-                  logger=logger, feature_cache=feature_cache, cache_key=cache_key, mask_source=masks_for)
+                  logger=logger, feature_cache=feature_cache, cache_key=cache_key, mask_source=masks_for,
+                  ita_source=ita_source)
     try:
         result = protocol(ctx)
         metrics = _metrics(ctx, result, logger) if main else {}
@@ -170,8 +176,8 @@ def _no_test_advice(cfg) -> str:
 def _metrics(ctx: Context, result: dict, logger) -> dict:
     if "seg" in result:
         return _seg_metrics(ctx, result, logger)
-    probs = result["probs"]
-    metrics = {}
+    probs, calibration = calibrate(ctx, result["probs"])  # protocol.calibrate (none: unchanged)
+    metrics = {"calibration": calibration} if calibration else {}
     if "test" in probs:
         metrics.update(_test_metrics(ctx, probs, logger))
     elif "external" not in ctx.rows:  # with an external set, data.test_frac=0 gives the whole pool to train/val
@@ -184,7 +190,10 @@ def _metrics(ctx: Context, result: dict, logger) -> dict:
 def _test_metrics(ctx: Context, probs: dict, logger) -> dict:
     classes = ctx.dataset.classes
     test = classification_metrics(ctx.labels("test"), probs["test"], classes)
-    test.update(classification_cis(ctx.labels("test"), probs["test"], external.groups_of(ctx.dataset, ctx.rows["test"])))
+    groups = external.groups_of(ctx.dataset, ctx.rows["test"])
+    test.update(classification_cis(ctx.labels("test"), probs["test"], groups))
+    test.update(side_scores(ctx.labels("test"), probs["test"], ctx.skin_tone()[ctx.rows["test"]], classes, groups,
+                            ctx.out_dir / "calibration.png", ctx.cfg.protocol.name, logger))
     metrics = dict(test)
     if "val" in probs:
         metrics["val"] = classification_metrics(ctx.labels("val"), probs["val"], classes)

@@ -1,8 +1,9 @@
 """``ssl-derm predict --model RUN_DIR --images DIR [DIR ...] --out OUT [key=value ...]``.
 
 A classifier writes ``OUT/predictions.csv`` (``image_id,label,prob_<class>...``; one row per usable
-image, probabilities summing to 1) and, with ``data.labels=CSV``, ``OUT/metrics.json`` (the run's
-classification metrics on the images that have a label). A segmenter writes ``OUT/masks/<id>.png`` (0/255,
+image, probabilities summing to 1; the logits divided by the temperature in model.json) and, with
+``data.labels=CSV``, ``OUT/metrics.json`` (the run's classification metrics on the images that have a
+label, calibration and the ``skin_tone`` block), ``OUT/calibration.png`` and ``OUT/skin_tone.csv``. A segmenter writes ``OUT/masks/<id>.png`` (0/255,
 each image's own size), ``OUT/overlays/<id>.png`` for the first ``overlays`` images, and, with
 ``data.masks=DIR``, ``OUT/metrics.json`` (per-image and mean Dice, Jaccard...). Unusable files go to
 ``OUT/bad_files.txt`` (always written, empty when none) and are skipped.
@@ -137,7 +138,8 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         torch.set_num_threads(threads)
 
 
-PREDICT_OUTPUTS = ("predictions.csv", "masks", "overlays", "metrics.json", "bad_files.txt", "predict.json")
+PREDICT_OUTPUTS = ("predictions.csv", "masks", "overlays", "metrics.json", "calibration.png", "skin_tone.csv",
+                   "bad_files.txt", "predict.json")
 
 
 def clear_earlier_predict(out: Path) -> None:

@@ -4,7 +4,8 @@
 
 Masks (``data.masks``, or the synthetic set's own) are read only by :mod:`ssl_derm.segmenters.scoring`,
 after every prediction is made. metrics.json holds the means (``mean``), per-image values
-(``per_image``), seconds per image, and one entry per stage (``stages``: the method's masks, then each
+(``per_image``), seconds per image, the skin-tone counts (``skin_tone``; per image in ``skin_tone.csv``:
+the ITA of the skin around the final masks, :mod:`ssl_derm.segmenters.skin_tone`), and one entry per stage (``stages``: the method's masks, then each
 self-training round; a round's seconds per image include its training). Overlay grids go to
 ``overlays_<stage>.png`` and TensorBoard (``tb/``).
 """
@@ -135,6 +136,12 @@ def _run(cfg: SegmentConfig, out_dir, existing: str) -> dict:
                "encoder": cfg.encoder.name if encoder is not None or cfg.selftrain.rounds else None,
                "encoder_checkpoint": cfg.encoder.checkpoint, "encoder_from_file": sorted(from_file),
                "device": str(device), "resumed_from_step": resumed}
+    from ssl_derm.metrics.skin_tone import distribution, write_skin_tone_csv
+    from ssl_derm.segmenters.skin_tone import rows_ita
+
+    ita = rows_ita(ds.images, rows, results[final], cfg.segment.batch_size)  # skin around this run's lesions
+    write_skin_tone_csv(out / "skin_tone.csv", ids, ita)
+    metrics["skin_tone"] = distribution(ita)
     small_images = np.asarray(ds.images[rows[overlay_rows]]) if overlay_rows else None
     for k, (stage, m) in enumerate(results.items()):
         true_small = None

@@ -296,6 +296,9 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
     keys = list(spec.get("grid", {}))
     metric_keys = list(spec.get("metrics") or ["balanced_accuracy"])
     found = [json.loads(p.read_text()) for p in (root / "cells" / c["id"] / "metrics.json" for c in cells) if p.is_file()]
+    from ssl_derm.metrics.skin_tone import sweep_keys
+
+    metric_keys += [k for k in sweep_keys(found) if k not in metric_keys]  # ece, per skin tone, worst-group gap
     if any(isinstance(m.get("external"), dict) for m in found):  # the external set's columns beside the test side's
         metric_keys += [f"external.{k}" for k in metric_keys if not k.startswith("external.")]
     ci_keys = [f"{k}_ci" for k in metric_keys if any(metric_ci(m, k) for m in found)]
@@ -329,7 +332,8 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
             vals = np.array([r[mk] for r in rs if r[mk] is not None], dtype=float)
             mean, std = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else (np.nan, np.nan)
             stats[mk] = (mean, std)
-            cols.append(f"{mean:.3f} ± {std:.3f}")
+            too_few = mk.startswith(("skin_tone.", "external.skin_tone."))  # a group with too few images
+            cols.append(f"{mean:.3f} ± {std:.3f}" if len(vals) else "too_few" if too_few else "-")
         for ck in ci_keys:
             bounds = np.array([r[ck] for r in rs if r[ck]], dtype=float).reshape(-1, 2)
             cols.append(f"[{bounds[:, 0].mean():.3f}, {bounds[:, 1].mean():.3f}]" if len(bounds) else "-")

@@ -1,6 +1,6 @@
 """Synthetic dermoscopy-like lesions with exact masks: the built-in data set for demos and tests.
 
-Each image: skin of a random tone with smooth blotches and an illumination gradient; one pigmented lesion
+Each image: skin of a random tone (very light to dark; its ITA in ``labels.csv``) with smooth blotches and an illumination gradient; one pigmented lesion
 whose outline is a circle perturbed by a few Fourier terms (its mask is exactly that outline); texture
 inside it (pigment network, dots, colour regions); dark curved hairs over lesion and skin on about half the
 images; a dark circular dermoscope border on about 40%; sensor noise. Four classes differ in shape, size
@@ -81,6 +81,26 @@ def _f32(*values) -> np.ndarray:
     return np.array(values, np.float32)
 
 
+# skin colours (sRGB) along the tone axis t in [0, 1]: ITA about 66 (very light) to -52 (dark) degrees
+_TONES = ((0.95, 0.80, 0.72), (0.55, 0.38, 0.28), (0.36, 0.23, 0.16))
+_TONE_AT = (0.0, 0.8, 1.0)
+
+
+def _skin_tone(t: np.ndarray) -> np.ndarray:
+    """(b,) tone in [0, 1] -> (b, 3) float32 skin colour, piecewise linear through ``_TONES``."""
+    return np.stack([np.interp(t, _TONE_AT, [c[j] for c in _TONES]) for j in range(3)], -1).astype(np.float32)
+
+
+def _true_ita(rgb: np.ndarray) -> np.ndarray:
+    """(b, 3) sRGB in [0, 1] -> (b,) ITA degrees of that colour (CIELAB D65, kornia's conversion)."""
+    import kornia
+    import torch
+
+    lab = kornia.color.rgb_to_lab(torch.from_numpy(np.clip(rgb, 0, 1).astype(np.float32)).T[None, :, :, None])
+    lab = lab[0, :, :, 0].numpy()
+    return np.degrees(np.arctan2(lab[0].astype(np.float64) - 50.0, lab[2])).astype(np.float32)
+
+
 def _smooth_noise(rng, b: int, grid: int, size: int) -> np.ndarray:
     """(b, size, size) float32 smooth noise in about [-1, 1]: a random grid, bilinearly upsampled."""
     pos = np.linspace(0, grid - 1, size, dtype=np.float32)
@@ -106,11 +126,10 @@ def _render(idx: np.ndarray, les: dict, size: int, rng: np.random.Generator):
     L = les["lesion_of"][idx]
     g = np.linspace(-1, 1, size, dtype=np.float32)
     y, x = g[None, :, None], g[None, None, :]
-    # Skin: tone from pale to dark, blotches, lighting gradient.
-    t = rng.uniform(0, 1, (b, 1, 1, 1)).astype(np.float32)
-    skin = (1 - t) * _f32(0.95, 0.80, 0.72) + t * _f32(0.55, 0.38, 0.28)
-    skin = skin * (1 + 0.04 * _smooth_noise(rng, b, 5, size)[..., None]
-                   + rng.normal(0, 0.03, (b, 1, 1, 3)).astype(np.float32))
+    # Skin: tone from very light to dark (its ITA is the truth skin_tone.py estimates), blotches, lighting.
+    base = _skin_tone(rng.uniform(0, 1, b).astype(np.float32))[:, None, None, :]
+    base = base * (1 + rng.normal(0, 0.03, (b, 1, 1, 3)).astype(np.float32))
+    skin = base * (1 + 0.04 * _smooth_noise(rng, b, 5, size)[..., None])
     # Lesion outline: rotated, stretched circle with a Fourier-perturbed radius.
     ang = rng.uniform(0, 2 * np.pi, (b, 1, 1)).astype(np.float32)
     c = np.clip(rng.normal(0, 0.12, (b, 2, 1, 1)), -0.3, 0.3).astype(np.float32)
@@ -152,6 +171,8 @@ def _render(idx: np.ndarray, les: dict, size: int, rng: np.random.Generator):
         vessel = vessel * (np.arange(nv)[None, :, None, None] < les["vessels"][L][:, None, None, None])
         vw = (0.5 * vessel.max(1) * mask)[..., None]
         col = col * (1 - vw) + _f32(0.7, 0.15, 0.18) * vw
+    # on skin darker than the old palette's darkest, the lesion darkens with it (it stays the darker one)
+    col = col * np.minimum(1.0, base.mean(-1, keepdims=True) / _f32(*_TONES[-2]).mean())
     img = skin * (1 - alpha[..., None]) + col * alpha[..., None]
     # Hairs over everything, on about half the images.
     n_hair = np.where(rng.random(b) < 0.45, rng.integers(1, 6, b), 0)
@@ -168,7 +189,7 @@ def _render(idx: np.ndarray, les: dict, size: int, rng: np.random.Generator):
     vig = has_vig[:, None, None] / (1 + np.exp(-(np.hypot(x, y) - vr) / 0.03))
     img = img * (1 - 0.92 * vig[..., None])
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(0.005, 0.025, (b, 1, 1, 1)).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask.astype(np.uint8)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask.astype(np.uint8), _true_ita(base[:, 0, 0])
 
 
 def _generate(n: int, size: int, seed: int):
@@ -177,10 +198,11 @@ def _generate(n: int, size: int, seed: int):
     les = _lesion_params(n, np.random.default_rng(seed))
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
+    ita = np.empty(n, np.float32)
     for start in range(0, n, _CHUNK):
         idx = np.arange(start, min(start + _CHUNK, n))
-        images[idx], masks[idx] = _render(idx, les, size, np.random.default_rng([seed, start]))
-    return images, masks, les["labels"].astype(np.int64), les["lesion_of"]
+        images[idx], masks[idx], ita[idx] = _render(idx, les, size, np.random.default_rng([seed, start]))
+    return images, masks, les["labels"].astype(np.int64), les["lesion_of"], ita
 
 
 def synth_arrays(n: int, size: int, seed: int = 0):
@@ -188,19 +210,26 @@ def synth_arrays(n: int, size: int, seed: int = 0):
 
     Labels index ``SYNTH_CLASSES`` ('bcc', 'df', 'melanoma', 'nevus').
     """
-    images, masks, labels, _ = _generate(n, size, seed)
+    images, masks, labels, _, _ = _generate(n, size, seed)
     return images, masks, labels
+
+
+def synth_ita(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(N,) float32 true ITA (degrees) of the skin of :func:`synth_arrays` ``(n, size, seed)``: that of each
+    image's skin colour before blotches, lighting gradient, vignette, noise and JPEG."""
+    return _generate(n, size, seed)[4]
 
 
 def write_synthetic(out_dir, n: int, size: int = 128, seed: int = 0, quiet: bool = False) -> Path:
     """Write the synthetic set in the shared-data layout and return ``out_dir``.
 
     ``images/<id>.jpg`` (quality 95), ``masks/<id>.png`` (0/255, mode L), ``labels.csv``
-    (``image_id,label,lesion_id``). Files go to a temporary folder first and are moved in at the end,
-    so a half-written set never appears; existing files of the same names are replaced.
+    (``image_id,label,lesion_id,ita``; ``ita``: the true skin tone, :func:`synth_ita`). Files go to a
+    temporary folder first and are moved in at the end, so a half-written set never appears; existing
+    files of the same names are replaced.
     """
     out = Path(out_dir).expanduser()
-    images, masks, labels, lesion_of = _generate(n, size, seed)
+    images, masks, labels, lesion_of, ita = _generate(n, size, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     (tmp / "images").mkdir(parents=True)
@@ -213,8 +242,8 @@ def write_synthetic(out_dir, n: int, size: int = 128, seed: int = 0, quiet: bool
             Image.fromarray(masks[i] * 255).save(tmp / "masks" / f"{image_id}.png")
         with open(tmp / "labels.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["image_id", "label", "lesion_id"])
-            w.writerows([image_id, SYNTH_CLASSES[labels[i]], f"lesion_{lesion_of[i]:0{width}d}"]
+            w.writerow(["image_id", "label", "lesion_id", "ita"])
+            w.writerows([image_id, SYNTH_CLASSES[labels[i]], f"lesion_{lesion_of[i]:0{width}d}", f"{ita[i]:.2f}"]
                         for i, image_id in enumerate(ids))
         out.mkdir(exist_ok=True)
         for name in ("images", "masks", "labels.csv"):

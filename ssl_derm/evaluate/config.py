@@ -17,6 +17,7 @@ from ssl_derm.config import (
     load_config,
     plugin,
 )
+from ssl_derm.metrics.calibration import CALIBRATE_CHOICES
 from ssl_derm.models.features import POOL_CHOICES, TTA_CHOICES
 
 BALANCE_CHOICES = ("none", "weighted_loss", "balanced_sampler")
@@ -46,6 +47,9 @@ class ProtocolSettings:
     feature_batch_size: int = 256  # batch of frozen-feature extraction and of prediction
     # what the protocol learns from: lesion masks (segmentation) rather than class labels
     segments: ClassVar[bool] = False
+    # none | temperature: one temperature fitted on the val side (ssl_derm/metrics/calibration.py) divides
+    # the logits of every scored side; model.json stores it and `ssl-derm predict` applies it
+    calibrate: str = "none"
 
     def check(self) -> None:
         """Range and choice checks of every shared group this class holds; a protocol adds its own."""
@@ -98,6 +102,7 @@ class SemiSupervised:
 
 
 _SHARED_RULES = {
+    "calibrate": (lambda v: v in CALIBRATE_CHOICES, f"must be one of {', '.join(CALIBRATE_CHOICES)}"),
     "feature_batch_size": (lambda v: v >= 1, "must be >= 1"),
     "balance": (lambda v: v in BALANCE_CHOICES, f"must be one of {', '.join(BALANCE_CHOICES)}"),
     "feature_stages": (lambda v: v >= 1, "must be >= 1 (1 = the pooled output)"),
@@ -138,6 +143,9 @@ def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
                           "export and score its untrained model; set train.max_steps >= 1 (a frozen encoder is "
                           "scored by protocol.name=linear or knn)")
     cfg.protocol.check()
+    if type(cfg.protocol).segments and cfg.protocol.calibrate != "none":
+        raise ConfigError(f"config key 'protocol.calibrate': {cfg.protocol.name} predicts masks, not class "
+                          "probabilities; set protocol.calibrate=none")
     return cfg
 
 

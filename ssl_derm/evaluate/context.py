@@ -40,6 +40,10 @@ class Context:
     mask_source: Optional[Callable[[Any], np.ndarray]] = None
     # what the protocol trained (one of ssl_derm.models.trained's types), exported by ssl_derm.serve.export
     trained: Any = None
+    # (dataset, its lesion masks or None) -> (N,) float32 ITA (degrees, NaN unknown) of the skin around
+    # each row's lesion, for the per-skin-tone scores; the command supplies
+    # :func:`ssl_derm.segmenters.skin_tone.skin_tone_source`
+    ita_source: Optional[Callable[[Any, Any], np.ndarray]] = None
 
     @property
     def n_classes(self) -> int:
@@ -86,6 +90,16 @@ class Context:
                                   "this run was given none: run it through `ssl-derm finetune` or pass mask_source")
             self.extras["lesion_masks"] = self.mask_source(self.dataset)
         return self.extras["lesion_masks"]
+
+    def skin_tone(self) -> np.ndarray:
+        """(N,) ITA of every row (NaN: unknown) from :attr:`ita_source`; all NaN without one (every
+        image then counts as ``unknown`` in the skin-tone block)."""
+        if "ita" not in self.extras:
+            src = self.ita_source
+            # the lesion masks, when feature pooling computed them already, are the ones the ITA needs
+            ita = src(self.dataset, self.extras.get("lesion_masks")) if src is not None else None
+            self.extras["ita"] = ita if ita is not None else np.full(len(self.dataset.images), np.nan)
+        return self.extras["ita"]
 
     def log(self, tag: str, value, step: int) -> None:
         if self.logger is not None:

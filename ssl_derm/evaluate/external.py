@@ -159,8 +159,9 @@ def warn_unused_test_keys(cfg, command: str) -> None:
 
 
 def score(ctx, probs: np.ndarray, logger=None) -> dict:
-    """Metrics of the external rows (the test side's names, with bootstrap intervals); writes
-    external_probs.npy, external_ids.json and external_confusion_matrix.png."""
+    """Metrics of the external rows (the test side's names, with bootstrap intervals, calibration and
+    skin tone); writes external_probs.npy, external_ids.json, external_confusion_matrix.png and
+    external_calibration.png."""
     from ssl_derm.metrics.bootstrap import classification_cis
     from ssl_derm.metrics.classification import classification_metrics, save_confusion_png
     from ssl_derm.runs import write_json
@@ -170,6 +171,11 @@ def score(ctx, probs: np.ndarray, logger=None) -> dict:
     y = ctx.labels("external")
     m = classification_metrics(y, probs, ctx.dataset.classes)
     m.update(classification_cis(y, probs, groups_of(ctx.dataset, rows)))
+    from ssl_derm.metrics.audit import side_scores
+
+    m.update(side_scores(y, probs, ctx.skin_tone()[rows], ctx.dataset.classes, groups_of(ctx.dataset, rows),
+                         ctx.out_dir / "external_calibration.png", f"external, {ctx.cfg.protocol.name}", logger,
+                         tag="external/calibration"))
     m["images"] = list(ctx.cfg.data.test_images)
     write_npy(ctx.out_dir / "external_probs.npy", np.asarray(probs, dtype=np.float32))
     write_json(ctx.out_dir / "external_ids.json", [ctx.dataset.ids[r] for r in rows])

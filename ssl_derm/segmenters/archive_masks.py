@@ -21,7 +21,7 @@ import numpy as np
 from ssl_derm.data.cache import _commit, _fingerprint
 from ssl_derm.errors import DataError
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: contrast_em colour edges image by image (1 blended neighbours in a batch)
 
 
 def _segment_config():

@@ -51,3 +51,58 @@ def odd_kernel(px: float, size: int) -> int:
         return 0
     k = max(3, int(round(scaled_px(px, size))))
     return k if k % 2 else k + 1
+
+
+def shades_of_grey(images: np.ndarray, p: float, valid: np.ndarray = None) -> np.ndarray:
+    """Shades-of-grey colour constancy (Finlayson & Trezzi 2004): divide each channel by its Minkowski
+    p-norm mean over the field of view, rescaled so the three norms' mean is kept (brightness unchanged).
+
+    uint8 (N, S, S, 3) -> same; ``valid`` bool (N, S, S) (None: every pixel). p = 1 is grey world, large p
+    approaches max-RGB; p = 6 is the usual choice for skin images. A colour cast of the camera or of the
+    light (white balance, tint) is a per-channel gain, which this removes, so Lab distances to the skin
+    ring mean the same under any white balance.
+    """
+    x = images.astype(np.float32) / 255.0
+    w = np.ones(x.shape[:3], np.float32) if valid is None else valid.astype(np.float32)
+    norm = ((x ** p * w[..., None]).sum((1, 2)) / np.maximum(w.sum((1, 2)), 1)[:, None]) ** (1.0 / p)  # (N, 3)
+    gain = norm.mean(1, keepdims=True) / np.maximum(norm, 1e-6)
+    return (np.clip(x * gain[:, None, None, :], 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def line_footprints(length: int) -> list:
+    """Four bool (L, L) line structuring elements, at 0, 45, 90 and 135 degrees, ``length`` px long (odd)."""
+    c = length // 2
+    fp = [np.zeros((length, length), bool) for _ in range(4)]
+    fp[0][c, :] = True
+    fp[1][np.arange(length), np.arange(length)[::-1]] = True
+    fp[2][:, c] = True
+    fp[3][np.arange(length), np.arange(length)] = True
+    return fp
+
+
+def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
+    """Pixels under thin dark elongated structures (hairs, marker lines): uint8 (N, S, S, 3) -> bool (N, S, S).
+
+    A grey closing with a line ``length`` px long fills a dark structure that the line spans: a hair is
+    filled by a line across it but not by one along it, while a dark blob (a small lesion, a globule, a
+    mesh of pigment network) is filled by every line or by none. So the spread of the four oriented
+    black top-hats (closing minus image, grey values in [0, 1]) is large on hairs only; above ``threshold``
+    it marks hair, grown by one pixel to take the hair's soft rim.
+    """
+    from scipy import ndimage as ndi
+
+    g = images.astype(np.float32).mean(-1) / 255.0  # (N, S, S)
+    tops = np.stack([ndi.grey_closing(g, footprint=fp[None]) - g for fp in line_footprints(length)])
+    hair = (tops.max(0) - tops.min(0)) > threshold
+    return ndi.binary_dilation(hair, structure=np.ones((1, 3, 3), bool))
+
+
+def inpaint_hair(images: np.ndarray, hair: np.ndarray, length: int) -> np.ndarray:
+    """Replace the ``hair`` pixels (bool (N, S, S)) of uint8 (N, S, S, 3) by a grey closing of each channel
+    with a ``length`` square (the skin or lesion colour around the hair); the rest is kept."""
+    from scipy import ndimage as ndi
+
+    if not hair.any():
+        return images
+    closed = ndi.grey_closing(images, size=(1, length, length, 1))
+    return np.where(hair[..., None], closed, images)

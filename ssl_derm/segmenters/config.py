@@ -17,6 +17,11 @@ COMPONENT_CHOICES = ("central", "largest", "all")
 UPSAMPLE_CHOICES = ("bilinear", "nearest")
 
 
+# contrast_em's settings before its acquisition-shift steps (hair-line inpainting, light flattening, white
+# balance, the lightest part of the skin ring): what an exported segmenter of model.json format 1-2 ran with
+BEFORE_SHIFT_STEPS = {"hair_lines": 0.0, "colour_constancy": 0.0, "flatten_light": False, "ring_light": 1.0}
+
+
 @dataclass
 class SegmenterSettings:
     """What every segmenter's settings hold: the shared steps around it (prepare: hair removal, field of
@@ -29,6 +34,10 @@ class SegmenterSettings:
     max_images: int = 0  # >0: a seeded random subset of this many images (quick evaluations)
     # prepare (ssl_derm/segment/prep.py): lesion prior inputs
     hair_kernel: int = 5  # grey closing that removes thin dark hairs (px at 128; 0 = off)
+    hair_lines: float = 0.0  # oriented line closings this long (px at 128) find and inpaint thicker hairs; 0 = off
+    hair_threshold: float = 0.08  # their top-hat spread (grey, 0-1) above which a pixel is hair
+    colour_constancy: float = 0.0  # shades-of-grey white balance with this Minkowski p before Lab; 0 = off
+    flatten_light: bool = False  # divide out a smooth illumination fall-off fitted to the skin ring
     vignette: bool = True  # leave out the dark dermoscope border (a fitted circle)
     ring: List[float] = field(default_factory=lambda: [2.0, 10.0])  # skin ring: px inside the field of view
     smooth_sigma: float = 1.0  # Gaussian pre-smoothing of the Lab image (px at 128)
@@ -56,6 +65,10 @@ class SegmenterSettings:
             raise ConfigError(f"config key 'segment.upsample': {self.upsample!r} is not one of {', '.join(UPSAMPLE_CHOICES)}")
         if len(self.ring) != 2 or not 0 <= self.ring[0] < self.ring[1]:
             raise ConfigError(f"config key 'segment.ring': give [inner, outer] px with 0 <= inner < outer, got {self.ring}")
+        if self.hair_lines < 0 or not 0 < self.hair_threshold < 1 or self.colour_constancy < 0:
+            raise ConfigError("config keys 'segment.hair_lines' (>= 0, 0 = off), 'segment.hair_threshold' (in (0, 1)) "
+                              f"and 'segment.colour_constancy' (>= 0, 0 = off): got {self.hair_lines}, "
+                              f"{self.hair_threshold} and {self.colour_constancy}")
         if self.batch_size < 1:
             raise ConfigError(f"config key 'segment.batch_size': must be >= 1, got {self.batch_size}")
 

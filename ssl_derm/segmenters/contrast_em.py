@@ -2,12 +2,16 @@
 
 Per image, with no labels and nothing learnt across images:
 
+0. prepare, against acquisition shift: thick hairs and marker lines inpainted (``hair_lines``), the
+   illumination fall-off fitted to the skin ring divided out (``flatten_light``: vignetting, uneven light),
+   shades-of-grey white balance (``colour_constancy``: camera and light colour);
 1. features: the (hair-free, lightly smoothed) Lab colour, plus the local contrast of lightness (its
    standard deviation in a small Gaussian window, ``texture_sigma``): pigment networks, dots and globules
    make a lesion rough where skin is smooth, which separates lesions whose colour is close to the skin's
    and keeps smooth skin shading out of a small lesion's class;
-2. skin model: a Gaussian of the features in the skin ring just inside the field of view; every pixel's
-   Mahalanobis distance to it is its contrast to the skin;
+2. skin model: a Gaussian of the features in the skin ring just inside the field of view, from its lightest
+   half (``ring_light``: a lesion that fills the frame reaches the ring, and it is the darker part); every
+   pixel's Mahalanobis distance to it is its contrast to the skin;
 3. initial lesion: contrast above Otsu's threshold (of the field of view's contrasts);
 4. hard EM (classification EM) of two full-covariance Gaussians, lesion and skin: refit both to the
    current split, reassign each pixel to the likelier class with the prior log-odds ``lesion_bias``
@@ -45,9 +49,40 @@ from ssl_derm.segmenters.prep import Prepared, smooth_lab
 from ssl_derm.segmenters.prior import otsu_threshold
 
 
-def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Mahalanobis distance to the ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
-    dist = mahalanobis(f, ring)
+def trimmed_ring(f: np.ndarray, ring: np.ndarray, trim: float, rounds: int = 2) -> np.ndarray:
+    """The ring pixels that look like skin: bool (P,) ``ring`` less the ``trim`` share farthest from the
+    ring's own Gaussian (refitted ``rounds`` times). Whatever else lies in the ring (a lesion that fills the
+    frame, hair, a marker line, a dark corner) is far from the skin's tight colour and drops out first."""
+    if trim <= 0:
+        return ring
+    keep = ring
+    idx = np.flatnonzero(ring)
+    for _ in range(rounds):
+        d = mahalanobis(f[:, idx], keep[idx])
+        sel = np.zeros_like(ring)
+        sel[idx[d <= np.quantile(d, 1.0 - trim)]] = True
+        if sel.sum() < 20:
+            return keep
+        keep = sel
+    return keep
+
+
+def lightest_ring(f: np.ndarray, ring: np.ndarray, keep: float) -> np.ndarray:
+    """The lightest ``keep`` share of the ``ring`` pixels (by f[0], Lab L): bool (P,). A lesion is darker
+    than the skin around it, so when it fills most of the frame and reaches the ring, the skin that is left
+    in the ring (its corners) is the light part; on a ring of skin alone this keeps the lighter skin."""
+    if keep >= 1:
+        return ring
+    L = f[0, ring]
+    sel = ring.copy()
+    sel[np.flatnonzero(ring)[L < np.quantile(L, 1.0 - keep)]] = False
+    return sel if sel.sum() >= 20 else ring
+
+
+def contrast_init(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, trim: float = 0.0,
+                  light: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Mahalanobis distance to the (lightest, trimmed) ring's Gaussian, and its Otsu split. -> (dist (P,), bool (P,))."""
+    dist = mahalanobis(f, trimmed_ring(f, lightest_ring(f, ring, light), trim))
     return dist, (dist > otsu_threshold(dist[valid])) & valid
 
 
@@ -73,6 +108,12 @@ class ContrastEMSettings(SegmenterSettings):
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
     convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
+    ring_trim: float = 0.0  # share of the skin ring left out of the skin model (the pixels least like skin)
+    ring_light: float = 0.5  # share of the skin ring, the lightest, that the skin model starts from (1 = all)
+    # the shared prepare keys, on here (benchmarks/robustness_ham10000.py: the shifts they remove)
+    hair_lines: float = 11.0  # thick hairs and marker lines found by oriented line closings and inpainted
+    colour_constancy: float = 6.0  # shades-of-grey white balance (p = 6) before Lab
+    flatten_light: bool = True  # the illumination fall-off fitted to the skin ring divided out
 
     def check(self) -> None:
         super().check()
@@ -81,6 +122,10 @@ class ContrastEMSettings(SegmenterSettings):
         if self.edge_margin < 0:
             raise ConfigError(f"config key 'segment.edge_margin': must be >= 0 (0 = always the last EM round), "
                               f"got {self.edge_margin}")
+        if not 0.05 <= self.ring_light <= 1:
+            raise ConfigError(f"config key 'segment.ring_light': must be in [0.05, 1] (1 = the whole ring), got {self.ring_light}")
+        if not 0 <= self.ring_trim < 0.9:
+            raise ConfigError(f"config key 'segment.ring_trim': must be in [0, 0.9) (0 = the whole ring), got {self.ring_trim}")
         if self.texture_sigma < 0 or self.texture_weight <= 0:
             raise ConfigError("config keys 'segment.texture_sigma' (>= 0, 0 = off) and 'segment.texture_weight' (> 0): "
                               f"got {self.texture_sigma} and {self.texture_weight}")
@@ -96,8 +141,12 @@ def features(prep: Prepared, s: ContrastEMSettings) -> np.ndarray:
 
 
 def colour_edges(lab: np.ndarray) -> np.ndarray:
-    """Colour gradient magnitude: float (N, 3, S, S) Lab -> float (N, S, S), summed over the channels."""
-    return sum(np.hypot(ndi.sobel(lab[:, c], 1), ndi.sobel(lab[:, c], 2)) for c in range(lab.shape[1]))
+    """Colour gradient magnitude: float (N, 3, S, S) Lab -> float (N, S, S), summed over the channels.
+
+    Image by image: ``ndi.sobel`` of an (N, S, S) stack would smooth across the batch axis too, so an
+    image's edges would depend on its neighbours in the batch."""
+    return np.stack([sum(np.hypot(ndi.sobel(img[c], 0), ndi.sobel(img[c], 1)) for c in range(img.shape[0]))
+                     for img in lab]) if len(lab) else np.zeros((0,) + lab.shape[2:])
 
 
 def outline_edge(mask: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> float:
@@ -129,7 +178,7 @@ class ContrastEM(Segmenter):
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
             f, v, ring = feats[i].reshape(c, -1), prep.valid[i].ravel(), prep.ring[i].ravel()
-            dist, init = contrast_init(f, v, ring)
+            dist, init = contrast_init(f, v, ring, self.s.ring_trim, self.s.ring_light)
             rounds = em_rounds(f, v, init, self.s.em_iters, self.s.lesion_bias)
             if edges is not None:
                 post, m = pick_round(rounds, edges[i], prep.valid[i], self.s.component, self.s.fill_holes,

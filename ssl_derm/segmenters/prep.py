@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ssl_derm.segmenters.colour import odd_kernel, remove_hair, scaled_px, to_lab
+from ssl_derm.segmenters.colour import (hair_map, inpaint_hair, odd_kernel, remove_hair, scaled_px, shades_of_grey,
+                                        to_lab)
 from ssl_derm.segmenters.prior import skin_ring
-from ssl_derm.segmenters.vignette import field_of_view
+from ssl_derm.segmenters.vignette import field_of_view, flatten_illumination
 
 
 @dataclass
@@ -29,11 +30,21 @@ class Prepared:
 def prepare(images: np.ndarray, s) -> Prepared:
     """Hair removal, Lab, field of view and skin ring for a batch (``s``: the ``segment`` section)."""
     size = images.shape[1]
-    clean = remove_hair(images, odd_kernel(s.hair_kernel, size))
+    clean = images
+    if s.hair_lines > 0:  # long thin dark lines first: wider than the square kernel below, narrower than a lesion
+        length = odd_kernel(s.hair_lines, size)
+        clean = inpaint_hair(clean, hair_map(clean, length, s.hair_threshold), odd_kernel(s.hair_lines / 2, size))
+    clean = remove_hair(clean, odd_kernel(s.hair_kernel, size))
     lab = to_lab(clean)
     valid = np.stack([field_of_view(lab[i, 0], s.vignette) for i in range(len(lab))])
     inner, outer = (scaled_px(r, size) for r in s.ring)
     ring = np.stack([skin_ring(v, inner, outer) for v in valid])
+    if s.flatten_light or s.colour_constancy > 0:
+        if s.flatten_light:  # the fall-off measured on the ring's skin, inside the field of view only
+            clean = flatten_illumination(clean, ring, valid)
+        if s.colour_constancy > 0:  # white balance from the field of view only (the dark border is no colour cue)
+            clean = shades_of_grey(clean, s.colour_constancy, valid)
+        lab = to_lab(clean)
     return Prepared(clean, lab, valid, ring)
 
 

@@ -65,3 +65,34 @@ def field_of_view(L: np.ndarray, enabled: bool = True) -> np.ndarray:
         return np.ones(L.shape, bool)
     valid = ~vignette_mask(L)
     return valid if valid.mean() > 0.1 else np.ones(L.shape, bool)
+
+
+def flatten_illumination(images: np.ndarray, ring: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Divide out a smooth illumination fall-off (lens vignetting, an uneven light) measured on the skin.
+
+    uint8 (N, S, S, 3), skin ring bool (N, S, S), field of view bool (N, S, S) -> uint8 (N, S, S, 3).
+    Illumination multiplies every channel alike, so its log is a surface added to the log grey level;
+    a quadratic surface in (y, x) is fitted to the ring's skin (least squares, then again without the
+    pixels more than 2 sigma off: a lesion or hair in the ring) and subtracted, keeping the field of view's
+    mean brightness. A ring without enough pixels leaves its image as it is.
+    """
+    n, s = images.shape[:2]
+    yy, xx = np.mgrid[:s, :s].astype(np.float64) / max(s - 1, 1) - 0.5
+    design = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], -1).reshape(-1, 6)  # (P, 6)
+    x = images.astype(np.float64)
+    out = images.copy()
+    for i in range(n):
+        g = np.log(x[i].mean(-1).ravel() + 1.0)
+        sel = ring[i].ravel()
+        if sel.sum() < 50:
+            continue
+        for _ in range(3):
+            coef, *_ = np.linalg.lstsq(design[sel], g[sel], rcond=None)
+            res = g - design @ coef
+            sd = res[sel].std() + 1e-6
+            sel = sel & (res > -sd) & (res < 2 * sd)  # darker than the surface is lesion or hair: out sooner
+        surf = design @ coef
+        surf -= surf[valid[i].ravel()].mean()
+        gain = np.exp(-surf).reshape(s, s, 1)
+        out[i] = np.clip(x[i] * gain + 0.5, 0, 255).astype(np.uint8)
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_derm.errors import ModelFileError
 from ssl_derm.serve.views import d4_views, load_strict, square_uint8
 
 
@@ -39,6 +40,10 @@ class Classifier(nn.Module):
         self.stages = int(meta.get("feature_stages", 1))
         self.tta = meta.get("feature_tta", "none")
         self.pool = meta.get("feature_pool", "avg")  # absent from older model.json format 1 files: avg
+        self.calibration_t = float(meta.get("temperature", 1.0))  # format 1 has none: uncalibrated
+        if not self.calibration_t > 0:
+            raise ModelFileError(f"model.json has temperature {meta.get('temperature')!r}; it must be > 0 "
+                                 "(export the run again)")
         self._segmenter = None  # the default segmenter, built on the first batch that needs lesion masks
         self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -84,8 +89,12 @@ class Classifier(nn.Module):
         return torch.from_numpy(m.astype(np.float32))[:, None]
 
     def forward(self, x: torch.Tensor, tta: Optional[str] = None, masks: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised -> (B, K) logits, averaged over ``tta`` views (default: the model's own).
-        ``masks`` (B, 1, S, S): the lesion masks, for a model whose ``feature_pool`` is lesion or both."""
+        """(B, 3, S, S) normalised -> (B, K) logits divided by the run's temperature (model.json), averaged
+        over ``tta`` views (default: the model's own). ``masks`` (B, 1, S, S): the lesion masks, for a
+        model whose ``feature_pool`` is lesion or both."""
+        return self._logits(x, tta, masks) / self.calibration_t
+
+    def _logits(self, x: torch.Tensor, tta: Optional[str], masks: Optional[torch.Tensor]) -> torch.Tensor:
         if self.pool != "avg" and masks is None:
             raise ValueError(f"this classifier pools its features over the lesion (feature_pool={self.pool}): "
                              "pass masks, or use predict/predict_batch, which compute them")

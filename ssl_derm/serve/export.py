@@ -1,8 +1,8 @@
 """Trained models leave the run folder as ``model.safetensors`` + ``model.json``.
 
-``model.json`` (``format_version`` 1) always holds ``kind`` (classifier | segmenter), ``protocol`` (or
-segmenter ``method``), ``image_size`` (the square size images are decoded at, as in the run's cache),
-``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
+``model.json`` (``format_version`` 3; versions 1 and 2 still load: see :data:`READABLE_VERSIONS`) always
+holds ``kind`` (classifier | segmenter), ``protocol`` (or segmenter ``method``), ``image_size`` (the
+square size images are decoded at, as in the run's cache), ``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
 init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
 
 - ``timm``: the safetensors file is a whole timm classifier (finetune, FixMatch, the mean teacher's
@@ -19,6 +19,8 @@ init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
 - ``knn``: the encoder plus ``knn.bank`` (N, D) L2-normalised features, ``knn.labels`` (N,) and
   ``knn.class_weights`` (K,) when the run balanced classes; ``knn_k`` and ``knn_temperature``.
 
+``temperature`` (format 2): the logits are divided by it before the softmax (1.0 unless the run set
+``protocol.calibrate: temperature``, which fits it on the val side); plain timm users divide too.
 ``feature_tta`` (none | d4) is part of the model: predict averages over those views (logits for a timm
 head, which equals the probe on averaged features; features for ``linear``/``knn``).
 Segmenters: ``net`` (the self-training or few-mask U-Net: ``arch`` rebuilds
@@ -42,7 +44,10 @@ from ssl_derm.errors import written_whole
 from ssl_derm.models.trained import TRAINED, FeatureProbe, KNNBank, SegNet, TimmClassifier
 from ssl_derm.runs import write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
+# 1: no temperature (read as 1.0); 1-2: a classical segmenter's segment_config predates the acquisition-shift
+# steps of contrast_em, which such a file runs without (ssl_derm.segmenters.config.BEFORE_SHIFT_STEPS)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
@@ -84,7 +89,8 @@ def _classifier_meta(ctx) -> dict:
     return {"kind": "classifier", "protocol": cfg.protocol.name, **_common(cfg, ctx.encoder.name, ctx.image_size),
             "classes": [str(c) for c in ctx.dataset.classes], "num_classes": ctx.n_classes,
             "feature_stages": 1, "feature_tta": "none", "feature_pool": "avg", "fraction": cfg.split.fraction,
-            "seed": cfg.seed}
+            "seed": cfg.seed, "temperature": float(ctx.extras.get("temperature", 1.0)),
+            "calibrate": getattr(cfg.protocol, "calibrate", "none")}
 
 
 def _frozen_feature_meta(ctx) -> dict:

@@ -14,7 +14,7 @@ from typing import Tuple
 import torch
 
 from ssl_derm.errors import ModelFileError  # noqa: F401  (raised here, imported from here by callers)
-from ssl_derm.serve.export import FORMAT_VERSION
+from ssl_derm.serve.export import FORMAT_VERSION, READABLE_VERSIONS
 
 KINDS = ("classifier", "segmenter")
 CLASSIFIER_HEADS = ("timm", "linear", "knn")
@@ -41,9 +41,10 @@ def read_model_json(run_dir) -> Tuple[Path, dict]:
     if not isinstance(meta, dict):
         raise ModelFileError(f"'{path}' must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"'{path}' has format_version {version!r}; this ssl-derm reads version {FORMAT_VERSION} "
-                             "(export it again with this version, or use the ssl-derm that wrote it)")
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(f"'{path}' has format_version {version!r}; this ssl-derm reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}: export it again with this version "
+                             f"(it writes {FORMAT_VERSION}), or use the ssl-derm that wrote it")
     kind = meta.get("kind")
     if kind not in KINDS:
         raise ModelFileError(f"'{path}' has kind {kind!r}; known kinds: {', '.join(KINDS)}")

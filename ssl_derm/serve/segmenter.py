@@ -50,7 +50,12 @@ class Segmenter(nn.Module):
         from ssl_derm.segmenters.base import build_segmenter
         from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
 
-        cfg = check_segment_config(load_config(SegmentConfig, base=meta["segment_config"]))
+        seg_cfg = meta["segment_config"]
+        if int(meta.get("format_version", 1)) < 3:  # written before these keys: run it as it was trained
+            from ssl_derm.segmenters.config import BEFORE_SHIFT_STEPS
+
+            seg_cfg = {**seg_cfg, "segment": {**BEFORE_SHIFT_STEPS, **seg_cfg.get("segment", {})}}
+        cfg = check_segment_config(load_config(SegmentConfig, base=seg_cfg, lenient=True))
         encoder = None
         if meta.get("uses_encoder"):
             import timm

@@ -15,12 +15,16 @@ from ssl_derm.errors import written_whole
 
 def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
     """Write ``predictions.csv`` from ``(ids, uint8 (B,S,S,3), sizes)`` batches; with ``cfg.data.labels``
-    return the classification metrics of the labelled images, else None."""
+    return the classification, calibration and skin-tone metrics of the labelled images, else None (the
+    skin tone: the ITA around the default segmenter's lesion, computed batch by batch)."""
     from ssl_derm.metrics.classification import classification_metrics
+    from ssl_derm.segmenters.skin_tone import default_ita
+    from ssl_derm.segmenters.archive_masks import default_segmenter
 
     path = out / "predictions.csv"
     tmp = path.with_name(path.name + ".tmp")
-    all_ids, all_probs = [], []
+    all_ids, all_probs, all_ita = [], [], []
+    segmenter = None  # the default segmenter, for the skin around each lesion (skin-tone scores)
     n = 0
     with written_whole(tmp, path):  # a full disk: one message, and no half predictions.csv
         with open(tmp, "w", newline="") as f:
@@ -35,13 +39,21 @@ def classify_all(model, batches, out: Path, cfg) -> Tuple[int, Optional[dict]]:
                 if cfg.data.labels:
                     all_ids.extend(ids)
                     all_probs.append(probs.astype(np.float32))
+                    segmenter = segmenter or default_segmenter()
+                    all_ita.append(default_ita(arr, segmenter=segmenter))
         os.replace(tmp, path)
     if not cfg.data.labels:
         return n, None
-    return n, _label_metrics(model, cfg.data.labels, all_ids, all_probs, classification_metrics)
+    m = _label_metrics(model, cfg.data.labels, all_ids, all_probs, classification_metrics, all_ita, out)
+    return n, m
 
 
-def _label_metrics(model, labels_csv: str, ids, probs, classification_metrics) -> dict:
+def _label_metrics(model, labels_csv: str, ids, probs, classification_metrics, ita, out: Path) -> dict:
+    """Scores of the labelled images: classification, calibration and per skin tone (``ita``: per-batch
+    (B,) ITA arrays); writes ``calibration.png`` and ``skin_tone.csv`` into ``out``."""
+    from ssl_derm.metrics.audit import side_scores
+    from ssl_derm.metrics.skin_tone import write_skin_tone_csv
+
     from ssl_derm.data.sources import DataError, read_labels
 
     table = read_labels(labels_csv)
@@ -57,6 +69,11 @@ def _label_metrics(model, labels_csv: str, ids, probs, classification_metrics) -
                         f"(image ids look like {', '.join(ids[:3])})")
     y = np.array([index[table.label[ids[r]]] for r in keep])
     m = classification_metrics(y, probs[keep], model.classes)
+    ita = np.concatenate(ita) if ita else np.zeros(0, np.float32)
+    write_skin_tone_csv(out / "skin_tone.csv", ids, ita)
+    groups = [table.lesion_id.get(ids[r], ids[r]) for r in keep] if table.lesion_id else None
+    m.update(side_scores(y, probs[keep], ita[keep], model.classes, groups, out / "calibration.png",
+                         f"predict: {len(keep)} labelled images"))
     m["n_without_label"] = len(ids) - len(keep)
     return m
 
