@@ -43,6 +43,14 @@ class DataConfig:
 
 
 @dataclass
+class ScoringData:
+    """``data.*`` of the commands that score an exported model on a folder (``predict``, ``robustness``)."""
+
+    labels: Optional[str] = None  # CSV image_id,label: score a classifier
+    masks: Optional[str] = None  # folder of <id>.png masks: score a segmenter
+
+
+@dataclass
 class EncoderConfig:
     name: str = "resnet18"  # any timm model name (resnet18, vit_small_patch16_224, ...)
     checkpoint: Optional[str] = None  # exported encoder (.safetensors/.pth) or "none"

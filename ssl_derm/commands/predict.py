@@ -24,20 +24,13 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from ssl_derm.config import ConfigError, load_config
-from ssl_derm.runs import resolve_device, write_json, write_metrics
+from ssl_derm.config import ConfigError, ScoringData, load_config
+from ssl_derm.runs import resolve_device, torch_threads, write_json, write_metrics
 from ssl_derm.runs.finished import check_out_path
 
 TTA_CHOICES = ("none", "d4")
-
-
-@dataclass
-class PredictData:
-    labels: Optional[str] = None  # CSV image_id,label: score a classifier
-    masks: Optional[str] = None  # folder of <id>.png masks: score a segmenter
 
 
 @dataclass
@@ -50,7 +43,7 @@ class PredictConfig:
     num_threads: int = 0  # >0: torch CPU threads for this run
     tta: str = "none"  # none | d4: mean over the 8 rotations/flips
     overlays: int = 32  # segmenters: overlays of the first n images (-1: all)
-    data: PredictData = field(default_factory=PredictData)
+    data: ScoringData = field(default_factory=ScoringData)
 
 
 def _stream(paths: Sequence[str], ids: Sequence[str], size: int, workers: int, batch_size: int, bad: list, bar):
@@ -86,10 +79,7 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         cfg.tta = tta
     if cfg.tta not in TTA_CHOICES:
         raise ConfigError(f"--tta / tta: {cfg.tta!r} is not one of {', '.join(TTA_CHOICES)}")
-    threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):  # for this run only: the caller's setting comes back afterwards
         device = resolve_device(cfg.device)
         model = load_model(model_dir, device)
         if model.meta["kind"] == "classifier" and cfg.data.masks:
@@ -134,8 +124,6 @@ def run_predict(model_dir, images: Sequence[str], out_dir, overrides=(), tta: Op
         print(f"[ssl-derm] predicted {n} images ({len(bad)} bad, listed in {out / 'bad_files.txt'}) "
               f"in {seconds:.1f}s -> {out / what}", flush=True)
         return summary
-    finally:
-        torch.set_num_threads(threads)
 
 
 PREDICT_OUTPUTS = ("predictions.csv", "masks", "overlays", "metrics.json", "calibration.png", "skin_tone.csv",

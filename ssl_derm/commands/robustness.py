@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ssl_derm.config import ConfigError, load_config
 from ssl_derm.errors import DataError
-from ssl_derm.runs import resolve_device, write_json, write_metrics
+from ssl_derm.runs import resolve_device, torch_threads, write_json, write_metrics
 
 
 def load_truth(found, cfg, model, bad: list):
@@ -92,10 +91,7 @@ def run_robustness(model_dir, images: Sequence[str], out_dir, overrides=()) -> d
 
     cfg = overrides if isinstance(overrides, RobustnessConfig) else load_config(RobustnessConfig, None, list(overrides))
     check_robustness_config(cfg)
-    threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):  # for this run only: the caller's setting comes back afterwards
         device = resolve_device(cfg.device)
         model = load_model(model_dir, device)
         kind = model.meta["kind"]
@@ -134,5 +130,3 @@ def run_robustness(model_dir, images: Sequence[str], out_dir, overrides=()) -> d
         print(f"[ssl-derm] robustness of {len(ids)} images under {len(names)} shifts x 3 severities -> "
               f"{out / 'robustness.csv'}", flush=True)
         return metrics
-    finally:
-        torch.set_num_threads(threads)

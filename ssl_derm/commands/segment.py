@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ssl_derm.data import load_dataset
 from ssl_derm.data.dataset import SYNTHETIC, synthetic_folder
@@ -25,7 +24,7 @@ from ssl_derm.encoders import create_encoder
 from ssl_derm.engine.logger import Logger
 from ssl_derm.errors import DataError
 from ssl_derm.metrics.segmentation import METRICS
-from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, write_metrics
+from ssl_derm.runs import prepare_out_dir, resolve_device, seed_everything, torch_threads, write_metrics
 from ssl_derm.segmenters.base import build_segmenter, method_name, segmenter_class
 from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
 from ssl_derm.segmenters.overlay import save_overlay_grid
@@ -70,13 +69,8 @@ def run_segment(cfg: SegmentConfig, out_dir, existing: str = "error") -> dict:
     finished run in ``out_dir`` (see :mod:`ssl_derm.runs.finished`)."""
     check_segment_config(cfg)
     segmenter_class(cfg.segment.method)  # an unknown method fails before any image is decoded
-    threads = torch.get_num_threads()
-    if cfg.train.num_threads > 0:  # for this run only: the caller's setting comes back afterwards
-        torch.set_num_threads(cfg.train.num_threads)
-    try:
+    with torch_threads(cfg.train.num_threads):  # for this run only: the caller's setting comes back afterwards
         return _run(cfg, out_dir, existing)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: SegmentConfig, out_dir, existing: str) -> dict:

@@ -22,6 +22,7 @@ than RAM builds fine. Old entries are never deleted automatically: remove the fo
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import os
 import shutil
@@ -147,6 +148,24 @@ def remove_stale_tmp(root: Path) -> None:
             continue
 
 
+@contextlib.contextmanager
+def new_entry(final: Path):
+    """A cache entry built in a fresh temp folder beside ``final`` (yielded), which the block renames into
+    place with :func:`_commit`. A full disk becomes one message naming the cache folder; whatever is left of
+    the temp folder (a failed or interrupted build) is removed."""
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise disk_full(e, final.parent) from None
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _commit(tmp: Path, final: Path) -> None:
     """Move a finished temp folder into place; if another process got there first, keep theirs."""
     try:
@@ -212,9 +231,7 @@ class ImageCache:
         S, N = self.size, len(paths)
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.root)
-        tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        tmp.mkdir()
-        try:
+        with new_entry(final) as tmp:
             out = new_array(tmp / "images.u8", (N, S, S, 3), f"the image cache ({N} images at {S} px)",
                              self.root)
             keep_ids, keep_paths, sizes, bad = [], [], [], []
@@ -239,13 +256,6 @@ class ImageCache:
                      "ids": keep_ids, "paths": keep_paths, "orig_sizes": sizes, "bad": bad}
             (tmp / "index.json").write_text(json.dumps(index))
             _commit(tmp, final)
-        except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
-            if e.errno in NO_SPACE:
-                raise disk_full(e, self.root) from None
-            raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     # -------------------------------------------------------------------------------------- masks
     def masks(self, cached: CachedImages, mask_paths: Dict[str, str]) -> CachedMasks:
@@ -268,9 +278,7 @@ class ImageCache:
         S, N = self.size, len(cached.ids)
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.root)
-        tmp = self.root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        tmp.mkdir()
-        try:
+        with new_entry(final) as tmp:
             out = new_array(tmp / "masks.u8", (N, S, S), f"the mask cache ({N} masks at {S} px)",
                              self.root)
             good, bad = [], []
@@ -292,10 +300,3 @@ class ImageCache:
                      "rows": good, "bad": bad}
             (tmp / "index.json").write_text(json.dumps(index))
             _commit(tmp, final)
-        except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
-            if e.errno in NO_SPACE:
-                raise disk_full(e, self.root) from None
-            raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)

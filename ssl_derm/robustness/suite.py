@@ -19,18 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_derm.config import ScoringData
 from ssl_derm.errors import ConfigError
 from ssl_derm.robustness.shifts import SEVERITIES, get_shift, shift_names
 
 SEG_METRICS = ("jaccard", "dice")
 CLS_METRICS = ("balanced_accuracy", "macro_auroc")
 CLEAN = ("clean", 0)
-
-
-@dataclass
-class RobustnessData:
-    labels: Optional[str] = None  # CSV image_id,label: score a classifier
-    masks: Optional[str] = None  # folder of <id>.png masks: score a segmenter
 
 
 @dataclass
@@ -45,7 +40,7 @@ class RobustnessConfig:
     shifts: List[str] = field(default_factory=list)  # empty: every registered shift
     num_threads: int = 0  # >0: torch CPU threads for this run
     workers: int = 2  # decoding threads
-    data: RobustnessData = field(default_factory=RobustnessData)
+    data: ScoringData = field(default_factory=ScoringData)
 
     def check(self) -> None:
         if self.image_size < 16:

@@ -6,7 +6,7 @@
 - :mod:`.finished`: does this folder already hold this run (skip), another one (refuse / move aside)?
 """
 from ssl_derm.runs.folder import (code_version, flatten, prepare_out_dir, resolve_device, seed_everything,
-                                  write_json, write_metrics)
+                                  torch_threads, write_json, write_metrics)
 
-__all__ = ["code_version", "flatten", "prepare_out_dir", "resolve_device", "seed_everything", "write_json",
-           "write_metrics"]
+__all__ = ["code_version", "flatten", "prepare_out_dir", "resolve_device", "seed_everything", "torch_threads",
+           "write_json", "write_metrics"]

@@ -1,6 +1,7 @@
 """What every command does around its work: the run folder, seeds, device, metrics.json."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -113,3 +114,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``n`` > 0 torch CPU threads inside the block (0: leave the setting), the caller's number after it."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +79,13 @@ def default_segmenter():
 
 
 def _build(dataset, final: Path, progress: bool) -> None:
-    from ssl_derm.data.cache import new_array
-    from ssl_derm.errors import NO_SPACE, disk_full
+    from ssl_derm.data.cache import new_array, new_entry
     from ssl_derm.segmenters.pipeline import predict_batch
 
     cfg, segmenter = _default_segmenter()
     n, s = len(dataset), dataset.image_size
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+    with new_entry(final) as tmp:
         empty = 0
         if n:
             out = new_array(tmp / "masks.u8", (n, s, s), f"the lesion-mask cache ({n} masks at {s} px)", final.parent)
@@ -111,13 +105,6 @@ def _build(dataset, final: Path, progress: bool) -> None:
         (tmp / "index.json").write_text(json.dumps({"n": n, "size": s, "image_key": dataset.key, "segment": seg,
                                                     "recipe": RECIPE_VERSION, "empty_masks": empty}))
         _commit(tmp, final)
-    except OSError as e:  # a full disk: one message naming the cache folder; the finally drops the partial entry
-        if e.errno in NO_SPACE:
-            raise disk_full(e, final.parent) from None
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def masks_for(dataset) -> np.ndarray:
