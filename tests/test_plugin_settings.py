@@ -83,7 +83,7 @@ def test_every_config_file_and_sweep_cell_loads(monkeypatch):
     its configs (a sweep's shared keys reach the cells whose plug-in has them)."""
     from pathlib import Path
 
-    from ssl_derm.commands.sweep import _overrides, load_sweep, plan_cells
+    from ssl_derm.commands.sweep.spec import _overrides, load_sweep, plan_cells
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # sweep files name their base configs relative to the repository

@@ -1,0 +1,90 @@
+"""A sweep file read and planned: its keys checked, command-line overrides applied, every cell laid out."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import yaml
+
+from ssl_derm.config import ConfigError, read_yaml, set_nested
+from ssl_derm.runs import flatten
+from ssl_derm.select import check_select
+
+
+_TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
+             "finetune", "segment", "grid", "select"}
+
+
+def _overrides(flat: dict) -> list:
+    """Sweep values as command-line overrides, so they win over the stage's YAML file."""
+    return [f"{k}={json.dumps(v)}" for k, v in flat.items()]
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _set_override(spec: dict, key: str, value) -> None:
+    """``common.K``, ``grid.K`` and ``<stage>.set.K`` name one config key ``K`` of that section (its keys are
+    dotted: ``grid.finetune.train.lr=[1e-3]`` replaces that axis); any other key is a path into the file."""
+    parts = key.split(".")
+    if parts[0] in ("common", "grid") and len(parts) > 1:
+        spec.setdefault(parts[0], {})[".".join(parts[1:])] = value
+    elif parts[0] in ("pretrain", "finetune", "segment") and len(parts) > 2 and parts[1] == "set":
+        spec.setdefault(parts[0], {}).setdefault("set", {})[".".join(parts[2:])] = value
+    else:
+        set_nested(spec, parts, value)
+
+
+def load_sweep(path, overrides=()) -> dict:
+    spec = read_yaml(path)
+    for text in overrides:
+        key, _, raw = text.partition("=")
+        _set_override(spec, key, yaml.safe_load(raw))
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"sweep file '{path}': unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    spec.setdefault("seeds", [0])
+    spec.setdefault("downstream", "finetune")
+    if spec["downstream"] not in ("finetune", "segment"):
+        raise ConfigError(f"sweep file '{path}': downstream must be finetune or segment, not {spec['downstream']!r}")
+    if not isinstance(spec.get("grid", {}), dict):
+        raise ConfigError(f"sweep file '{path}': grid must map config keys to lists of values")
+    for k, v in spec.get("grid", {}).items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"sweep file '{path}': grid key '{k}' needs a non-empty list of values, got {v!r}")
+    check_select(path, spec)
+    return spec
+
+
+def plan_cells(spec: dict) -> list:
+    """Every (grid point, seed) as a dict: id, values, seed, pretrain overrides (or None), downstream overrides."""
+    grid = spec.get("grid", {})
+    keys = list(grid)
+    down = spec["downstream"]
+    cells = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        pre = flatten(spec.get("common", {}))
+        pre.update(flatten(spec.get("pretrain", {}).get("set", {})))
+        dst = flatten(spec.get("common", {}))
+        dst.update(flatten(spec.get(down, {}).get("set", {})))
+        for k, v in values.items():
+            if k == "init":
+                continue
+            stage, _, rest = k.partition(".")
+            if stage == "pretrain":
+                pre[rest] = v
+            elif stage == down:
+                dst[rest] = v
+            else:
+                pre[k] = v
+                dst[k] = v
+        needs_pretrain = values.get("init", "pretrained") != "random" and "pretrain" in spec
+        for seed in spec["seeds"]:
+            p = dict(pre, seed=0 if not spec.get("pretrain_per_seed") else seed) if needs_pretrain else None
+            d = dict(dst, seed=seed)
+            cid = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in values.items()) + f"_seed-{seed}"
+            cells.append({"id": cid.replace("/", "-"), "values": values, "seed": seed, "pretrain": p, "downstream": d})
+    return cells
