@@ -89,3 +89,21 @@ def test_errors_are_one_line(seg_run, capsys):
     assert "none of the 12 images has a mask" in capsys.readouterr().err
     assert main(base + [f"data.masks={seg_run / 'synth'}"]) == 1  # the images themselves: not binary masks
     assert "mask not binary" in capsys.readouterr().err
+
+
+def test_a_finetuned_classifier_end_to_end(tmp_path):
+    """A linear-probe run folder (labels with lesion ids left empty) under two shifts: balanced accuracy per
+    shift and severity, its drop from clean and their intervals."""
+    assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--n", "60", "--size", "32"]) == 0
+    images, labels = tmp_path / "synth" / "images", tmp_path / "synth" / "labels.csv"
+    assert main(["finetune", "--config", "finetune/linear", "--out", str(tmp_path / "lin"), f"data.images=[{images}]",
+                 f"data.labels={labels}", "data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}", "device=cpu",
+                 "protocol.linear_C=[1.0]"]) == 0
+    assert main(["robustness", "--model", str(tmp_path / "lin"), "--images", str(images), "--out",
+                 str(tmp_path / "rob"), f"data.labels={labels}", "shifts=[blur,zoom]", "device=cpu"]) == 0
+    m = json.loads((tmp_path / "rob" / "metrics.json").read_text())
+    assert m["kind"] == "classifier" and m["main_metric"] == "balanced_accuracy" and set(m["shifts"]) == {"blur", "zoom"}
+    for shift in m["shifts"].values():
+        for sev in shift["severities"].values():
+            assert 0 <= sev["balanced_accuracy"] <= 1 and len(sev["balanced_accuracy_drop_ci"]) == 2
+            assert sev["balanced_accuracy_drop"] == pytest.approx(m["clean"]["balanced_accuracy"]["value"] - sev["balanced_accuracy"])

@@ -65,7 +65,7 @@ def load_truth(found, cfg, model, bad: list):
             masks.append(m > 0)
         else:
             labels.append(index[truth.label[i]])
-            groups.append(truth.lesion.get(i, i))
+            groups.append(truth.lesion_id.get(i) or i)  # no lesion id: its own group
         ids.append(i)
         imgs.append(arr)
     if not ids:
