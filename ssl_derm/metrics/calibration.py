@@ -14,7 +14,7 @@
 Each comes with a 95% bootstrap interval from the lesion-grouped resampling weights of
 :mod:`ssl_derm.metrics.bootstrap`: every score is written for a weight vector, so all resamples are
 matrix products. Temperature scaling (``protocol.calibrate: temperature``) fits one T > 0 on the
-validation side by LBFGS on the NLL of ``log(p) / T``; since softmax(log softmax(z) / T) = softmax(z / T),
+validation side by a bounded search of the NLL of ``log(p) / T`` over log T; since softmax(log softmax(z) / T) = softmax(z / T),
 the protocols' probabilities are enough and the fitted T is the logits' temperature.
 
 No library here covers this: scikit-learn's ``calibration_curve`` and ``brier_score_loss`` are binary,
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 N_BINS = 15
 EPS = 1e-12
@@ -141,24 +140,23 @@ def save_calibration_png(y, probs, path, title: str = "", logger=None, tag: str 
     return path
 
 
-def fit_temperature(probs, y, max_iter: int = 100) -> float:
-    """The T > 0 minimising the NLL of softmax(log(probs) / T) on (N, K) ``probs`` with labels (N,)."""
+def fit_temperature(probs, y) -> float:
+    """The T in [0.01, 100] minimising the NLL of softmax(log(probs) / T) on (N, K) ``probs`` with labels (N,):
+    a bounded one-dimensional search over log T (scipy), the NLL being smooth in it."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
     y, probs = _check(y, probs)
     if not len(y):
         raise ValueError("temperature scaling needs validation images; the val side is empty")
-    logp = torch.from_numpy(np.log(np.clip(probs, EPS, 1.0)))
-    target = torch.from_numpy(y)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+    logp = np.log(np.clip(probs, EPS, 1.0))
+    rows = np.arange(len(y))
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logp / log_t.exp(), target)
-        loss.backward()
-        return loss
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logp / np.exp(log_t), axis=1)[rows, y].mean())
 
-    opt.step(closure)
-    return float(log_t.detach().exp().clamp(1e-2, 1e2))
+    best = minimize_scalar(nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(best.x))
 
 
 def apply_temperature(probs, temperature: float) -> np.ndarray:
