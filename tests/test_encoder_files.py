@@ -62,3 +62,14 @@ def test_a_missing_encoder_file_names_the_key(tmp_path):
     cfg = load_config(FinetuneConfig, "finetune/knn", [f"encoder.checkpoint={tmp_path / 'nope.safetensors'}"])
     with pytest.raises(EncoderError, match="encoder.checkpoint .* does not exist"):
         adopt_encoder_file(cfg)
+
+
+def test_label_efficiency_keeps_what_the_user_set(tmp_path, vit_file):
+    """The table's cells are built from the user's config: a set encoder.name that contradicts the file is
+    still an error there, not silently replaced by the file's."""
+    from ssl_derm.commands.label_efficiency import run_label_efficiency
+
+    base = load_config(FinetuneConfig, "finetune/knn", ["encoder.name=resnet18", "data.synthetic_n=60",
+                                                        f"data.cache_dir={tmp_path / 'cache'}", "device=cpu"])
+    with pytest.raises(EncoderError, match="contradicts"):
+        run_label_efficiency(base, vit_file, [1.0], ["knn"], [0], tmp_path / "le", inits=("pretrained",))

@@ -65,6 +65,7 @@ def run_label_efficiency(base_cfg, checkpoint, fractions: Sequence[float], proto
                     # lenient: the base protocol's own keys do not carry over to another protocol
                     cfg = load_config(FinetuneConfig, base=to_dict(base_cfg), lenient="file", overrides=[
                         f"protocol.name={protocol}", *(protocol_overrides or {}).get(protocol, ())])
+                    cfg.explicit_keys |= getattr(base_cfg, "explicit_keys", frozenset())  # what the user set
                     cfg.split.fraction = float(fraction)
                     cfg.seed = int(seed)
                     cfg.encoder.checkpoint = str(checkpoint) if init == "pretrained" else "none"
