@@ -90,3 +90,23 @@ def test_a_failing_cell_in_a_worker_names_itself_and_its_log(tmp_path):
                   overrides=["grid.init=[random]", "grid.finetune.split.fraction=[0.3]"])
     with pytest.raises(UserError, match="workers must be >= 1"):
         run_sweep(path, out=tmp_path / "sw", workers=0)
+
+
+def test_pretrained_cells_need_a_pretrain_stage(tmp_path):
+    """init: [pretrained, random] with no pretrain section would score random init twice: refused, naming it;
+    an init value that is neither is refused too."""
+    import pytest
+    import yaml
+
+    from ssl_derm.commands.sweep import load_sweep
+    from ssl_derm.config import ConfigError
+
+    spec = yaml.safe_load(sweep_spec(tmp_path).read_text())
+    del spec["pretrain"]
+    path = tmp_path / "no_pretrain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="no pretrain stage"):
+        load_sweep(path)
+    with pytest.raises(ConfigError, match="takes pretrained and random"):
+        load_sweep(sweep_spec(tmp_path), ["grid.init=[pretrained, imagenet]"])
+    assert load_sweep(path, ["grid.init=[random]"])["grid"]["init"] == ["random"]

@@ -54,6 +54,13 @@ def load_sweep(path, overrides=()) -> dict:
     for k, v in spec.get("grid", {}).items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"sweep file '{path}': grid key '{k}' needs a non-empty list of values, got {v!r}")
+    inits = spec.get("grid", {}).get("init", [])
+    bad = [v for v in inits if v not in ("pretrained", "random")]
+    if bad:
+        raise ConfigError(f"sweep file '{path}': grid key 'init' takes pretrained and random, not {bad}")
+    if "pretrained" in inits and "pretrain" not in spec:  # its cells would silently start from random weights
+        raise ConfigError(f"sweep file '{path}': grid init lists 'pretrained' but the sweep has no pretrain stage; "
+                          "add a pretrain: section (config, set) or leave 'pretrained' out")
     check_select(path, spec)
     return spec
 
