@@ -193,8 +193,8 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenie
     data: dict = {}
     if base:
         data = _merge(data, base)
-    if path:
-        data = _merge(data, read_yaml(path))
+    from_file = read_yaml(path) if path else {}
+    data = _merge(data, from_file)
     over: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -207,7 +207,7 @@ def load_config(cls, path=None, overrides=(), base: Optional[dict] = None, lenie
     # values read from an encoder file may fill the others (ssl_derm.encoder_files.adopt_encoder_file)
     explicit = set(flatten(over))
     if path and not is_packaged(path):
-        explicit |= set(flatten(read_yaml(path)))
+        explicit |= set(flatten(from_file))
     cfg.explicit_keys = frozenset(explicit)
     return cfg
 

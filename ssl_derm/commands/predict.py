@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -135,6 +134,7 @@ def clear_earlier_predict(out: Path) -> None:
     beside new predictions); a folder holding another command's outputs (a finetune run's metrics.json, a
     model) is refused, never cleared."""
     from ssl_derm.errors import RunFolderError
+    from ssl_derm.runs.finished import clear_outputs
 
     present = [n for n in PREDICT_OUTPUTS if (out / n).exists()]
     if not present:
@@ -142,9 +142,7 @@ def clear_earlier_predict(out: Path) -> None:
     if not (out / "predict.json").is_file():
         raise RunFolderError(f"--out '{out}' holds {', '.join(present)} of another command (no predict.json): "
                              "give predict a folder of its own")
-    for name in present:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    clear_outputs(out, present)
     print(f"[ssl-derm] cleared the outputs of an earlier predict in {out} ({', '.join(present)})", file=sys.stderr)
 
 

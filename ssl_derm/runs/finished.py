@@ -55,9 +55,10 @@ def check_writable(out) -> None:
                              "give a folder you can write to") from None
 
 
-def clear_outputs(out: Path) -> None:
-    for pattern in OUTPUTS:
-        for p in out.glob(pattern):
+def clear_outputs(out: Path, patterns=OUTPUTS) -> None:
+    """Remove every file and folder of ``out`` that ``patterns`` (globs) match."""
+    for pattern in patterns:
+        for p in Path(out).glob(pattern):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():

@@ -116,7 +116,7 @@ def _entry(dataset) -> Optional[Path]:
     from ssl_derm.segmenters.archive_masks import entry_dir
 
     masks = entry_dir(dataset)
-    return masks.parent / f"skin-tone-{masks.name}-{_fingerprint([RECIPE_VERSION, BAND_PX, HAIR_DL])[:12]}.npy"
+    return masks.parent / f"skin-tone-{masks.name}-{_fingerprint([RECIPE_VERSION, BAND_PX, HAIR_DL, GLARE_VALUE, GLARE_SATURATION, MIN_SKIN_PIXELS])[:12]}.npy"
 
 
 def dataset_ita(dataset, progress: bool = False, masks: Optional[np.ndarray] = None) -> np.ndarray:
@@ -136,9 +136,7 @@ def dataset_ita(dataset, progress: bool = False, masks: Optional[np.ndarray] = N
     from ssl_derm.segmenters.archive_masks import archive_masks
 
     masks = archive_masks(dataset, progress=progress)
-    bs = 64
-    ita = np.concatenate([image_ita(np.asarray(dataset.images[i:i + bs]), np.asarray(masks[i:i + bs]))
-                          for i in range(0, len(masks), bs)]) if len(masks) else np.zeros(0, np.float32)
+    ita = rows_ita(dataset.images, np.arange(len(masks)), masks)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
     np.save(tmp, ita.astype(np.float32))
     os.replace(tmp, path)
