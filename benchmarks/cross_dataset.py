@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ssl_derm.config import load_config
 from ssl_derm.evaluate.config import FinetuneConfig
-from ssl_derm.commands.label_efficiency import cell_id, run_label_efficiency
+from ssl_derm.commands.label_efficiency import run_label_efficiency
+from ssl_derm.commands.sweep.paired import finished_cells
 
 LABEL_MAP = {"melanoma": "mel", "nevus": "nv", "seborrheic_keratosis": "bkl"}
 
@@ -50,13 +51,14 @@ def main(argv=None) -> None:
     run_label_efficiency(cfg, args.encoder, [1.0], protocols, seeds, args.out, inits=inits)
     print("\n| init | protocol | seed | external balanced accuracy | 95% bootstrap interval | n |")
     print("|---|---|---|---|---|---|")
-    for init in inits:
-        for protocol in protocols:
-            for seed in seeds:
-                m = json.loads((Path(args.out) / "cells" / cell_id(init, protocol, 1.0, seed) / "metrics.json").read_text())
-                e = m["external"]
-                lo, hi = e["balanced_accuracy_ci"]
-                print(f"| {init} | {protocol} | {seed} | {e['balanced_accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {e['n']} |")
+    for cell in finished_cells(args.out):
+        v = cell["values"]
+        if v["init"] not in inits or v["finetune.protocol.name"] not in protocols or cell["seed"] not in seeds:
+            continue
+        e = json.loads((Path(args.out) / "cells" / cell["id"] / "metrics.json").read_text())["external"]
+        lo, hi = e["balanced_accuracy_ci"]
+        print(f"| {v['init']} | {v['finetune.protocol.name']} | {cell['seed']} | {e['balanced_accuracy']:.3f} "
+              f"| [{lo:.3f}, {hi:.3f}] | {e['n']} |")
 
 
 if __name__ == "__main__":

@@ -81,18 +81,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ssl_derm.evaluate.config import load_finetune_config
-    from ssl_derm.commands.label_efficiency import collect, run_label_efficiency, write_tables
+    from ssl_derm.commands.label_efficiency import label_efficiency_spec, run_label_efficiency
+    from ssl_derm.commands.sweep import plan_cells, write_tables
 
     data = Path(args.data)
     inits = tuple(args.inits.split(","))
     fractions, protocols = [float(f) for f in args.fractions.split(",")], args.protocols.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.table_only:
-        rows = collect(Path(args.out), inits, protocols, fractions, seeds)
-        write_tables(Path(args.out), rows)
-        print((Path(args.out) / "label_efficiency.md").read_text())
-        return 0
-    if "pretrained" in inits and not Path(args.checkpoint).is_file():
+    if "pretrained" in inits and not Path(args.checkpoint).is_file() and not args.table_only:
         print(f"no checkpoint at {args.checkpoint}: running the random-init rows only", file=sys.stderr)
         inits = tuple(i for i in inits if i != "pretrained")
     base_overrides, routed = route_overrides(args.overrides, protocols)
@@ -101,6 +97,11 @@ def main(argv=None) -> int:
         f"encoder.name={args.encoder}", f"device={args.device}", f"train.num_threads={args.threads}",
         "protocol.balance=weighted_loss", "protocol.linear_C=[0.01,0.1,1.0]", *base_overrides])
     per_protocol = {p: [*budgets(args).get(p, []), *routed[p]] for p in protocols}
+    if args.table_only:
+        spec = label_efficiency_spec(base, args.checkpoint, fractions, protocols, seeds, inits, per_protocol)
+        write_tables(Path(args.out), spec, plan_cells(spec))
+        print((Path(args.out) / "label_efficiency.md").read_text())
+        return 0
     rows = run_label_efficiency(base, args.checkpoint if "pretrained" in inits else None, fractions, protocols,
                                 seeds, args.out, inits=inits, protocol_overrides=per_protocol)
     print((Path(args.out) / "label_efficiency.md").read_text())

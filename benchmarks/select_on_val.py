@@ -2,7 +2,7 @@
 
     python benchmarks/select_on_val.py --tune train.lr /tmp/le_lr2e-3 /tmp/le_lr6e-4 /tmp/le_lr2e-4 --out /tmp/le_sel
 
-Each folder is one ``benchmarks/label_efficiency_ham10000.py --out`` (cells ``<init>_<protocol>_<fraction>_seed<s>``).
+Each folder is one ``benchmarks/label_efficiency_ham10000.py`` or ``ssl-derm label-efficiency`` ``--out`` (a sweep folder).
 The tuned value of a cell is read from its own ``config.yaml``, and two cells of the same init, protocol, fraction
 and seed must not differ in any other key (``--ignore`` lists keys that do not change results), so a table never
 mixes in another change. Per (init, protocol, fraction), the setting with the best mean ``val.balanced_accuracy``
@@ -26,7 +26,7 @@ METRICS = ["balanced_accuracy", "accuracy", "macro_f1", "macro_auroc"]
 
 def read_cells(folders, tune, ignore) -> list:
     """One row per finished cell of every folder; a clear error where two cells differ in an untuned key."""
-    from ssl_derm.commands.label_efficiency import cell_id, finished_cells
+    from ssl_derm.commands.sweep.paired import finished_cells
     from ssl_derm.runs import flatten
     from ssl_derm.commands.sweep import metric_value
 
@@ -34,9 +34,11 @@ def read_cells(folders, tune, ignore) -> list:
     for folder in map(Path, folders):
         cells = finished_cells(folder)
         if not cells:
-            raise SystemExit(f"{folder}: no finished label-efficiency cells (cells/<init>_<protocol>_<fraction>_seed<s>/metrics.json)")
-        for init, protocol, fraction, seed in cells:
-            cdir = folder / "cells" / cell_id(init, protocol, fraction, seed)
+            raise SystemExit(f"{folder}: no finished label-efficiency cells (sweep.json and cells/<id>/metrics.json)")
+        for cell in cells:
+            v, seed = cell["values"], cell["seed"]
+            init, protocol, fraction = v["init"], v["finetune.protocol.name"], v["finetune.split.fraction"]
+            cdir = folder / "cells" / cell["id"]
             cfg_path = cdir / "config.yaml"
             if not cfg_path.is_file():
                 raise SystemExit(f"{cfg_path}: missing; the cell's settings cannot be checked (rerun the cell)")

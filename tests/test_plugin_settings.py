@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from ssl_derm.config import ConfigError, PretrainConfig, load_config, plugin_settings, to_dict
+from ssl_derm.config import ConfigError, PretrainConfig, load_config, plugin_settings, read_yaml, to_dict
+from ssl_derm.encoders import create_encoder, export_encoder
 from ssl_derm.evaluate.config import FinetuneConfig, load_finetune_config
 from ssl_derm.registry import names, settings_class
 from ssl_derm.segmenters.config import SegmentConfig
@@ -78,7 +79,7 @@ def test_lenient_file_keeps_overrides_strict():
         load_config(FinetuneConfig, "configs/finetune/knn.yaml", ["protocol.threshold=0.5"], lenient="file")
 
 
-def test_every_config_file_and_sweep_cell_loads(monkeypatch):
+def test_every_config_file_and_sweep_cell_loads(monkeypatch, tmp_path):
     """Every YAML under configs/ loads into its command's config, and every cell of every sweep file builds
     its configs (a sweep's shared keys reach the cells whose plug-in has them)."""
     from pathlib import Path
@@ -87,6 +88,7 @@ def test_every_config_file_and_sweep_cell_loads(monkeypatch):
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # sweep files name their base configs relative to the repository
+    encoder_file = export_encoder(create_encoder("resnet18", 32), tmp_path / "encoder.safetensors")
     classes = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "segment": SegmentConfig}
     for stage, cls in classes.items():
         files = sorted((root / "configs" / stage).glob("*.yaml"))
@@ -94,7 +96,8 @@ def test_every_config_file_and_sweep_cell_loads(monkeypatch):
         for path in files:
             assert dataclasses.is_dataclass(load_config(cls, path)), path
     for path in sorted((root / "configs" / "sweeps").glob("*.yaml")):
-        spec = load_sweep(path)
+        needs_encoder = read_yaml(path).get("checkpoint", "") is None  # a study of an encoder the user gives
+        spec = load_sweep(path, [f"checkpoint={encoder_file}"] if needs_encoder else [])
         down = spec["downstream"]
         for cell in plan_cells(spec):
             if cell["pretrain"] is not None:

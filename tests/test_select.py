@@ -98,8 +98,16 @@ def test_sweep_select_picks_each_inits_best_val_setting(tmp_path):
 
 
 def _cell(folder: Path, init: str, seed: int, lr: float, wd: float = 0.05, val: float = 0.3):
-    cdir = folder / "cells" / f"{init}_finetune_0.01_seed{seed}"
+    """A finished cell of a label-efficiency sweep folder (its sweep.json grows to plan it)."""
+    cdir = folder / "cells" / f"init-{init}_name-finetune_fraction-0.01_seed-{seed}"
     cdir.mkdir(parents=True)
+    path = folder / "sweep.json"
+    spec = json.loads(path.read_text()) if path.is_file() else {
+        "seeds": [], "downstream": "finetune", "grid": {"init": [], "finetune.protocol.name": ["finetune"],
+                                                        "finetune.split.fraction": [0.01]}}
+    spec["seeds"] = sorted({*spec["seeds"], seed})
+    spec["grid"]["init"] = sorted({*spec["grid"]["init"], init})
+    path.write_text(json.dumps(spec))
     cfg = {"seed": seed, "train": {"lr": lr, "weight_decay": wd, "num_threads": 1}, "split": {"fraction": 0.01}}
     (cdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     (cdir / "metrics.json").write_text(json.dumps({"balanced_accuracy": val + 0.1, "accuracy": 0.5,

@@ -123,10 +123,10 @@ def test_label_efficiency_rerun_with_another_checkpoint_reruns_pretrained_cells(
             "--fractions", "1.0", "--protocols", "knn", *_common(tmp_path)]
     assert main(args + ["--checkpoint", a]) == 0
     assert main(args + ["--checkpoint", b]) == 0
-    cell = tmp_path / "le" / "cells" / "pretrained_knn_1_seed0"
+    cell = tmp_path / "le" / "cells" / "init-pretrained_name-knn_fraction-1.0_seed-0"
     assert json.loads((cell / "metrics.json").read_text())["encoder_sha256"] == weights_sha256(b)
     assert json.loads((cell.with_name(cell.name + ".stale-1") / "metrics.json").read_text())["encoder_sha256"] == weights_sha256(a)
-    rnd = tmp_path / "le" / "cells" / "random_knn_1_seed0"
+    rnd = tmp_path / "le" / "cells" / "init-random_name-knn_fraction-1.0_seed-0"
     assert not rnd.with_name(rnd.name + ".stale-1").exists()  # the random cell still fits: reused
     md = (tmp_path / "le" / "label_efficiency.md").read_text()
     assert "bootstrap" in md and "[" in md

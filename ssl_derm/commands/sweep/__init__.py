@@ -10,7 +10,10 @@ A sweep file (``configs/sweeps/*.yaml``)::
     metrics: [balanced_accuracy, accuracy]
     common: {data.image_size: 64}     # keys for both stages
     pretrain: {config: configs/pretrain/simclr_resnet18.yaml, set: {train.max_steps: 500}}
-    finetune: {config: configs/finetune/linear.yaml, set: {}}
+    # or, instead of a pretrain stage, the encoder file that the pretrained cells start from:
+    # checkpoint: runs/simclr/encoder.safetensors
+    finetune: {config: configs/finetune/linear.yaml, set: {},
+               per_protocol: {fixmatch: {train.max_steps: 200}}}   # keys for one protocol's cells only
     grid:
       init: [pretrained, random]      # special: random = no pretraining, encoder.checkpoint=none
       pretrain.method.name: [simclr, byol]
@@ -24,6 +27,11 @@ A sweep file (``configs/sweeps/*.yaml``)::
 A key of a plug-in section (``method.*``, ``protocol.*``, ``segment.*``) that is set for the whole sweep
 goes to the cells whose plug-in has it (``protocol.linear_C`` reaches the linear cells, not the kNN ones);
 a key that no plug-in of that kind has is still an error.
+
+With an ``init`` axis the sweep also writes the pretrained-vs-random report, ``label_efficiency.md`` / ``.csv``
+(:mod:`ssl_derm.commands.sweep.paired`); ``configs/sweeps/label_efficiency.yaml`` is that study for one encoder
+file, and ``ssl-derm label-efficiency`` its front. The tables cover every finished cell of this call's grid and
+of an earlier call's into the same folder when the two specs differ only in grid values and seeds.
 
 Every pretraining is run once (``pretrain/<hash>/``) and reused by every cell that needs it; every
 cell writes ``cells/<id>/metrics.json`` last, so a killed sweep skips what finished and resumes the

@@ -2,12 +2,13 @@
 worker processes; a finished cell is reused only while its fingerprint fits the plan."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ssl_derm.commands.sweep.spec import _hash, _overrides, load_sweep, plan_cells
+from ssl_derm.commands.sweep.spec import _hash, _overrides, load_sweep, merge_grids, plan_cells
 from ssl_derm.commands.sweep.tables import write_tables
 from ssl_derm.config import ConfigError, PretrainConfig, load_config
-from ssl_derm.runs import write_json
+from ssl_derm.runs import flatten, write_json
 from ssl_derm.runs.fingerprint import recorded
 
 
@@ -23,9 +24,17 @@ def _run_pretrain(spec, flat: dict, root: Path) -> Path:
 
 
 def _finetune_cfg(spec, flat: dict):
+    """The cell's finetune config: defaults <- the stage's ``base`` mapping <- its config file <- the sweep's
+    values, then the stage's ``per_protocol`` keys for the cell's protocol (they win over the rest)."""
     from ssl_derm.evaluate.config import load_finetune_config
 
-    return load_finetune_config(spec.get("finetune", {}).get("config"), _overrides(flat), lenient=True)
+    stage = spec.get("finetune", {})
+    cfg = load_finetune_config(stage.get("config"), _overrides(flat), base=stage.get("base"), lenient=True)
+    extra = (stage.get("per_protocol") or {}).get(cfg.protocol.name)
+    if extra:
+        cfg = load_finetune_config(stage.get("config"), _overrides({**flat, **flatten(extra)}),
+                                   base=stage.get("base"), lenient=True)
+    return cfg
 
 
 def _shared_data(cfg, shared: dict) -> tuple:
@@ -36,6 +45,8 @@ def _shared_data(cfg, shared: dict) -> tuple:
     from ssl_derm.commands.finetune import load_data_and_split
 
     key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.segments, cfg.augment.mean, cfg.augment.std])
+    if "given" in shared:  # the caller's own dataset and split, for every cell
+        return shared["given"]
     if key not in shared:
         dataset, split = load_data_and_split(cfg)
         shared[key] = (dataset, split, FeatureCache())
@@ -63,8 +74,12 @@ def _run_downstream(spec, flat: dict, out: Path, shared: dict) -> dict:
     return run_finetune(cfg, out, dataset=dataset, split=split, feature_cache=cache, existing="stale")
 
 
-def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -> Path:
+def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1, data=None) -> Path:
     """Run every unfinished cell; ``stop_after`` ends after that many newly run cells (for tests).
+
+    ``path``: a sweep file, or a spec already read (a dict). ``data``: (dataset, split) loaded by the caller,
+    used by every finetune cell instead of loading its own. The tables cover this call's cells and those of an
+    earlier call into the same folder whose spec differs only in its grid values and seeds.
 
     ``workers > 1`` runs that many cells at once, each in its own process (spawned) with ``cores // workers``
     torch threads unless the cell sets ``train.num_threads``, and its output in ``logs/<id>.log``.
@@ -80,10 +95,17 @@ def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -
 
     check_out_path(root)
     root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "sweep.json", spec)
+    spec = json.loads(json.dumps(spec, default=str))  # as sweep.json holds it, so two calls' specs compare
+    earlier = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").is_file() else None
+    tabled = merge_grids(spec, earlier)
+    write_json(root / "sweep.json", tabled)
     cells = plan_cells(spec)
     ran = 0
     shared: dict = {}  # data, split and frozen features reused across cells
+    if data is not None:
+        from ssl_derm.models.features import FeatureCache
+
+        shared["given"] = (*data, FeatureCache())
     from tqdm import tqdm
 
     tasks = []
@@ -99,6 +121,8 @@ def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -
                 # the images that the cell scores stay out of its pretraining, even without their labels
                 pre["data.exclude_split"] = str(_test_split_file(spec, flat, shared))
             flat["encoder.checkpoint"] = str(_run_pretrain(spec, pre, root))
+        elif cell["values"].get("init", "pretrained") == "pretrained" and spec.get("checkpoint") is not None:
+            flat["encoder.checkpoint"] = str(spec["checkpoint"])  # the sweep's own encoder file
         elif "init" in cell["values"]:
             flat["encoder.checkpoint"] = "none"
         if workers > 1:
@@ -108,7 +132,7 @@ def run_sweep(path, out=None, overrides=(), stop_after=None, workers: int = 1) -
         ran += int(recorded(cdir) != before)
     if tasks:
         _run_parallel(spec, tasks, workers)
-    write_tables(root, spec, cells)
+    write_tables(root, tabled, plan_cells(tabled))
     return root
 
 

@@ -1,9 +1,11 @@
 """A sweep file read and planned: its keys checked, command-line overrides applied, every cell laid out."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
+from pathlib import Path
 
 import yaml
 
@@ -13,7 +15,9 @@ from ssl_derm.select import check_select
 
 
 _TOP_KEYS = {"out", "seeds", "pretrain_per_seed", "exclude_test", "downstream", "metrics", "common", "pretrain",
-             "finetune", "segment", "grid", "select"}
+             "checkpoint", "finetune", "segment", "grid", "select"}
+_STAGE_KEYS = {"pretrain": {"config", "set"}, "finetune": {"config", "set", "base", "per_protocol"},
+               "segment": {"config", "set"}}
 
 
 def _overrides(flat: dict) -> list:
@@ -38,7 +42,9 @@ def _set_override(spec: dict, key: str, value) -> None:
 
 
 def load_sweep(path, overrides=()) -> dict:
-    spec = read_yaml(path)
+    """A sweep file (or a spec already read, as a dict) with ``key=value`` overrides, checked."""
+    spec = copy.deepcopy(path) if isinstance(path, dict) else read_yaml(path)
+    path = "<given spec>" if isinstance(path, dict) else path
     for text in overrides:
         key, _, raw = text.partition("=")
         _set_override(spec, key, yaml.safe_load(raw))
@@ -58,11 +64,57 @@ def load_sweep(path, overrides=()) -> dict:
     bad = [v for v in inits if v not in ("pretrained", "random")]
     if bad:
         raise ConfigError(f"sweep file '{path}': grid key 'init' takes pretrained and random, not {bad}")
-    if "pretrained" in inits and "pretrain" not in spec:  # its cells would silently start from random weights
+    for stage, allowed in _STAGE_KEYS.items():
+        sec = spec.get(stage)
+        if sec is not None and (not isinstance(sec, dict) or set(sec) - allowed):
+            raise ConfigError(f"sweep file '{path}': {stage} takes the keys {sorted(allowed)}, got {sec!r}")
+    _check_per_protocol(path, spec.get("finetune", {}).get("per_protocol"))
+    if spec.get("checkpoint") is not None:
+        if "pretrain" in spec:
+            raise ConfigError(f"sweep file '{path}': give a pretrain stage or a checkpoint (an encoder.safetensors "
+                              "that the pretrained cells start from), not both")
+        if not Path(str(spec["checkpoint"])).is_file():
+            raise ConfigError(f"sweep file '{path}': checkpoint '{spec['checkpoint']}' does not exist; give the "
+                              "encoder.safetensors of `ssl-derm pretrain`")
+    if "pretrained" in inits and "pretrain" not in spec and spec.get("checkpoint") is None:
+        # its cells would silently start from random weights
         raise ConfigError(f"sweep file '{path}': grid init lists 'pretrained' but the sweep has no pretrain stage; "
-                          "add a pretrain: section (config, set) or leave 'pretrained' out")
+                          "add a pretrain: section (config, set), a checkpoint: (an encoder.safetensors), or leave "
+                          "'pretrained' out")
     check_select(path, spec)
     return spec
+
+
+def _check_per_protocol(path, per: object) -> None:
+    """``finetune.per_protocol``: {protocol name: {key: value}}, keys set for that protocol's cells only."""
+    if per is None:
+        return
+    from ssl_derm.registry import names
+
+    known = names("protocol")
+    if not isinstance(per, dict) or not all(isinstance(v, dict) for v in per.values()):
+        raise ConfigError(f"sweep file '{path}': finetune.per_protocol maps a protocol name to its keys "
+                          f"({{fixmatch: {{train.max_steps: 200}}}}), got {per!r}")
+    bad = [p for p in per if p not in known]
+    if bad:
+        raise ConfigError(f"sweep file '{path}': finetune.per_protocol names unknown protocol(s) {bad}; "
+                          f"available: {', '.join(known)}")
+
+
+def merge_grids(spec: dict, earlier: dict) -> dict:
+    """The spec whose tables cover this call's grid and an earlier call's in the same folder: the union of
+    each axis's values and of the seeds (this call's first), when everything else is the same; otherwise
+    this call's spec alone (the earlier cells were made for another setting)."""
+    rest = {k: v for k, v in spec.items() if k not in ("grid", "seeds")}
+    if not earlier or {k: v for k, v in earlier.items() if k not in ("grid", "seeds")} != rest \
+            or set(earlier.get("grid", {})) != set(spec.get("grid", {})):
+        return spec
+    grid = {k: _union(v, earlier["grid"][k]) for k, v in spec.get("grid", {}).items()}
+    return dict(spec, grid=grid, seeds=_union(spec["seeds"], earlier.get("seeds", [])))
+
+
+def _union(a: list, b: list) -> list:
+    return a + [v for v in b if v not in a]
 
 
 def plan_cells(spec: dict) -> list:

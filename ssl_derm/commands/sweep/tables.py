@@ -1,5 +1,6 @@
 """A sweep's tables: results.csv (one row per finished cell), results.md (mean +- std over seeds), plots,
-TensorBoard hparams and, with ``select``, the settings chosen on validation."""
+TensorBoard hparams, with ``select`` the settings chosen on validation, and with an ``init`` axis the
+pretrained-vs-random report (:mod:`ssl_derm.commands.sweep.paired`)."""
 from __future__ import annotations
 
 import csv
@@ -80,6 +81,10 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
         summary.append((dict(zip(keys, gk)), len(rs), stats))
         lines.append("| " + " | ".join([str(v) for v in gk] + [str(len(rs))] + cols) + " |")
     (root / "results.md").write_text("\n".join(lines) + "\n")
+    if "init" in keys and spec.get("downstream", "finetune") == "finetune":  # pretrained against random init
+        from ssl_derm.commands.sweep.paired import column, paired_rows, write_paired
+
+        write_paired(root, paired_rows(root, cells), [column(k) for k in keys if k != "init"])
     from ssl_derm.plots import plot_sweep
 
     plot_sweep(root, keys, metric_keys, summary)
