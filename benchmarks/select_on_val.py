@@ -1,6 +1,6 @@
 """Label-efficiency folders run with different settings -> each start at the setting chosen on validation.
 
-    python benchmarks/select_on_val.py --tune train.lr /tmp/le_lr2e-3 /tmp/le_lr6e-4 /tmp/le_lr2e-4 --out /tmp/le_sel
+    python benchmarks/select_on_val.py --tune train.lr runs/le_lr2e-3 runs/le_lr6e-4 runs/le_lr2e-4 --out runs/le_sel
 
 Each folder is one ``benchmarks/label_efficiency_ham10000.py`` or ``ssl-derm label-efficiency`` ``--out`` (a sweep folder).
 The tuned value of a cell is read from its own ``config.yaml``, and two cells of the same init, protocol, fraction
