@@ -55,13 +55,21 @@ def _reference(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_two_nodes_match_one_process_and_a_killed_node_resumes(tmp_path, shared):
+    """Rank 1 dies (SIGKILL) after step 5. With a shared filesystem the job fails on both nodes and the
+    same command is run again; without one, torchrun (--max-restarts 1) starts the workers of both nodes
+    again itself, rank 1 joining 2 s after rank 0 (a node that comes back slower). Either way the run
+    resumes from the checkpoint of step 4 and ends at the weights of one process."""
     ref = _reference(tmp_path)
     worker = str(ROOT / "tests" / "multinode_worker.py")
     ckpt = lambda node: tmp_path / ("ckpt" if shared else f"node{node}_ckpt")  # noqa: E731
-    args = lambda node: [worker, str(tmp_path / "out"), str(ckpt(node)), "5"]  # noqa: E731
-    outs = two_nodes(args, tmp_path)  # rank 1 dies after step 5: the job fails on both nodes
-    assert all(rc != 0 for rc, _ in outs) and (tmp_path / "out" / "killed").is_file()
-    outs = two_nodes(args, tmp_path)  # the same command again
+    args = lambda node: [worker, str(tmp_path / "out"), str(ckpt(node)), "5", "0" if shared else "2"]  # noqa: E731
+    if shared:
+        outs = two_nodes(args, tmp_path)  # no restarts: the job fails on both nodes
+        assert all(rc != 0 for rc, _ in outs) and (tmp_path / "out" / "killed").is_file()
+        outs = two_nodes(args, tmp_path)  # the same command again
+    else:
+        outs = two_nodes(args, tmp_path, restarts=1)
+        assert (tmp_path / "out" / "killed").is_file()
     assert all(rc == 0 for rc, _ in outs), outs[0][1][-3000:] + outs[1][1][-3000:]
     got = json.loads((tmp_path / "out" / "result.json").read_text())
     assert got["world"] == 2
