@@ -26,7 +26,9 @@ from ssl_derm.engine import distributed as D
 GLOBAL_BATCH, STEPS = 8, 8
 
 
-class _Die(Hook):
+class KillRank1(Hook):
+    """Rank 1 dies (SIGKILL) after step ``after``, once: ``marker`` is written first, so a restart goes through."""
+
     def __init__(self, after: int, marker: Path):
         self.after, self.marker = after, marker
 
@@ -50,7 +52,7 @@ def train(ckpt_dir: Path, kill_after: int = 0, marker: Path = None) -> dict:
         x = batches.get(step).float().flatten(1) / 255
         return (module(x).squeeze(1) - x.mean(1)).pow(2).mean(), {}
 
-    hooks = [_Die(kill_after, marker)] if kill_after else []
+    hooks = [KillRank1(kill_after, marker)] if kill_after else []
     out = Engine(model, cfg, "cpu", ckpt_dir=ckpt_dir, hooks=hooks, progress=False).fit(step_fn)
     return {"weight": model.weight.detach().flatten().tolist(), "bias": float(model.bias.detach()), "world": world,
             "resumed_from": out["resumed_from"]}

@@ -1,7 +1,8 @@
 """Several machines, tested on one host: two torchrun "nodes" of one process each, joined by the c10d
-rendezvous (gloo on the CPU), with and without a shared filesystem; a node killed mid-run and the
-job started again resumes from the last checkpoint; the CLI's pretraining and
-finetuning run on two nodes, each with its own --out and cache (no shared filesystem)."""
+rendezvous (gloo on the CPU), with and without a shared filesystem; a node killed mid-run resumes
+from the last checkpoint, whether the job is started again or torchrun (--max-restarts) starts the
+workers again; the CLI's pretraining (with such a restart) and finetuning run on two nodes, each
+with its own --out and cache (no shared filesystem)."""
 import json
 import os
 import socket
@@ -85,16 +86,19 @@ def test_cli_pretrain_and_finetune_on_two_nodes_without_a_shared_filesystem(tmp_
         return ["device=cpu", "data.images=[synthetic]", "data.synthetic_n=48", "data.image_size=32",
                 f"data.cache_dir={tmp_path / f'node{node}' / 'cache'}", "encoder.name=test_resnet"]
 
-    def pretrain(node):
-        return ["-m", "ssl_derm.cli", "pretrain", "--config", str(ROOT / "configs" / "pretrain" / "simclr_resnet18.yaml"),
+    def pretrain(node):  # rank 1 dies after step 3, once; torchrun (--max-restarts 1) starts both nodes again
+        return [str(ROOT / "tests" / "cli_killed_once.py"), str(tmp_path / "killed"), "3",
+                "pretrain", "--config", str(ROOT / "configs" / "pretrain" / "simclr_resnet18.yaml"),
                 "--out", str(tmp_path / f"node{node}" / "pre"), *data(node),
-                "method.name=simclr", "train.max_steps=3", "train.batch_size=4", "method.proj_hidden_dim=32",
+                "method.name=simclr", "train.max_steps=4", "train.batch_size=4", "method.proj_hidden_dim=32",
                 "method.proj_dim=16", "train.ckpt_every=2", "monitor.every_steps=0"]
 
-    outs = two_nodes(pretrain, tmp_path)
+    outs = two_nodes(pretrain, tmp_path, restarts=1)
     assert all(rc == 0 for rc, _ in outs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    assert (tmp_path / "killed").is_file()
     metrics = json.loads((tmp_path / "node0" / "pre" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+    assert metrics["resumed_from_step"] == 2  # the checkpoint of step 2, on each node's own disk
     assert (tmp_path / "node1" / "pre" / "checkpoints" / "last.pt").is_file()  # node 1 keeps its own
 
     def finetune(node):
