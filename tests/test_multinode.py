@@ -47,6 +47,40 @@ def two_nodes(per_node_args, cwd, restarts: int = 0, timeout: int = 240):
     return outs
 
 
+@pytest.mark.parametrize("left", ["closed", "reused"])
+def test_a_restarted_rank_skips_the_store_left_by_the_workers_before(left):
+    """torchrun's store keeps what the workers before a restart wrote there: rank 1, started before the
+    new rank 0, finds the address of rank 0's store that is gone (its port closed, or now another
+    store's), and waits for the one that rank 0 starts now."""
+    import datetime
+    import threading
+    import time
+
+    from torch import distributed as dist
+
+    from ssl_derm.engine import distributed as D
+
+    t = datetime.timedelta(seconds=30)
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=t)
+    before = D.process_group_store("127.0.0.1", agent.port, 0, 2, t)  # the rank 0 of the first start
+    before.set("gloo/rank0", b"an address of the first start")
+    if left == "reused":  # the published port now serves a store that is not this start's rank 0's
+        before.set(D._TOKEN_KEY, "a token of something else")
+    else:
+        del before  # gone with its process: nothing listens on its port any more
+    found = []
+    rank1 = threading.Thread(target=lambda: found.append(D.process_group_store("127.0.0.1", agent.port, 1, 2, t)))
+    rank1.start()
+    time.sleep(1.0)
+    assert rank1.is_alive() and not found, "rank 1 took a store that is not the new rank 0's"
+    now = D.process_group_store("127.0.0.1", agent.port, 0, 2, t)
+    rank1.join(20)
+    assert found, "rank 1 did not find the store of the new rank 0"
+    assert not found[0].check(["gloo/rank0"])  # nothing of the first start
+    found[0].set("from rank 1", b"1")
+    assert now.get("from rank 1") == b"1"
+
+
 def _reference(tmp_path):
     from multinode_worker import train
 
