@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -24,26 +26,38 @@ def _port() -> int:
 
 def two_nodes(per_node_args, cwd, restarts: int = 0, timeout: int = 240):
     """Start one torchrun agent per node (node_rank 0 and 1) on 127.0.0.1; per_node_args(node) -> the
-    command after torchrun's options. Returns both CompletedProcess-like (returncode, output)."""
+    command after torchrun's options. Returns both nodes' (returncode, output)."""
     port = _port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    procs = []
+    procs, logs = [], []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
-               "--rdzv_id=ssl-derm-test", f"--max-restarts={restarts}", "--monitor-interval=0.2",
+               "--rdzv_id=ssl-derm-test", f"--max-restarts={restarts}", "--monitor-interval=0.1",
                "--rdzv_conf=join_timeout=60",
                *per_node_args(node)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                      cwd=cwd))
-    outs = []
+        logs.append(tempfile.TemporaryFile("w+"))  # a file, not a pipe: a long output cannot block the agent
+        procs.append(subprocess.Popen(cmd, stdout=logs[-1], stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd))
+    deadline, codes = time.monotonic() + timeout, []
     for p in procs:
         try:
-            outs.append((p.wait(timeout=timeout), p.stdout.read()))
+            codes.append(p.wait(timeout=max(deadline - time.monotonic(), 1)))
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+            codes.append(None)
+    if None in codes:  # SIGTERM: torchrun stops its workers (they run in sessions of their own), then exits
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    outs = []
+    for code, log in zip(codes, logs):
+        log.seek(0)
+        outs.append((code, log.read()))
+        log.close()
+    assert None not in codes, f"torchrun still running after {timeout} s:\n" + "\n".join(o[-3000:] for _, o in outs)
     return outs
 
 
@@ -54,7 +68,6 @@ def test_a_restarted_rank_skips_the_store_left_by_the_workers_before(left):
     store's), and waits for the one that rank 0 starts now."""
     import datetime
     import threading
-    import time
 
     from torch import distributed as dist
 
