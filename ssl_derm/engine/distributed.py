@@ -65,8 +65,8 @@ def process_group_store(addr: str, agent_port: int, rank_: int, world: int,
     torchrun's agent hosts one TCPStore for the whole job and hands its address to every restart of
     the workers (``--max-restarts``). The keys the workers before wrote there stay (gloo's peer
     addresses, barrier counters), under no per-restart prefix (and ``TORCHELASTIC_RESTART_COUNT``
-    would not make one: a node whose worker failed counts the restart, a node restarted for the new
-    round does not). A restarted rank then read the address of a dead peer and gloo failed with
+    would not make one: a node whose worker failed counts the restart, a node whose agent stopped its
+    healthy workers for the new round does not). A restarted rank then read the address of a dead peer and gloo failed with
     "Connection refused". Here rank 0 starts its own store on a free port and publishes its port and a
     random token in the agent's store; another rank takes it only when the store found there holds
     that token, which only the live rank 0 of this start can have (an address left by the rank 0
