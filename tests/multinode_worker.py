@@ -2,14 +2,17 @@
 in-process as the one-process reference: an engine run on the decode-once batches whose global batch
 is the same whatever the world size, so every world size must end at the same weights.
 
-    multinode_worker.py OUT CKPT_DIR [KILL_AFTER]    # KILL_AFTER: rank 1 dies (SIGKILL) after that step,
-                                                     # once (OUT/killed marks it); the job is run again
+    multinode_worker.py OUT CKPT_DIR [KILL_AFTER [LATE_S]]
+KILL_AFTER: rank 1 dies (SIGKILL) after that step, once (OUT/killed marks it); the job is run again, or
+torchrun starts the workers again (--max-restarts). LATE_S: once OUT/killed exists, rank 1 waits that many
+seconds before it joins the process group (a node that comes back slower than the others).
 Rank 0 writes OUT/result.json: the final weights and the step it resumed from.
 """
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,9 @@ from ssl_derm.engine import distributed as D
 GLOBAL_BATCH, STEPS = 8, 8
 
 
-class _Die(Hook):
+class KillRank1(Hook):
+    """Rank 1 dies (SIGKILL) after step ``after``, once: ``marker`` is written first, so a restart goes through."""
+
     def __init__(self, after: int, marker: Path):
         self.after, self.marker = after, marker
 
@@ -47,13 +52,15 @@ def train(ckpt_dir: Path, kill_after: int = 0, marker: Path = None) -> dict:
         x = batches.get(step).float().flatten(1) / 255
         return (module(x).squeeze(1) - x.mean(1)).pow(2).mean(), {}
 
-    hooks = [_Die(kill_after, marker)] if kill_after else []
+    hooks = [KillRank1(kill_after, marker)] if kill_after else []
     out = Engine(model, cfg, "cpu", ckpt_dir=ckpt_dir, hooks=hooks, progress=False).fit(step_fn)
     return {"weight": model.weight.detach().flatten().tolist(), "bias": float(model.bias.detach()), "world": world,
             "resumed_from": out["resumed_from"]}
 
 
-def main(out: Path, ckpt: Path, kill_after: int) -> None:
+def main(out: Path, ckpt: Path, kill_after: int, late_s: float) -> None:
+    if late_s and os.environ.get("RANK") == "1" and (out / "killed").exists():
+        time.sleep(late_s)
     D.init_distributed(torch.device("cpu"), timeout_min=2)
     result = train(ckpt, kill_after, out / "killed")
     if D.is_main():
@@ -62,4 +69,5 @@ def main(out: Path, ckpt: Path, kill_after: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0,
+         float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)

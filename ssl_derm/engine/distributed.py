@@ -4,6 +4,8 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import secrets
+import time
 from typing import Any, Callable
 
 import torch
@@ -20,6 +22,7 @@ def init_distributed(device: torch.device, timeout_min: int = 60) -> torch.devic
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     timeout = datetime.timedelta(minutes=timeout_min)
+    group = _fresh_store_args(timeout)
     if device.type == "cuda":
         index, backend = cuda_placement(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
                                         torch.cuda.device_count())
@@ -30,13 +33,69 @@ def init_distributed(device: torch.device, timeout_min: int = 60) -> torch.devic
                 print(f"ssl-derm: {os.environ.get('LOCAL_WORLD_SIZE')} ranks share {torch.cuda.device_count()} "
                       "GPU(s) on this node: NCCL refuses two ranks on one GPU, so the gloo backend runs "
                       "(correct, slower: for checks, not for speed)", flush=True)
-            dist.init_process_group(backend="gloo", timeout=timeout)
+            dist.init_process_group(backend="gloo", timeout=timeout, **group)
         else:
-            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
+            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout, **group)
     else:
-        dist.init_process_group(backend="gloo", timeout=timeout)
+        dist.init_process_group(backend="gloo", timeout=timeout, **group)
     atexit.register(cleanup)  # the group is destroyed when the run's process ends, whichever way it returns
     return device
+
+
+_STORE_KEY = "ssl_derm/process_group_store"  # in torchrun's store: "PORT TOKEN" of rank 0's store
+_TOKEN_KEY = "ssl_derm/token"
+
+
+def _fresh_store_args(timeout: datetime.timedelta) -> dict:
+    """``store``/``rank``/``world_size`` for ``init_process_group`` where torchrun's agent hosts the
+    store (``TORCHELASTIC_USE_AGENT_STORE=True``): see :func:`process_group_store`; {} otherwise
+    (plain ``env://``)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    rank_, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = process_group_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank_, world, timeout)
+    return {"store": store, "rank": rank_, "world_size": world}
+
+
+def process_group_store(addr: str, agent_port: int, rank_: int, world: int,
+                        timeout: datetime.timedelta) -> dist.TCPStore:
+    """The store the process group is set up through: one that rank 0 starts anew each time torchrun
+    (re)starts the workers, found through the agent's store at ``addr:agent_port``.
+
+    torchrun's agent hosts one TCPStore for the whole job and hands its address to every restart of
+    the workers (``--max-restarts``). The keys the workers before wrote there stay (gloo's peer
+    addresses, barrier counters), under no per-restart prefix (and ``TORCHELASTIC_RESTART_COUNT``
+    would not make one: a node whose worker failed counts the restart, a node whose agent stopped its
+    healthy workers for the new round does not). A restarted rank then read the address of a dead peer and gloo failed with
+    "Connection refused". Here rank 0 starts its own store on a free port and publishes its port and a
+    random token in the agent's store; another rank takes it only when the store found there holds
+    that token, which only the live rank 0 of this start can have (an address left by the rank 0
+    before is a closed port, or a port now used by something else)."""
+    agent = dist.TCPStore(addr, agent_port, is_master=False, timeout=timeout)
+    if rank_ == 0:
+        token = secrets.token_hex(16)
+        store = dist.TCPStore(addr, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        store.set(_TOKEN_KEY, token)
+        agent.set(_STORE_KEY, f"{store.port} {token}")
+        return store
+    deadline, seen = time.monotonic() + timeout.total_seconds(), ""
+    while time.monotonic() < deadline:
+        try:
+            seen = agent.get(_STORE_KEY).decode()  # waits for the first rank 0 to publish
+        except RuntimeError:
+            break
+        port, token = seen.split()
+        try:
+            store = dist.TCPStore(addr, int(port), is_master=False, timeout=datetime.timedelta(seconds=2))
+            if store.get(_TOKEN_KEY).decode() == token:
+                store.set_timeout(timeout)
+                return store
+        except RuntimeError:  # nothing listens there (any more), or a store without the token
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"rank {rank_}: rank 0 published no live process-group store through torchrun's store "
+                       f"at {addr}:{agent_port} within {timeout} (last seen: port and token '{seen or 'none'}'); "
+                       "is rank 0's node up, and can this node reach it on any port?")
 
 
 def cuda_placement(local_rank: int, local_world: int, n_gpus: int):
