@@ -135,27 +135,20 @@ def write_report(out: Path, seg: dict, sweep_root: Path, seconds: float) -> Path
 
 
 def _comparison(sweep_root: Path, metric: str = "balanced_accuracy") -> list:
-    """Markdown lines: pretrained against random init per protocol and label fraction (means over seeds)."""
+    """Markdown lines: how many protocol x fraction settings the pretrained encoder leads (means over seeds),
+    then the sweep's paired report (label_efficiency.md: differences paired by seed, 95% intervals)."""
     import csv
 
-    with open(sweep_root / "results.csv") as f:
-        rows = list(csv.DictReader(f))
+    with open(sweep_root / "label_efficiency.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(metric) not in (None, "")]
     means: dict = {}
     for r in rows:
-        if r.get(metric) not in (None, ""):
-            key = (r["finetune.protocol.name"], float(r["finetune.split.fraction"]))
-            means.setdefault(key, {}).setdefault(r["init"], []).append(float(r[metric]))
-    table, ahead, total = [], 0, 0
-    for (protocol, fraction), by_init in sorted(means.items()):
-        if "pretrained" in by_init and "random" in by_init:
-            pre = sum(by_init["pretrained"]) / len(by_init["pretrained"])
-            rnd = sum(by_init["random"]) / len(by_init["random"])
-            total += 1
-            ahead += pre > rnd
-            table.append([protocol, f"{100 * fraction:g}%", f"{pre:.3f}", f"{rnd:.3f}", f"{pre - rnd:+.3f}"])
+        means.setdefault((r["protocol"], r["fraction"]), {}).setdefault(r["init"], []).append(float(r[metric]))
+    both = [m for m in means.values() if "pretrained" in m and "random" in m]
+    ahead = sum(sum(m["pretrained"]) / len(m["pretrained"]) > sum(m["random"]) / len(m["random"]) for m in both)
     return [f"Balanced accuracy on the held-out test split, mean over seeds: the pretrained encoder is ahead of "
-            f"random initialisation in **{ahead} of {total}** protocol x label-fraction cells.", "",
-            _table(["protocol", "labels", "pretrained", "random init", "difference"], table)]
+            f"random initialisation in **{ahead} of {len(both)}** protocol x label-fraction cells.", "",
+            (sweep_root / "label_efficiency.md").read_text()]
 
 
 def _mean(metrics: dict, key: str) -> float:
