@@ -41,7 +41,7 @@ from pathlib import Path
 from ssl_derm.cli import main as cli
 
 BEFORE = ["segment.hair_lines=0", "segment.flatten_light=false", "segment.colour_constancy=0",
-          "segment.ring_light=1.0"]
+          "segment.ring_light=1.0", "segment.mask_opening=0"]
 ENTRIES = {"default": [], "before": BEFORE}
 
 

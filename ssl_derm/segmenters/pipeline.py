@@ -11,7 +11,7 @@ from typing import Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.segmenters.cleanup import clean_up
 from ssl_derm.segmenters.em import em_split
 from ssl_derm.segmenters.prep import prepare, smooth_lab
 
@@ -29,7 +29,7 @@ def predict_batch(segmenter, images: np.ndarray):
     scores, masks = segmenter.segment(images, prep)
     if s.refine_em:
         scores, masks = em_refine(prep, masks, s)
-    masks = clean_masks(masks & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
+    masks = clean_up(masks, prep.valid, s)
     return np.clip(scores, 0, 1).astype(np.float32), masks
 
 
