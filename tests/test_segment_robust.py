@@ -133,7 +133,7 @@ def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
     import json
 
     from ssl_derm.cli import main
-    from ssl_derm.segmenters.config import BEFORE_HAIR_AVERAGE, BEFORE_SHIFT_STEPS
+    from ssl_derm.segmenters.config import BEFORE_FORMAT_4, BEFORE_SHIFT_STEPS
     from ssl_derm.serve.loaders import load_model
 
     out = tmp_path / "seg"
@@ -144,7 +144,7 @@ def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
     assert now.hair_fill == "average" and now.mask_opening > 0
     written = json.loads((out / "model.json").read_text())
     assert written["format_version"] == 4
-    for version, keys in ((3, BEFORE_HAIR_AVERAGE), (2, {**BEFORE_SHIFT_STEPS, **BEFORE_HAIR_AVERAGE})):
+    for version, keys in ((3, BEFORE_FORMAT_4), (2, {**BEFORE_SHIFT_STEPS, **BEFORE_FORMAT_4})):
         meta = json.loads(json.dumps(written))
         meta["format_version"] = version
         for key in keys:
@@ -158,3 +158,41 @@ def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
     meta["segment_config"]["segment"]["mask_opening"] = 1.5
     (out / "model.json").write_text(json.dumps(meta))
     assert load_model(out).segmenter.s.mask_opening == 1.5
+
+
+def test_a_capped_working_size_segments_shrunk_and_returns_full_size_masks():
+    """segment.max_work_size: a larger image runs every step shrunk to the cap, and its scores and masks come
+    back at the image's size, close to the full-size run's; an image no larger than the cap runs as it is."""
+    import pytest
+
+    from ssl_derm.config import ConfigError, load_config
+    from ssl_derm.segmenters.base import build_segmenter
+    from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
+    from ssl_derm.segmenters.pipeline import predict_batch
+
+    def seg(*extra):
+        return build_segmenter(check_segment_config(load_config(SegmentConfig, None, list(extra))))
+
+    img, disc = _skin(128)
+    full_scores, full = predict_batch(seg("segment.max_work_size=0"), img)
+    scores, capped = predict_batch(seg("segment.max_work_size=64"), img)
+    assert capped.shape == full.shape == (1, 128, 128) and scores.shape == (1, 128, 128) and scores.dtype == np.float32
+    jac = lambda a, b: (a & b).sum() / max((a | b).sum(), 1)
+    assert jac(full[0], disc) > 0.9 and jac(capped[0], disc) > 0.85 and jac(capped[0], full[0]) > 0.85
+    same = predict_batch(seg("segment.max_work_size=128"), img)[1]
+    assert np.array_equal(same, full)
+    with pytest.raises(ConfigError, match="max_work_size"):
+        check_segment_config(load_config(SegmentConfig, None, ["segment.max_work_size=8"]))
+
+
+def test_long_lines_keeps_hairs_and_drops_short_marks():
+    """Only the long parts of a hair map are filled by the average: a small elongated lesion or a dot that the
+    line detector marks is left to the rest of the pipeline."""
+    from ssl_derm.segmenters.colour import long_lines
+
+    hair = np.zeros((1, 64, 64), bool)
+    hair[0, 10:13, 2:62] = True  # a hair across the frame
+    hair[0, 30:40, 30:36] = True  # a short mark (a small lesion taken for a line)
+    kept = long_lines(hair, 33)[0]
+    assert kept[10:13, 2:62].all() and not kept[30:40, 30:36].any()
+    assert not long_lines(np.zeros((2, 64, 64), bool), 33).any()

@@ -112,6 +112,24 @@ def inpaint_hair(images: np.ndarray, hair: np.ndarray, length: int) -> np.ndarra
     return np.where(hair[..., None], closed, images)
 
 
+def long_lines(hair: np.ndarray, min_extent: float) -> np.ndarray:
+    """The connected parts (8-neighbours) of bool (N, S, S) ``hair`` whose bounding box has a diagonal of at
+    least ``min_extent`` px: hairs and marker lines run long, while what the line detector also marks but is
+    short (a small elongated lesion, a dot, a streak of pigment network) is not. -> bool (N, S, S)."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros_like(hair, dtype=bool)
+    for i in range(len(hair)):
+        lab, n = ndi.label(hair[i], structure=np.ones((3, 3), bool))
+        if n == 0:
+            continue
+        keep = np.zeros(n + 1, bool)
+        for j, sl in enumerate(ndi.find_objects(lab), 1):
+            keep[j] = np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent
+        out[i] = keep[lab]
+    return out
+
+
 def average_hair(images: np.ndarray, hair: np.ndarray, sigma: float, bound: int, min_weight: float = 0.05,
                  widen: int = 3) -> np.ndarray:
     """Replace the ``hair`` pixels (bool (N, S, S)) of uint8 (N, S, S, 3) by the Gaussian-weighted mean of

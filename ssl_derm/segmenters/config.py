@@ -22,8 +22,8 @@ HAIR_FILL_CHOICES = ("average", "closing")
 # balance, the lightest part of the skin ring): what an exported segmenter of model.json format 1-2 ran with
 BEFORE_SHIFT_STEPS = {"hair_lines": 0.0, "colour_constancy": 0.0, "flatten_light": False, "ring_light": 1.0}
 # what an exported segmenter of model.json format 1-3 ran with for the keys that format 4 added: hair pixels
-# filled by a closing, no opening of the mask before the clean-up
-BEFORE_HAIR_AVERAGE = {"hair_fill": "closing", "mask_opening": 0.0}
+# filled by a closing, no opening of the mask before the clean-up, every step at the cache size
+BEFORE_FORMAT_4 = {"hair_fill": "closing", "mask_opening": 0.0, "max_work_size": 0}
 
 
 def older_format_settings(version: int) -> dict:
@@ -33,7 +33,7 @@ def older_format_settings(version: int) -> dict:
     if version < 3:
         out.update(BEFORE_SHIFT_STEPS)
     if version < 4:
-        out.update(BEFORE_HAIR_AVERAGE)
+        out.update(BEFORE_FORMAT_4)
     return out
 
 
@@ -47,6 +47,7 @@ class SegmenterSettings:
     method: str = DEFAULT_METHOD  # a registered segmenter; "default" means DEFAULT_METHOD
     batch_size: int = 64  # images per predict call
     max_images: int = 0  # >0: a seeded random subset of this many images (quick evaluations)
+    max_work_size: int = 0  # >0: larger images are segmented shrunk to this size (px), masks brought back; 0 = off
     # prepare (ssl_derm/segment/prep.py): lesion prior inputs
     hair_kernel: int = 5  # grey closing that removes thin dark hairs (px at 128; 0 = off)
     hair_lines: float = 0.0  # oriented line closings this long (px at 128) find and inpaint thicker hairs; 0 = off
@@ -88,6 +89,8 @@ class SegmenterSettings:
                               f"{self.hair_threshold} and {self.colour_constancy}")
         if self.hair_fill not in HAIR_FILL_CHOICES:
             raise ConfigError(f"config key 'segment.hair_fill': {self.hair_fill!r} is not one of {', '.join(HAIR_FILL_CHOICES)}")
+        if self.max_work_size != 0 and self.max_work_size < 16:
+            raise ConfigError(f"config key 'segment.max_work_size': must be 0 (off) or >= 16 px, got {self.max_work_size}")
         if self.mask_opening < 0:
             raise ConfigError(f"config key 'segment.mask_opening': must be >= 0 px (0 = off), got {self.mask_opening}")
         if self.batch_size < 1:

@@ -2,8 +2,8 @@
 
 Per image, with no labels and nothing learnt across images:
 
-0. prepare, against acquisition shift: thick hairs and marker lines found by oriented line closings and
-   filled with the mean of the pixels around them (``hair_lines``, ``hair_fill``), the
+0. prepare, against acquisition shift: thick hairs and marker lines found by oriented line closings, and
+   the long ones filled with the mean of the pixels around them (``hair_lines``, ``hair_fill``), the
    illumination fall-off fitted to the skin ring divided out (``flatten_light``: vignetting, uneven light),
    shades-of-grey white balance (``colour_constancy``: camera and light colour);
 1. features: the (hair-free, lightly smoothed) Lab colour, plus the local contrast of lightness (its

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ssl_derm.segmenters.colour import (average_hair, hair_map, inpaint_hair, odd_kernel, remove_hair, scaled_px,
-                                        shades_of_grey, to_lab)
+from ssl_derm.segmenters.colour import (average_hair, hair_map, inpaint_hair, long_lines, odd_kernel, remove_hair,
+                                        scaled_px, shades_of_grey, to_lab)
 from ssl_derm.segmenters.prior import skin_ring
 from ssl_derm.segmenters.vignette import field_of_view, flatten_illumination
 
@@ -33,11 +33,12 @@ def prepare(images: np.ndarray, s) -> Prepared:
     clean = images
     if s.hair_lines > 0:  # long thin dark lines first: wider than the square kernel below, narrower than a lesion
         length = odd_kernel(s.hair_lines, size)
-        hair = hair_map(clean, length, s.hair_threshold)
-        if s.hair_fill == "average":  # the mean of the non-hair pixels around, no brighter than a line-long closing
-            clean = average_hair(clean, hair, odd_kernel(s.hair_lines / 2, size) / 4.0, length)
+        hair, square = hair_map(clean, length, s.hair_threshold), odd_kernel(s.hair_lines / 2, size)
+        if s.hair_fill == "average":  # long lines only (3 line lengths or more; a short mark is a small lesion or
+            # a dot as often as a hair): the mean of the pixels around them, no brighter than a line-long closing
+            clean = average_hair(clean, long_lines(hair, 3 * length), square / 4.0, length)
         else:
-            clean = inpaint_hair(clean, hair, odd_kernel(s.hair_lines / 2, size))
+            clean = inpaint_hair(clean, hair, square)
     clean = remove_hair(clean, odd_kernel(s.hair_kernel, size))
     lab = to_lab(clean)
     valid = np.stack([field_of_view(lab[i, 0], s.vignette) for i in range(len(lab))])

@@ -47,8 +47,9 @@ from ssl_derm.runs import write_json
 FORMAT_VERSION = 4
 # 1: no temperature (read as 1.0); 1-2: a classical segmenter's segment_config predates the acquisition-shift
 # steps of contrast_em, which such a file runs without (ssl_derm.segmenters.config.BEFORE_SHIFT_STEPS);
-# 1-3: it predates segment.hair_fill and segment.mask_opening, and runs with hair filled by a closing and no
-# opening (BEFORE_HAIR_AVERAGE; both through ssl_derm.segmenters.config.older_format_settings)
+# 1-3: it predates segment.hair_fill, segment.mask_opening and segment.max_work_size, and runs with hair filled
+# by a closing, no opening and every step at its cache size (BEFORE_FORMAT_4; both through
+# ssl_derm.segmenters.config.older_format_settings)
 READABLE_VERSIONS = (1, 2, 3, 4)
 
 
