@@ -196,3 +196,7 @@ def test_long_lines_keeps_hairs_and_drops_short_marks():
     kept = long_lines(hair, 33)[0]
     assert kept[10:13, 2:62].all() and not kept[30:40, 30:36].any()
     assert not long_lines(np.zeros((2, 64, 64), bool), 33).any()
+    # a mark joined to the line by the one-pixel rim of the map only: found apart on the shrunk map
+    hair[0, 13:30, 32] = True  # a one-pixel thread from the line down to the mark
+    assert not long_lines(hair, 33)[0, 30:40, 30:36].any()
+    assert long_lines(hair, 33, shrink=False)[0, 30:40, 30:36].all()

@@ -112,22 +112,27 @@ def inpaint_hair(images: np.ndarray, hair: np.ndarray, length: int) -> np.ndarra
     return np.where(hair[..., None], closed, images)
 
 
-def long_lines(hair: np.ndarray, min_extent: float) -> np.ndarray:
+def long_lines(hair: np.ndarray, min_extent: float, shrink: bool = True) -> np.ndarray:
     """The connected parts (8-neighbours) of bool (N, S, S) ``hair`` whose bounding box has a diagonal of at
     least ``min_extent`` px: hairs and marker lines run long, while what the line detector also marks but is
-    short (a small elongated lesion, a dot, a streak of pigment network) is not. -> bool (N, S, S)."""
+    short (a small elongated lesion, a dot, a streak of pigment network) is not. -> bool (N, S, S).
+
+    With ``shrink``, the parts are found on the map shrunk by one pixel and grown back inside it: the one-pixel
+    rim that :func:`hair_map` adds would otherwise join a small lesion's mark to a nearby line."""
     from scipy import ndimage as ndi
 
-    out = np.zeros_like(hair, dtype=bool)
-    for i in range(len(hair)):
-        lab, n = ndi.label(hair[i], structure=np.ones((3, 3), bool))
+    grow = np.ones((1, 3, 3), bool)
+    core = ndi.binary_erosion(hair, structure=grow) if shrink else np.asarray(hair, bool)
+    out = np.zeros_like(core)
+    for i in range(len(core)):
+        lab, n = ndi.label(core[i], structure=np.ones((3, 3), bool))
         if n == 0:
             continue
         keep = np.zeros(n + 1, bool)
         for j, sl in enumerate(ndi.find_objects(lab), 1):
             keep[j] = np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent
         out[i] = keep[lab]
-    return out
+    return ndi.binary_dilation(out, structure=grow) & hair if shrink else out
 
 
 def average_hair(images: np.ndarray, hair: np.ndarray, sigma: float, bound: int, min_weight: float = 0.05,
