@@ -114,7 +114,7 @@ def main() -> None:
         images = np.asarray(ds.images[rows[b:b + BATCH]])
         prep = prepare(images, s)
         base = ce.features(prep, s)
-        keep = lambda m: clean_up(m, prep.valid, s)
+        keep = lambda m: clean_up(m, prep.valid, s, prep.hair)
         for v in args.dense:
             k, w, in_size, stride = v.split(",")
             feats = base

@@ -99,6 +99,26 @@ def test_the_opening_cuts_a_spur_before_the_hull():
     assert np.array_equal(open_mask(thin, 2), thin)
 
 
+def test_the_opening_keeps_a_mask_cut_by_the_frame_and_opens_hair_only():
+    """A lesion that fills the frame keeps its corners and its strips along the edge (the frame is no edge
+    of the lesion); with the hair map, only a spur on it goes, a thin lobe of the lesion's own mask stays."""
+    full = np.ones((40, 40), bool)
+    assert np.array_equal(open_mask(full, 2), full)
+    strip = np.zeros((40, 40), bool)
+    strip[:, :3] = True
+    strip[10:30, :20] = True  # a body, with a 3-px strip along the left edge
+    assert open_mask(strip, 2)[:, :3].all()
+    yy, xx = np.mgrid[:64, :64]
+    lesion = (yy - 32) ** 2 + (xx - 32) ** 2 < 10 ** 2
+    mask = lesion.copy()
+    mask[32:34, 32:60] = True  # a spur to the right, on a hair
+    mask[4:32, 31:33] = True  # a thin lobe up, not on one
+    hair = np.zeros_like(mask)
+    hair[31:35, 40:64] = True
+    out = clean_mask(mask, hull=True, opening=2, only=hair)
+    assert not out[:, 45:].any() and out[5, 31:33].all()
+
+
 def test_trimmed_ring_drops_what_is_not_skin():
     rng = np.random.default_rng(0)
     f = rng.normal(0, 1, (3, 1000))

@@ -53,7 +53,7 @@ def _predict_batch(segmenter, images: np.ndarray):
     scores, masks = segmenter.segment(images, prep)
     if s.refine_em:
         scores, masks = em_refine(prep, masks, s)
-    masks = clean_up(masks, prep.valid, s)
+    masks = clean_up(masks, prep.valid, s, prep.hair)
     return np.clip(scores, 0, 1).astype(np.float32), masks
 
 

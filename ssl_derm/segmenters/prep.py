@@ -6,6 +6,7 @@ segmenters and the EM refinement read its :class:`Prepared` inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -19,18 +20,20 @@ from ssl_derm.segmenters.vignette import field_of_view, flatten_illumination
 @dataclass
 class Prepared:
     """Shared per-batch inputs. images: uint8 (N,S,S,3) hair removed; lab: float32 (N,3,S,S);
-    valid: bool (N,S,S) field of view; ring: bool (N,S,S) skin ring inside it."""
+    valid: bool (N,S,S) field of view; ring: bool (N,S,S) skin ring inside it; hair: bool (N,S,S) what the
+    hair-line detector marked (all of it, filled or not), which the clean-up's opening is limited to."""
 
     images: np.ndarray
     lab: np.ndarray
     valid: np.ndarray
     ring: np.ndarray
+    hair: Optional[np.ndarray] = None  # bool (N,S,S): the hair-line detector's map (None: hair_lines off)
 
 
 def prepare(images: np.ndarray, s) -> Prepared:
     """Hair removal, Lab, field of view and skin ring for a batch (``s``: the ``segment`` section)."""
     size = images.shape[1]
-    clean = images
+    clean, hair = images, None
     if s.hair_lines > 0:  # long thin dark lines first: wider than the square kernel below, narrower than a lesion
         length = odd_kernel(s.hair_lines, size)
         hair, square = hair_map(clean, length, s.hair_threshold), odd_kernel(s.hair_lines / 2, size)
@@ -50,7 +53,7 @@ def prepare(images: np.ndarray, s) -> Prepared:
         if s.colour_constancy > 0:  # white balance from the field of view only (the dark border is no colour cue)
             clean = shades_of_grey(clean, s.colour_constancy, valid)
         lab = to_lab(clean)
-    return Prepared(clean, lab, valid, ring)
+    return Prepared(clean, lab, valid, ring, hair)
 
 
 def smooth_lab(lab: np.ndarray, sigma: float) -> np.ndarray:
