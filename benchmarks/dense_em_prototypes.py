@@ -33,7 +33,7 @@ from ssl_derm.packaged import resolve_config
 from ssl_derm.runs import seed_everything
 from ssl_derm.segmenters import contrast_em as ce
 from ssl_derm.segmenters.base import build_segmenter
-from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.segmenters.cleanup import clean_up
 from ssl_derm.segmenters.config import SegmentConfig
 from ssl_derm.segmenters.gharawi import encoder_levels
 from ssl_derm.segmenters.prep import prepare
@@ -72,7 +72,7 @@ def em_masks(feats: np.ndarray, prep, s, starts=None, union: bool = False) -> np
     out = np.zeros((n, size, size), bool)
     for i in range(n):
         f, v, ring = feats[i].reshape(c, -1), prep.valid[i].ravel(), prep.ring[i].ravel()
-        otsu = ce.contrast_init(f, v, ring)[1]
+        otsu = ce.contrast_init(f, v, ring, s.ring_trim, s.ring_light)[1]
         rounds = ce.em_rounds(f, v, otsu if starts is None else starts[i].ravel(), s.em_iters, s.lesion_bias)
         if union:
             own = ce.em_rounds(f, v, otsu, s.em_iters, s.lesion_bias)
@@ -114,7 +114,7 @@ def main() -> None:
         images = np.asarray(ds.images[rows[b:b + BATCH]])
         prep = prepare(images, s)
         base = ce.features(prep, s)
-        keep = lambda m: clean_masks(m & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
+        keep = lambda m: clean_up(m, prep.valid, s, prep.hair)
         for v in args.dense:
             k, w, in_size, stride = v.split(",")
             feats = base

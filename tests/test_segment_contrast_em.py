@@ -179,7 +179,7 @@ def test_the_dense_em_prototypes_reproduce_the_default_and_add_unit_variance_com
     import torch
 
     from ssl_derm.encoders import create_encoder
-    from ssl_derm.segmenters.cleanup import clean_masks
+    from ssl_derm.segmenters.cleanup import clean_up
     from ssl_derm.segmenters.contrast_em import features
     from ssl_derm.segmenters.prep import prepare
 
@@ -190,7 +190,7 @@ def test_the_dense_em_prototypes_reproduce_the_default_and_add_unit_variance_com
     images[1] = np.roll(images[1], 9, axis=1)  # not all alike
     prep = prepare(images, s)
     _, expected = predict_batch(build_segmenter(cfg), images)
-    keep = lambda m: clean_masks(m & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
+    keep = lambda m: clean_up(m, prep.valid, s, prep.hair)
     got = keep(bench.em_masks(features(prep, s), prep, s))
     assert got.any() and np.array_equal(got, expected)
     # a start with no lesion pixel leaves the EM nothing to refit: it stays empty, where the default's Otsu start finds one

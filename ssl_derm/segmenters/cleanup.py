@@ -1,5 +1,5 @@
-"""Mask clean-up shared by every method: keep one connected component, fill its holes, and (optionally)
-take its convex hull."""
+"""Mask clean-up shared by every method: (optionally) an opening that cuts thin spurs off, keep one connected
+component, fill its holes, and (optionally) take its convex hull."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,16 +44,55 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def disc(radius: int) -> np.ndarray:
+    """bool (2r+1, 2r+1) disc structuring element."""
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return xx * xx + yy * yy <= radius * radius + 0.5
+
+
+def open_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary opening of bool (S, S) with a disc of ``radius`` px: whatever is narrower than the disc (a
+    spur along a hair left over, a thin bridge to a dark speck) goes, the body stays. The mask is extended
+    past the image's edge as it meets it (edge padding), so a lesion cut by the frame keeps its corners and its
+    strips along the edge (a zoomed or close-up view). A mask that the
+    opening would empty (a lesion thinner than the disc) is kept as it is; radius 0 is no opening."""
+    if radius < 1 or not mask.any():
+        return mask
+    r = int(radius)  # the frame's edge is no edge of the lesion: a mask that reaches it goes on beyond it
+    out = ndi.binary_opening(np.pad(np.asarray(mask, bool), r, mode="edge"), structure=disc(r))[r:-r, r:-r]
+    return out if out.any() else mask
+
+
 def clean_mask(mask: np.ndarray, component: str = "central", fill_holes: bool = True,
-               hull: bool = False) -> np.ndarray:
-    """One component, holes filled (and with ``hull``, its convex hull): bool (S, S) -> bool (S, S)."""
-    out = select_component(np.asarray(mask, bool), component)
+               hull: bool = False, opening: int = 0, only=None) -> np.ndarray:
+    """(An opening with a disc of radius ``opening`` px,) one component, holes filled (and with ``hull``,
+    its convex hull): bool (S, S) -> bool (S, S). With the hull, a spur left on the mask would pull it out
+    to the spur's tip, so the opening comes first. With bool (S, S) ``only`` (the hair-line map), the
+    opening takes away only pixels on it: a spur along a hair goes, while a thin part of the lesion's own
+    mask (a pale lobe the EM caught in strands, which the hull then fills) stays."""
+    mask = np.asarray(mask, bool)
+    opened = open_mask(mask, opening)
+    if only is not None and opening > 0:
+        opened = opened | (mask & ~only)
+    out = select_component(opened, component)
     if hull:  # a hull has no holes
         return convex_hull(out)
     return ndi.binary_fill_holes(out) if fill_holes else out
 
 
 def clean_masks(masks: np.ndarray, component: str = "central", fill_holes: bool = True,
-                hull: bool = False) -> np.ndarray:
+                hull: bool = False, opening: int = 0, only=None) -> np.ndarray:
     """Batch version: bool (N, S, S) -> bool (N, S, S)."""
-    return np.stack([clean_mask(m, component, fill_holes, hull) for m in masks]) if len(masks) else masks.astype(bool)
+    return (np.stack([clean_mask(m, component, fill_holes, hull, opening, None if only is None else only[i])
+                      for i, m in enumerate(masks)]) if len(masks)
+            else masks.astype(bool))
+
+
+def clean_up(masks: np.ndarray, valid: np.ndarray, s, hair=None) -> np.ndarray:
+    """The pipeline's clean-up step with the ``segment`` settings ``s``, inside the field of view ``valid``:
+    bool (N, S, S) -> bool (N, S, S). ``s.mask_opening`` is px at 128, scaled to the masks' size; with
+    ``hair`` (bool (N, S, S), the prepare step's hair-line map) it opens hair pixels only."""
+    from ssl_derm.segmenters.colour import scaled_px
+
+    opening = int(round(scaled_px(s.mask_opening, masks.shape[-1]))) if s.mask_opening > 0 else 0
+    return clean_masks(masks & valid, s.component, s.fill_holes, s.convex_hull, opening, hair) & valid

@@ -99,10 +99,73 @@ def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
 
 def inpaint_hair(images: np.ndarray, hair: np.ndarray, length: int) -> np.ndarray:
     """Replace the ``hair`` pixels (bool (N, S, S)) of uint8 (N, S, S, 3) by a grey closing of each channel
-    with a ``length`` square (the skin or lesion colour around the hair); the rest is kept."""
+    with a ``length`` square (the skin or lesion colour around the hair); the rest is kept.
+
+    ``segment.hair_fill: closing`` (model.json format 1-3). A closing is the local maximum's minimum, so on
+    textured skin or lesion it fills brighter than the surroundings' mean, and where hairs cross or run
+    beside a lesion (dark wider than the square) it leaves a dark square patch: see :func:`average_hair`."""
     from scipy import ndimage as ndi
 
     if not hair.any():
         return images
     closed = ndi.grey_closing(images, size=(1, length, length, 1))
     return np.where(hair[..., None], closed, images)
+
+
+def long_lines(hair: np.ndarray, min_extent: float, shrink: bool = True) -> np.ndarray:
+    """The connected parts (8-neighbours) of bool (N, S, S) ``hair`` whose bounding box has a diagonal of at
+    least ``min_extent`` px: hairs and marker lines run long, while what the line detector also marks but is
+    short (a small elongated lesion, a dot, a streak of pigment network) is not. -> bool (N, S, S).
+
+    With ``shrink``, the parts are found on the map shrunk by one pixel and grown back inside it: the one-pixel
+    rim that :func:`hair_map` adds would otherwise join a small lesion's mark to a nearby line."""
+    from scipy import ndimage as ndi
+
+    grow = np.ones((1, 3, 3), bool)
+    core = ndi.binary_erosion(hair, structure=grow) if shrink else np.asarray(hair, bool)
+    out = np.zeros_like(core)
+    for i in range(len(core)):
+        lab, n = ndi.label(core[i], structure=np.ones((3, 3), bool))
+        if n == 0:
+            continue
+        keep = np.zeros(n + 1, bool)
+        for j, sl in enumerate(ndi.find_objects(lab), 1):
+            keep[j] = np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent
+        out[i] = keep[lab]
+    return ndi.binary_dilation(out, structure=grow) & hair if shrink else out
+
+
+def average_hair(images: np.ndarray, hair: np.ndarray, sigma: float, bound: int, min_weight: float = 0.05,
+                 widen: int = 3) -> np.ndarray:
+    """Replace the ``hair`` pixels (bool (N, S, S)) of uint8 (N, S, S, 3) by the Gaussian-weighted mean of
+    the pixels around them that are not hair (normalized convolution, ``sigma`` px), no brighter than a
+    grey closing with a ``bound`` square; the rest is kept (``segment.hair_fill: average``).
+
+    The mean of the non-hair neighbours is what DullRazor's interpolation across a hair approximates: the
+    skin's colour on skin, the lesion's on the lesion, and a blend of the two where a hair crosses the
+    border, so the border stays where it was. Where a wide tangle leaves too little non-hair weight
+    (< ``min_weight``), sigma doubles (``widen`` times at most), then the closing fills. The bound keeps a
+    dark structure wider than ``bound`` (a small lesion the line detector mistook for a hair) as dark as
+    it is: a closing never brightens what is wider than its square."""
+    from scipy import ndimage as ndi
+
+    if not hair.any():
+        return images
+    out = images.copy()
+    for i in np.flatnonzero(hair.reshape(len(hair), -1).any(1)):
+        x, todo = images[i].astype(np.float32), hair[i].copy()
+        keep = (~todo).astype(np.float32)
+        closed = ndi.grey_closing(images[i], size=(bound, bound, 1)).astype(np.float32)
+        fill, sig = closed.copy(), float(sigma)
+        for _ in range(widen + 1):
+            w = ndi.gaussian_filter(keep, sig)
+            ok = todo & (w > min_weight)
+            if ok.any():
+                mean = ndi.gaussian_filter(x * keep[..., None], (sig, sig, 0))[ok] / w[ok][:, None]
+                fill[ok] = np.minimum(mean, closed[ok])
+                todo &= ~ok
+            if not todo.any():
+                break
+            sig *= 2
+        out[i][hair[i]] = (fill[hair[i]] + 0.5).clip(0, 255).astype(np.uint8)
+    return out

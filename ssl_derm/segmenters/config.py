@@ -15,11 +15,26 @@ from ssl_derm.plugins import require_at_least
 DEFAULT_METHOD = "contrast_em"  # the best method that needs no checkpoint (benchmarks/segment_ham10000.py)
 COMPONENT_CHOICES = ("central", "largest", "all")
 UPSAMPLE_CHOICES = ("bilinear", "nearest")
+HAIR_FILL_CHOICES = ("average", "closing")
 
 
 # contrast_em's settings before its acquisition-shift steps (hair-line inpainting, light flattening, white
 # balance, the lightest part of the skin ring): what an exported segmenter of model.json format 1-2 ran with
 BEFORE_SHIFT_STEPS = {"hair_lines": 0.0, "colour_constancy": 0.0, "flatten_light": False, "ring_light": 1.0}
+# what an exported segmenter of model.json format 1-3 ran with for the keys that format 4 added: hair pixels
+# filled by a closing, no opening of the mask before the clean-up, every step at the cache size
+BEFORE_FORMAT_4 = {"hair_fill": "closing", "mask_opening": 0.0, "max_work_size": 0}
+
+
+def older_format_settings(version: int) -> dict:
+    """The ``segment.*`` values a classical segmenter exported as model.json ``version`` ran with for keys that
+    later versions added (its segment_config lacks them; the current defaults would change its masks)."""
+    out = {}
+    if version < 3:
+        out.update(BEFORE_SHIFT_STEPS)
+    if version < 4:
+        out.update(BEFORE_FORMAT_4)
+    return out
 
 
 @dataclass
@@ -32,10 +47,12 @@ class SegmenterSettings:
     method: str = DEFAULT_METHOD  # a registered segmenter; "default" means DEFAULT_METHOD
     batch_size: int = 64  # images per predict call
     max_images: int = 0  # >0: a seeded random subset of this many images (quick evaluations)
+    max_work_size: int = 0  # >0: larger images are segmented shrunk to this size (px), masks brought back; 0 = off
     # prepare (ssl_derm/segment/prep.py): lesion prior inputs
     hair_kernel: int = 5  # grey closing that removes thin dark hairs (px at 128; 0 = off)
     hair_lines: float = 0.0  # oriented line closings this long (px at 128) find and inpaint thicker hairs; 0 = off
     hair_threshold: float = 0.08  # their top-hat spread (grey, 0-1) above which a pixel is hair
+    hair_fill: str = "average"  # what replaces them: average (of the non-hair pixels around) | closing (format 1-3)
     colour_constancy: float = 0.0  # shades-of-grey white balance with this Minkowski p before Lab; 0 = off
     flatten_light: bool = False  # divide out a smooth illumination fall-off fitted to the skin ring
     vignette: bool = True  # leave out the dark dermoscope border (a fitted circle)
@@ -48,6 +65,7 @@ class SegmenterSettings:
     component: str = "central"  # central | largest | all: which connected component is the lesion
     fill_holes: bool = True  # fill holes inside the lesion component
     convex_hull: bool = False  # the component's convex hull: fills bays as well as holes (contrast_em: on)
+    mask_opening: float = 0.0  # first, an opening with a disc this wide in radius (px at 128): spurs go; 0 = off
     upsample: str = "bilinear"  # to the original size: bilinear score of the mask > 0.5, or nearest
     # outputs
     write_masks: bool = True
@@ -69,6 +87,12 @@ class SegmenterSettings:
             raise ConfigError("config keys 'segment.hair_lines' (>= 0, 0 = off), 'segment.hair_threshold' (in (0, 1)) "
                               f"and 'segment.colour_constancy' (>= 0, 0 = off): got {self.hair_lines}, "
                               f"{self.hair_threshold} and {self.colour_constancy}")
+        if self.hair_fill not in HAIR_FILL_CHOICES:
+            raise ConfigError(f"config key 'segment.hair_fill': {self.hair_fill!r} is not one of {', '.join(HAIR_FILL_CHOICES)}")
+        if self.max_work_size != 0 and self.max_work_size < 16:
+            raise ConfigError(f"config key 'segment.max_work_size': must be 0 (off) or >= 16 px, got {self.max_work_size}")
+        if self.mask_opening < 0:
+            raise ConfigError(f"config key 'segment.mask_opening': must be >= 0 px (0 = off), got {self.mask_opening}")
         if self.batch_size < 1:
             raise ConfigError(f"config key 'segment.batch_size': must be >= 1, got {self.batch_size}")
 

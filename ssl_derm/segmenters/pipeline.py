@@ -9,27 +9,51 @@ import time
 from typing import Tuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssl_derm.segmenters.cleanup import clean_masks
+from ssl_derm.segmenters.cleanup import clean_up
 from ssl_derm.segmenters.em import em_split
 from ssl_derm.segmenters.prep import prepare, smooth_lab
+
+
+def resize_batch(x: np.ndarray, size: int, antialias: bool = True) -> np.ndarray:
+    """float or uint8 (N, S, S[, C]) -> float32 (N, size, size[, C]): bilinear (antialiased when shrinking, as
+    the cache's resize)."""
+    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return (t.permute(0, 2, 3, 1) if x.ndim == 4 else t[:, 0]).numpy()
 
 
 def predict_batch(segmenter, images: np.ndarray):
     """The steps of every segmenter: prepare -> segment -> refine (``segment.refine_em``) -> clean up.
 
-    uint8 (N, S, S, 3) -> (scores float32 (N, S, S) in [0, 1], masks bool (N, S, S))."""
+    uint8 (N, S, S, 3) -> (scores float32 (N, S, S) in [0, 1], masks bool (N, S, S)). With
+    ``segment.max_work_size`` below S, the steps run on the images shrunk to that size, and the scores and
+    masks come back to S (bilinear; a mask's interpolation > 0.5, as masks reach the original size)."""
     s = segmenter.s
     images = np.asarray(images)
     if len(images) == 0:
         size = images.shape[1] if images.ndim == 4 else 0
         return np.zeros((0, size, size), np.float32), np.zeros((0, size, size), bool)
+    size, cap = images.shape[1], int(getattr(s, "max_work_size", 0) or 0)
+    if 0 < cap < size:
+        small = (resize_batch(images, cap) + 0.5).clip(0, 255).astype(np.uint8)
+        scores, masks = _predict_batch(segmenter, small)
+        scores = resize_batch(scores, size, antialias=False).clip(0, 1)
+        return scores.astype(np.float32), resize_batch(masks, size, antialias=False) > 0.5
+    return _predict_batch(segmenter, images)
+
+
+def _predict_batch(segmenter, images: np.ndarray):
+    s = segmenter.s
     prep = prepare(images, s)
     scores, masks = segmenter.segment(images, prep)
     if s.refine_em:
         scores, masks = em_refine(prep, masks, s)
-    masks = clean_masks(masks & prep.valid, s.component, s.fill_holes, s.convex_hull) & prep.valid
+    masks = clean_up(masks, prep.valid, s, prep.hair)
     return np.clip(scores, 0, 1).astype(np.float32), masks
 
 

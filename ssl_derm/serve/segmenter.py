@@ -48,13 +48,12 @@ class Segmenter(nn.Module):
         from ssl_derm.config import load_config
         from ssl_derm.encoders import Encoder
         from ssl_derm.segmenters.base import build_segmenter
-        from ssl_derm.segmenters.config import SegmentConfig, check_segment_config
+        from ssl_derm.segmenters.config import SegmentConfig, check_segment_config, older_format_settings
 
         seg_cfg = meta["segment_config"]
-        if int(meta.get("format_version", 1)) < 3:  # written before these keys: run it as it was trained
-            from ssl_derm.segmenters.config import BEFORE_SHIFT_STEPS
-
-            seg_cfg = {**seg_cfg, "segment": {**BEFORE_SHIFT_STEPS, **seg_cfg.get("segment", {})}}
+        older = older_format_settings(int(meta.get("format_version", 1)))
+        if older:  # written before these keys: run it as it was trained, not with their new defaults
+            seg_cfg = {**seg_cfg, "segment": {**older, **seg_cfg.get("segment", {})}}
         cfg = check_segment_config(load_config(SegmentConfig, base=seg_cfg, lenient=True))
         encoder = None
         if meta.get("uses_encoder"):
