@@ -34,21 +34,21 @@ def finished_cells(root) -> list:
             if (Path(root) / "cells" / c["id"] / "metrics.json").is_file()]
 
 
-def paired_rows(root: Path, cells: list) -> list:
+def paired_rows(cells: list, metrics: dict) -> list:
     """One row per finished cell (init, the other grid values by column, seed, test and external metrics with
-    their intervals, n labelled, seconds). Cells made with other data, or (per init) another encoder file, than
-    the first finished cell are left out with a message: one table never mixes them."""
+    their intervals, n labelled, seconds); ``metrics``: {cell id: its metrics.json}, the finished cells only.
+    Cells made with other data, or (per init) another encoder file, than the first finished cell are left out
+    with a message: one table never mixes them."""
     rows, ref = [], {}
     for cell in cells:
-        path = Path(root) / "cells" / cell["id"] / "metrics.json"
-        if not path.is_file():
+        m = metrics.get(cell["id"])
+        if m is None:
             continue
-        m = json.loads(path.read_text())
         init = cell["values"]["init"]
         fp = m.get("fingerprint") or {}
         want = {"data": fp.get("data_sha256"), init: fp.get("encoder_sha256")}
         if any(ref.setdefault(k, v) != v for k, v in want.items()):
-            print(f"[ssl-derm] {path.parent.name} left out of label_efficiency.md: made with other data or another "
+            print(f"[ssl-derm] {cell['id']} left out of label_efficiency.md: made with other data or another "
                   "encoder than the table's other cells (rerun it or move it away)")
             continue
         others = {column(k): v for k, v in cell["values"].items() if k != "init"}

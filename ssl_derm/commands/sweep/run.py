@@ -44,9 +44,9 @@ def _shared_data(cfg, shared: dict) -> tuple:
     from ssl_derm.models.features import FeatureCache
     from ssl_derm.commands.finetune import load_data_and_split
 
-    key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.segments, cfg.augment.mean, cfg.augment.std])
     if "given" in shared:  # the caller's own dataset and split, for every cell
         return shared["given"]
+    key = _hash([to_dict(cfg.data), cfg.split.seed, cfg.protocol.segments, cfg.augment.mean, cfg.augment.std])
     if key not in shared:
         dataset, split = load_data_and_split(cfg)
         shared[key] = (dataset, split, FeatureCache())

@@ -36,7 +36,9 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
     """results.csv (one row per finished cell), results.md (mean +- std over seeds), plots, hparams."""
     keys = list(spec.get("grid", {}))
     metric_keys = list(spec.get("metrics") or ["balanced_accuracy"])
-    found = [json.loads(p.read_text()) for p in (root / "cells" / c["id"] / "metrics.json" for c in cells) if p.is_file()]
+    paths = {c["id"]: root / "cells" / c["id"] / "metrics.json" for c in cells}
+    loaded = {cid: json.loads(p.read_text()) for cid, p in paths.items() if p.is_file()}  # each file read once
+    found = list(loaded.values())
     from ssl_derm.metrics.skin_tone import sweep_keys
 
     metric_keys += [k for k in sweep_keys(found) if k not in metric_keys]  # ece, per skin tone, worst-group gap
@@ -46,9 +48,8 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
     rows = []
     sel = spec.get("select")
     for cell in cells:
-        mpath = root / "cells" / cell["id"] / "metrics.json"
-        if mpath.is_file():
-            m = json.loads(mpath.read_text())
+        m = loaded.get(cell["id"])
+        if m is not None:
             rows.append({**cell["values"], "seed": cell["seed"], **{k: metric_value(m, k) for k in metric_keys},
                          **{k: metric_ci(m, k[:-3]) for k in ci_keys},
                          **({sel["by"]: metric_value(m, sel["by"])} if sel else {})})
@@ -84,7 +85,7 @@ def write_tables(root: Path, spec: dict, cells: list) -> list:
     if "init" in keys and spec.get("downstream", "finetune") == "finetune":  # pretrained against random init
         from ssl_derm.commands.sweep.paired import column, paired_rows, write_paired
 
-        write_paired(root, paired_rows(root, cells), [column(k) for k in keys if k != "init"])
+        write_paired(root, paired_rows(cells, loaded), [column(k) for k in keys if k != "init"])
     from ssl_derm.plots import plot_sweep
 
     plot_sweep(root, keys, metric_keys, summary)
