@@ -106,6 +106,25 @@ def test_the_default_picks_its_round_by_edges(monkeypatch):
     assert len(calls) == 1  # off: the last round, no edge computation
 
 
+def _close_up(size=128, seed=0):
+    """A close-up: a pale lesion that fills the frame but for its corners (skin), with a dark band across it
+    that reaches the skin ring on two sides."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    lesion = np.hypot(yy - size / 2, xx - size / 2) < 0.55 * size
+    img = np.where(lesion[..., None], [170.0, 120.0, 95.0], SKIN)
+    img = np.where((lesion & (np.abs(yy - size / 2) < 0.1 * size))[..., None], [90.0, 55.0, 40.0], img)
+    return (img + rng.normal(0, 3, img.shape)).clip(0, 255).astype(np.uint8)[None], lesion[None]
+
+
+def test_the_pale_rim_of_a_lesion_that_reaches_the_ring_joins_it():
+    images, true = _close_up()
+    _, without = predict_batch(build_segmenter(_cfg("segment.pale_rim=0")), images)
+    _, default = predict_batch(build_segmenter(_cfg()), images)
+    assert _jaccard(without[0], true[0]) < 0.7  # the ring's lightest half is pale lesion: only the band is found
+    assert _jaccard(default[0], true[0]) > 0.95
+
+
 def test_texture_keys_are_checked():
     with pytest.raises(ConfigError, match="segment.texture_sigma"):
         _cfg("segment.texture_sigma=-1")
@@ -113,6 +132,8 @@ def test_texture_keys_are_checked():
         _cfg("segment.texture_weight=0")
     with pytest.raises(ConfigError, match="segment.edge_margin"):
         _cfg("segment.edge_margin=-1")
+    with pytest.raises(ConfigError, match="segment.pale_rim"):
+        _cfg("segment.pale_rim=-0.5")
 
 
 def test_convex_hull_fills_bays_and_leaves_convex_shapes():

@@ -116,6 +116,16 @@ def test_field_of_view_excludes_dark_corners_not_the_lesion():
     assert field_of_view(L, enabled=False).all()
 
 
+def test_field_of_view_keeps_a_dark_lesion_that_reaches_a_corner():
+    """A dark lesion cut by the frame touches a corner like a lens vignette, but it lies inside the circle
+    fitted to its edge, not outside it: nothing is left out (the lesion and the skin stay in view)."""
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    L = np.full((size, size), 70.0)
+    L[np.hypot(yy - 44, xx - 44) < 0.5 * size] = 12.0
+    assert field_of_view(L).all()
+
+
 def test_choose_lesion_clusters_and_ring():
     L, r = _vignetted_image()
     valid = r <= 0.55 * 64

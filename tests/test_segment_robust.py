@@ -149,11 +149,12 @@ def test_flatten_illumination_undoes_a_radial_fall_off_measured_on_the_ring():
 def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
     """A classical segmenter exported as model.json format 2 (before contrast_em's acquisition-shift steps)
     runs as it was trained: the steps off, not the new defaults that its segment_config lacks; one of format
-    3 (before the average hair fill and the opening) fills hair by a closing and opens nothing."""
+    3 (before the average hair fill and the opening) fills hair by a closing and opens nothing; one of format 4
+    adds no pale rim."""
     import json
 
     from ssl_derm.cli import main
-    from ssl_derm.segmenters.config import BEFORE_FORMAT_4, BEFORE_SHIFT_STEPS
+    from ssl_derm.segmenters.config import BEFORE_FORMAT_4, BEFORE_FORMAT_5, BEFORE_SHIFT_STEPS
     from ssl_derm.serve.loaders import load_model
 
     out = tmp_path / "seg"
@@ -161,10 +162,11 @@ def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
                  f"data.cache_dir={tmp_path / 'cache'}", "segment.overlay_n=0"]) == 0
     now = load_model(out).segmenter.s
     assert now.hair_lines > 0 and now.flatten_light and now.ring_light < 1  # format 4: the steps on
-    assert now.hair_fill == "average" and now.mask_opening > 0
+    assert now.hair_fill == "average" and now.mask_opening > 0 and now.pale_rim > 0
     written = json.loads((out / "model.json").read_text())
-    assert written["format_version"] == 4
-    for version, keys in ((3, BEFORE_FORMAT_4), (2, {**BEFORE_SHIFT_STEPS, **BEFORE_FORMAT_4})):
+    assert written["format_version"] == 5
+    for version, keys in ((4, BEFORE_FORMAT_5), (3, {**BEFORE_FORMAT_4, **BEFORE_FORMAT_5}),
+                          (2, {**BEFORE_SHIFT_STEPS, **BEFORE_FORMAT_4, **BEFORE_FORMAT_5})):
         meta = json.loads(json.dumps(written))
         meta["format_version"] = version
         for key in keys:
@@ -172,7 +174,7 @@ def test_an_older_exported_default_runs_without_the_shift_steps(tmp_path):
         (out / "model.json").write_text(json.dumps(meta))
         old = load_model(out).segmenter.s
         assert {k: getattr(old, k) for k in keys} == keys, version
-    # a format-4 file that sets a key keeps it (the older values fill in only what a file lacks)
+    # an older file that sets a key keeps it (the older values fill in only what a file lacks)
     meta = json.loads(json.dumps(written))
     meta["format_version"] = 3
     meta["segment_config"]["segment"]["mask_opening"] = 1.5

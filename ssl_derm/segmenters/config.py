@@ -24,6 +24,8 @@ BEFORE_SHIFT_STEPS = {"hair_lines": 0.0, "colour_constancy": 0.0, "flatten_light
 # what an exported segmenter of model.json format 1-3 ran with for the keys that format 4 added: hair pixels
 # filled by a closing, no opening of the mask before the clean-up, every step at the cache size
 BEFORE_FORMAT_4 = {"hair_fill": "closing", "mask_opening": 0.0, "max_work_size": 0}
+# and of format 1-4 for contrast_em's key that format 5 added: no pale rim joins a lesion that reaches the ring
+BEFORE_FORMAT_5 = {"pale_rim": 0.0}
 
 
 def older_format_settings(version: int) -> dict:
@@ -34,6 +36,8 @@ def older_format_settings(version: int) -> dict:
         out.update(BEFORE_SHIFT_STEPS)
     if version < 4:
         out.update(BEFORE_FORMAT_4)
+    if version < 5:
+        out.update(BEFORE_FORMAT_5)
     return out
 
 

@@ -22,7 +22,14 @@ Per image, with no labels and nothing learnt across images:
 5. which round: a lesion's border is where the colour changes fastest, while an EM that leaks into skin
    draws its outline through smooth skin. An earlier round's mask replaces the last round's when its
    (cleaned) outline lies on colour edges at least ``edge_margin`` times stronger on average;
-6. the shared clean-up: an opening that cuts thin spurs off (``mask_opening``: hair left over beside a
+6. a pale rim when the lesion fills the frame (``pale_rim``): a lesion that reaches the skin ring (a close-up,
+   other optics) has put its own paler part into the skin model, and two Gaussians then split the lesion
+   into a dark core and "skin". When the mask found covers a tenth of the ring or more, the skin is seeded
+   again from the ring's pixels outside it (their lightest ``ring_light`` share), a second two-Gaussian EM
+   runs on the pixels outside the mask, and its lesion class joins the mask when it lines most of the mask's
+   outline (a rim, not a patch of shading or hair) and stands out from the new skin seed by at least
+   ``pale_rim`` times the contrast of the mask found;
+7. the shared clean-up: an opening that cuts thin spurs off (``mask_opening``: hair left over beside a
    lesion would otherwise draw the hull out to its tip), the central component and its convex hull
    (``convex_hull``). Lesion outlines
    are nearly convex (1,600 of HAM10000's reference masks at 128 px fill 0.965 of their hull in the
@@ -47,7 +54,7 @@ from ssl_derm.segmenters.base import Segmenter
 from ssl_derm.segmenters.colour import scaled_px
 from ssl_derm.segmenters.config import SegmenterSettings
 from ssl_derm.segmenters.cleanup import clean_mask
-from ssl_derm.segmenters.em import em_rounds, mahalanobis
+from ssl_derm.segmenters.em import MIN_PIXELS, em_rounds, gaussian, mahalanobis
 from ssl_derm.segmenters.prep import Prepared, smooth_lab
 from ssl_derm.segmenters.prior import otsu_threshold
 
@@ -110,6 +117,7 @@ class ContrastEMSettings(SegmenterSettings):
     texture_weight: float = 2.0  # the feature's scale next to Lab (L units): how much roughness counts
     lesion_bias: float = 0.5  # prior log-odds lesion:skin in the EM; 0 = equal priors (ties to nobody)
     edge_margin: float = 1.25  # an earlier EM round wins with this many times the last's outline edge; 0 = last
+    pale_rim: float = 0.25  # a lesion reaching the ring: a paler rim with this share of its contrast joins; 0 = off
     convex_hull: bool = True  # the shared clean-up key, on here: a pale lesion part in a bay of the mask joins it
     mask_opening: float = 2.0  # and an opening first (disc radius, px at 128): a hair's spur does not stretch the hull
     ring_trim: float = 0.0  # share of the skin ring left out of the skin model (the pixels least like skin)
@@ -126,6 +134,8 @@ class ContrastEMSettings(SegmenterSettings):
         if self.edge_margin < 0:
             raise ConfigError(f"config key 'segment.edge_margin': must be >= 0 (0 = always the last EM round), "
                               f"got {self.edge_margin}")
+        if self.pale_rim < 0:
+            raise ConfigError(f"config key 'segment.pale_rim': must be >= 0 (0 = off), got {self.pale_rim}")
         if not 0.05 <= self.ring_light <= 1:
             raise ConfigError(f"config key 'segment.ring_light': must be in [0.05, 1] (1 = the whole ring), got {self.ring_light}")
         if not 0 <= self.ring_trim < 0.9:
@@ -172,12 +182,51 @@ def pick_round(rounds, edges: np.ndarray, valid: np.ndarray, component: str, fil
     return rounds[int(np.argmax(strength))]
 
 
+RING_REACH = 0.1  # pale_rim looks again when the mask found covers this share of the skin ring
+RIM_SURROUND = 0.7  # and a paler class joins only when it lines this share of the mask's outline
+RIM_EM_ITERS = 3  # rounds of its EM on the pixels outside the mask
+
+
+def contrast_to(f: np.ndarray, sel: np.ndarray, seed: np.ndarray) -> float:
+    """Mahalanobis distance of the mean of the columns ``sel`` of ``f`` (C, P) to the Gaussian of ``seed``."""
+    mu, cov = gaussian(f, seed)
+    d = f[:, sel].mean(1) - mu
+    return float(np.sqrt(d @ np.linalg.solve(cov, d)))
+
+
+def pale_rim(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, post: np.ndarray, mask: np.ndarray,
+             core: np.ndarray, hair: np.ndarray, share: float, light: float,
+             bias: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Step 6 of the module's docstring: the lesion ``mask`` (P,) of an image whose lesion reaches the skin
+    ``ring``, with the paler lesion class around it that a skin model seeded outside it finds, when that class
+    has at least ``share`` of the mask's contrast. ``core`` (S, S): the mask as the clean-up sees it (hair
+    spurs opened, its central component), which must reach the ring and whose outline the rim must line;
+    ``hair`` (P,): the hair-line map, left out of both classes. -> (post (P,), mask (P,)), as they were
+    otherwise."""
+    flat = core.ravel()
+    rest = valid & ~flat & ~hair
+    if share <= 0 or (ring & flat).sum() < RING_REACH * ring.sum() or (ring & rest).sum() < 20:
+        return post, mask
+    seed = lightest_ring(f, ring & rest, light)
+    dist = mahalanobis(f, seed)
+    init = rest & (dist > otsu_threshold(dist[rest]))
+    rim_post, rim = em_rounds(f, rest, init, RIM_EM_ITERS, bias)[-1]
+    if rim.sum() < 2 * MIN_PIXELS:
+        return post, mask
+    outline = (ndi.binary_dilation(core) & ~core).ravel() & valid & ~hair
+    lines = (outline & rim).sum() / max(outline.sum(), 1)
+    if lines < RIM_SURROUND or contrast_to(f, rim, seed) < share * contrast_to(f, flat, seed):
+        return post, mask
+    return np.where(rim, np.maximum(post, rim_post), post), mask | rim
+
+
 @register("segmenter", "contrast_em", settings=ContrastEMSettings)
 class ContrastEM(Segmenter):
     def segment(self, images: np.ndarray, prep: Prepared):
         feats = features(prep, self.s)
         edges = colour_edges(feats[:, :3]) if self.s.edge_margin > 0 and self.s.em_iters > 1 else None
         n, c, size, _ = feats.shape
+        opening = int(round(scaled_px(self.s.mask_opening, size))) if self.s.mask_opening > 0 else 0
         scores = np.zeros((n, size, size), np.float32)
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
@@ -191,5 +240,11 @@ class ContrastEM(Segmenter):
                 post, m = rounds[-1] if rounds else (init.astype(np.float64), init)
             if self.s.em_iters == 0:  # contrast alone: score = distance relative to the threshold
                 post = 1.0 - np.exp(-dist / max(otsu_threshold(dist[v]), 1e-6) * np.log(2))
+            if self.s.pale_rim > 0 and m.any():
+                hair = prep.hair[i] if prep.hair is not None else np.zeros((size, size), bool)
+                core = clean_mask(m.reshape(size, size) & prep.valid[i], self.s.component, False,
+                                  opening=opening, only=hair)
+                post, m = pale_rim(f, v, ring, post, m, core, hair.ravel(), self.s.pale_rim, self.s.ring_light,
+                                   self.s.lesion_bias)
             scores[i], masks[i] = post.reshape(size, size), m.reshape(size, size)
         return scores, masks

@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 
 DARK_FRACTION = 0.5  # darker than half the bright (90th percentile) lightness of the image
 MIN_AREA = 0.005  # a dark corner region smaller than this share of the image is ignored
+OUTSIDE_SHARE = 0.5  # a vignette lies outside the circle fitted to its inner edge; a dark lesion inside it
 
 
 def _corner_dark(L: np.ndarray) -> np.ndarray:
@@ -56,7 +57,10 @@ def vignette_mask(L: np.ndarray, margin: float = 2.0) -> np.ndarray:
     if not (r > 0.3 * s and abs(cy - s / 2) < 0.5 * s and abs(cx - s / 2) < 0.5 * s):
         return dark  # not a plausible lens circle: keep the dark corner regions themselves
     yy, xx = np.mgrid[:s, :s]
-    return np.hypot(yy - cy, xx - cx) > r - margin * s / 128
+    outside = np.hypot(yy - cy, xx - cx) > r - margin * s / 128
+    if (dark & outside).sum() < OUTSIDE_SHARE * dark.sum():
+        return np.zeros_like(dark)  # dark inside its own circle: a dark lesion that reaches a corner, no vignette
+    return outside
 
 
 def field_of_view(L: np.ndarray, enabled: bool = True) -> np.ndarray:

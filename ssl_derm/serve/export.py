@@ -1,6 +1,6 @@
 """Trained models leave the run folder as ``model.safetensors`` + ``model.json``.
 
-``model.json`` (``format_version`` 4; versions 1 to 3 still load: see :data:`READABLE_VERSIONS`) always
+``model.json`` (``format_version`` 5; versions 1 to 4 still load: see :data:`READABLE_VERSIONS`) always
 holds ``kind`` (classifier | segmenter), ``protocol`` (or segmenter ``method``), ``image_size`` (the
 square size images are decoded at, as in the run's cache), ``mean``/``std`` and ``encoder_sha256`` (sha256 of the encoder file the run started from; null for random
 init). Classifiers add ``classes`` (output order), ``num_classes`` and ``head``:
@@ -44,13 +44,14 @@ from ssl_derm.errors import written_whole
 from ssl_derm.models.trained import TRAINED, FeatureProbe, KNNBank, SegNet, TimmClassifier
 from ssl_derm.runs import write_json
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # 1: no temperature (read as 1.0); 1-2: a classical segmenter's segment_config predates the acquisition-shift
 # steps of contrast_em, which such a file runs without (ssl_derm.segmenters.config.BEFORE_SHIFT_STEPS);
 # 1-3: it predates segment.hair_fill, segment.mask_opening and segment.max_work_size, and runs with hair filled
-# by a closing, no opening and every step at its cache size (BEFORE_FORMAT_4; both through
+# by a closing, no opening and every step at its cache size (BEFORE_FORMAT_4); 1-4: it predates contrast_em's
+# segment.pale_rim and runs without it (BEFORE_FORMAT_5; all through
 # ssl_derm.segmenters.config.older_format_settings)
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 
 def timm_kwargs(model: torch.nn.Module, image_size: int) -> dict:
