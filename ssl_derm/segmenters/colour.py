@@ -33,11 +33,14 @@ def remove_hair(images: np.ndarray, kernel: int) -> np.ndarray:
     uint8 (N, S, S, 3) -> same. Hairs are thin and dark: a closing fills dark structures narrower than
     the kernel with the surrounding skin colour and leaves wider dark regions (lesions) in place.
     """
+    from scipy import ndimage as ndi
+
     if kernel < 2:
         return images
-    x = to_tensor(images)
-    x = kornia.morphology.closing(x, torch.ones(kernel, kernel))
-    return (x.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    # a flat square is separable: scipy's running min/max filters, edge pixels repeated (so the window is
+    # the image's part of it, as kornia's geodesic border), ~6x faster than kornia's shifted copies at 256 px
+    return ndi.grey_closing(uint8_batch(images).permute(0, 2, 3, 1).numpy(), size=(1, kernel, kernel, 1),
+                            mode="nearest")
 
 
 def scaled_px(px: float, size: int) -> float:
@@ -80,6 +83,20 @@ def line_footprints(length: int) -> list:
     return fp
 
 
+def _line_closing(g: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Grey closing of (N, S, S) with the (L, L) line ``fp`` of :func:`line_footprints`: the horizontal and
+    vertical lines as 1-D sizes (scipy's separable running min/max, the same values), the diagonals as
+    footprints."""
+    from scipy import ndimage as ndi
+
+    length = fp.shape[0]
+    if fp[length // 2].all():
+        return ndi.grey_closing(g, size=(1, 1, length))
+    if fp[:, length // 2].all():
+        return ndi.grey_closing(g, size=(1, length, 1))
+    return ndi.grey_closing(g, footprint=fp[None])
+
+
 def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
     """Pixels under thin dark elongated structures (hairs, marker lines): uint8 (N, S, S, 3) -> bool (N, S, S).
 
@@ -92,7 +109,7 @@ def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     g = images.astype(np.float32).mean(-1) / 255.0  # (N, S, S)
-    tops = np.stack([ndi.grey_closing(g, footprint=fp[None]) - g for fp in line_footprints(length)])
+    tops = np.stack([_line_closing(g, fp) - g for fp in line_footprints(length)])
     hair = (tops.max(0) - tops.min(0)) > threshold
     return ndi.binary_dilation(hair, structure=np.ones((1, 3, 3), bool))
 

@@ -23,7 +23,7 @@ def gaussian(f: np.ndarray, sel: np.ndarray, reg: float = REG):
 def nll(f: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """Negative log-likelihood (up to a constant) of every column of ``f`` under N(mu, cov). -> (P,)"""
     d = f - mu[:, None]
-    return 0.5 * (np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d) + np.linalg.slogdet(cov)[1])
+    return 0.5 * (np.einsum("ip,ip->p", np.linalg.inv(cov) @ d, d) + np.linalg.slogdet(cov)[1])
 
 
 def gaussian_nll(f: np.ndarray, sel: np.ndarray, reg: float = REG) -> np.ndarray:
@@ -35,7 +35,7 @@ def mahalanobis(f: np.ndarray, sel: np.ndarray) -> np.ndarray:
     """Distance of every column of ``f`` to the Gaussian of the columns ``sel``. -> (P,)"""
     mu, cov = gaussian(f, sel)
     d = f - mu[:, None]
-    return np.sqrt(np.einsum("ip,ij,jp->p", d, np.linalg.inv(cov), d))
+    return np.sqrt(np.einsum("ip,ip->p", np.linalg.inv(cov) @ d, d))  # (C, C) @ (C, P): BLAS, ~4x the 3-operand einsum
 
 
 def em_rounds(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,
