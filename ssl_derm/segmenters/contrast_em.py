@@ -112,6 +112,7 @@ class ContrastEMSettings(SegmenterSettings):
     """contrast_em: the shared ``smooth_sigma`` and ``em_iters`` (0: the contrast alone), and its own keys."""
 
     method: str = "contrast_em"
+    batch_size: int = 16  # its per-pixel arrays stay in cache: 256 px images ~10% faster than in batches of 64
     em_iters: int = 4  # one more than the shared default: edge_margin falls back to round 1 when the EM leaks
     texture_sigma: float = 0.7  # local contrast window (px at 128) of the extra feature; 0 = colour only
     texture_weight: float = 2.0  # the feature's scale next to Lab (L units): how much roughness counts
