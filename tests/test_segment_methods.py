@@ -178,3 +178,32 @@ def test_gharawi_reads_the_last_stage_only_when_asked(synth):
     assert masks.shape == (2, SIZE, SIZE) and masks.any()
     with pytest.raises(ConfigError, match="segment.max_feature_stride"):
         _cfg("gharawi", "segment.max_feature_stride=2")
+
+
+def test_the_fast_morphology_gives_scipys_values():
+    """The hole filling by labelling, the hair closing and the horizontal/vertical line closings by separable
+    filters give what scipy's binary_fill_holes, kornia's closing and the footprint closings give."""
+    from scipy import ndimage as ndi
+
+    from ssl_derm.segmenters.cleanup import fill_mask_holes
+    from ssl_derm.segmenters.colour import _line_closing, line_footprints, remove_hair
+
+    rng = np.random.default_rng(0)
+    for size in (8, 40, 96):
+        for smooth in (0.5, 2.0, 4.0):
+            mask = ndi.gaussian_filter(rng.random((size, size)), smooth) > 0.5
+            assert np.array_equal(fill_mask_holes(mask), ndi.binary_fill_holes(mask))
+    ring = np.zeros((32, 32), bool)
+    ring[8:24, 8:24] = True
+    ring[12:20, 12:20] = False
+    assert fill_mask_holes(ring).sum() == 16 * 16 and not fill_mask_holes(np.zeros((4, 4), bool)).any()
+    g = rng.random((2, 48, 48)).astype(np.float32)
+    for fp in line_footprints(7):
+        assert np.array_equal(_line_closing(g, fp), ndi.grey_closing(g, footprint=fp[None]))
+    import kornia
+    import torch
+
+    images = rng.integers(0, 256, (2, 48, 48, 3)).astype(np.uint8)  # kornia's closing, the image's part of
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # each window at the border (geodesic)
+    closed = kornia.morphology.closing(x, torch.ones(5, 5)).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(remove_hair(images, 5), (closed * 255.0 + 0.5).clip(0, 255).astype(np.uint8))

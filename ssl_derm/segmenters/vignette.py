@@ -2,7 +2,9 @@
 
 The vignette is found without labels as the dark region that reaches the image corners, and its
 inner edge is replaced by a robust circle fit: a dark lesion that touches the vignette breaks the
-dark region's outline but not the circle, so it is not cut away with the border.
+dark region's outline but not the circle, so it is not cut away with the border. A dark lesion that reaches
+a corner by itself (a close-up) is no vignette: it lies inside the circle fitted to its own edge, and then
+nothing is left out.
 """
 from __future__ import annotations
 
