@@ -186,7 +186,7 @@ def test_the_fast_morphology_gives_scipys_values():
     from scipy import ndimage as ndi
 
     from ssl_derm.segmenters.cleanup import fill_mask_holes
-    from ssl_derm.segmenters.colour import _line_closing, line_footprints, remove_hair
+    from ssl_derm.segmenters.colour import line_closings, remove_hair
 
     rng = np.random.default_rng(0)
     for size in (8, 40, 96):
@@ -198,8 +198,11 @@ def test_the_fast_morphology_gives_scipys_values():
     ring[12:20, 12:20] = False
     assert fill_mask_holes(ring).sum() == 16 * 16 and not fill_mask_holes(np.zeros((4, 4), bool)).any()
     g = rng.random((2, 48, 48)).astype(np.float32)
-    for fp in line_footprints(7):
-        assert np.array_equal(_line_closing(g, fp), ndi.grey_closing(g, footprint=fp[None]))
+    lines = [np.zeros((7, 7), bool) for _ in range(4)]  # 0, 45, 90 and 135 degrees through the centre
+    lines[0][3] = lines[2][:, 3] = True
+    lines[1][np.arange(7), np.arange(7)[::-1]] = lines[3][np.arange(7), np.arange(7)] = True
+    for closed, line in zip(line_closings(g, 7), lines):
+        assert np.array_equal(closed, ndi.grey_closing(g, footprint=line[None]))
     import kornia
     import torch
 

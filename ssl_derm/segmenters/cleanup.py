@@ -100,11 +100,16 @@ def clean_masks(masks: np.ndarray, component: str = "central", fill_holes: bool 
             else masks.astype(bool))
 
 
+def opening_px(s, size: int) -> int:
+    """The clean-up opening's disc radius in px at ``size`` (``s.mask_opening`` is given at 128; 0 = off)."""
+    from ssl_derm.segmenters.colour import scaled_px
+
+    return int(round(scaled_px(s.mask_opening, size))) if s.mask_opening > 0 else 0
+
+
 def clean_up(masks: np.ndarray, valid: np.ndarray, s, hair=None) -> np.ndarray:
     """The pipeline's clean-up step with the ``segment`` settings ``s``, inside the field of view ``valid``:
     bool (N, S, S) -> bool (N, S, S). ``s.mask_opening`` is px at 128, scaled to the masks' size; with
     ``hair`` (bool (N, S, S), the prepare step's hair-line map) it opens hair pixels only."""
-    from ssl_derm.segmenters.colour import scaled_px
-
-    opening = int(round(scaled_px(s.mask_opening, masks.shape[-1]))) if s.mask_opening > 0 else 0
-    return clean_masks(masks & valid, s.component, s.fill_holes, s.convex_hull, opening, hair) & valid
+    return clean_masks(masks & valid, s.component, s.fill_holes, s.convex_hull, opening_px(s, masks.shape[-1]),
+                       hair) & valid

@@ -6,10 +6,15 @@ import numpy as np
 import torch
 
 
-def uint8_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, S, S, 3) array (read-only memory maps too) -> uint8 tensor (N, 3, S, S)."""
+def check_uint8_batch(images: np.ndarray) -> None:
+    """ValueError unless ``images`` is uint8 (N, S, S, 3), what every segmenter takes."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"segmenters take uint8 images of shape (N, S, S, 3), got {images.dtype} {images.shape}")
+
+
+def uint8_batch(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) array (read-only memory maps too) -> uint8 tensor (N, 3, S, S)."""
+    check_uint8_batch(images)
     return torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2)
 
 
@@ -39,8 +44,8 @@ def remove_hair(images: np.ndarray, kernel: int) -> np.ndarray:
         return images
     # a flat square is separable: scipy's running min/max filters, edge pixels repeated (so the window is
     # the image's part of it, as kornia's geodesic border), ~6x faster than kornia's shifted copies at 256 px
-    uint8_batch(images)  # checks the dtype and shape
-    return ndi.grey_closing(np.asarray(images), size=(1, kernel, kernel, 1), mode="nearest")
+    check_uint8_batch(images)
+    return ndi.grey_closing(images, size=(1, kernel, kernel, 1), mode="nearest")
 
 
 def scaled_px(px: float, size: int) -> float:
@@ -72,29 +77,14 @@ def shades_of_grey(images: np.ndarray, p: float, valid: np.ndarray = None) -> np
     return (np.clip(x * gain[:, None, None, :], 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-def line_footprints(length: int) -> list:
-    """Four bool (L, L) line structuring elements, at 0, 45, 90 and 135 degrees, ``length`` px long (odd)."""
-    c = length // 2
-    fp = [np.zeros((length, length), bool) for _ in range(4)]
-    fp[0][c, :] = True
-    fp[1][np.arange(length), np.arange(length)[::-1]] = True
-    fp[2][:, c] = True
-    fp[3][np.arange(length), np.arange(length)] = True
-    return fp
-
-
-def _line_closing(g: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Grey closing of (N, S, S) with the (L, L) line ``fp`` of :func:`line_footprints`: the horizontal and
-    vertical lines as 1-D sizes (scipy's separable running min/max, the same values), the diagonals as
-    footprints."""
+def line_closings(g: np.ndarray, length: int) -> list:
+    """Grey closings of (N, S, S) with lines ``length`` px long at 0, 45, 90 and 135 degrees: the horizontal
+    and vertical ones as 1-D sizes (scipy's separable running min/max), the diagonals as footprints."""
     from scipy import ndimage as ndi
 
-    length = fp.shape[0]
-    if fp[length // 2].all():
-        return ndi.grey_closing(g, size=(1, 1, length))
-    if fp[:, length // 2].all():
-        return ndi.grey_closing(g, size=(1, length, 1))
-    return ndi.grey_closing(g, footprint=fp[None])
+    diagonal = np.eye(length, dtype=bool)[None]
+    return [ndi.grey_closing(g, size=(1, 1, length)), ndi.grey_closing(g, footprint=diagonal[:, ::-1]),
+            ndi.grey_closing(g, size=(1, length, 1)), ndi.grey_closing(g, footprint=diagonal)]
 
 
 def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
@@ -109,7 +99,7 @@ def hair_map(images: np.ndarray, length: int, threshold: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     g = images.astype(np.float32).mean(-1) / 255.0  # (N, S, S)
-    tops = np.stack([_line_closing(g, fp) - g for fp in line_footprints(length)])
+    tops = np.stack([closed - g for closed in line_closings(g, length)])
     hair = (tops.max(0) - tops.min(0)) > threshold
     return ndi.binary_dilation(hair, structure=np.ones((1, 3, 3), bool))
 

@@ -53,8 +53,8 @@ from ssl_derm.registry import register
 from ssl_derm.segmenters.base import Segmenter
 from ssl_derm.segmenters.colour import scaled_px
 from ssl_derm.segmenters.config import SegmenterSettings
-from ssl_derm.segmenters.cleanup import clean_mask
-from ssl_derm.segmenters.em import MIN_PIXELS, em_rounds, gaussian, mahalanobis
+from ssl_derm.segmenters.cleanup import clean_mask, opening_px
+from ssl_derm.segmenters.em import MIN_PIXELS, em_rounds, gaussian, mahalanobis, mahalanobis_to
 from ssl_derm.segmenters.prep import Prepared, smooth_lab
 from ssl_derm.segmenters.prior import otsu_threshold
 
@@ -188,13 +188,6 @@ RIM_SURROUND = 0.7  # and a paler class joins only when it lines this share of t
 RIM_EM_ITERS = 3  # rounds of its EM on the pixels outside the mask
 
 
-def contrast_to(f: np.ndarray, sel: np.ndarray, seed: np.ndarray) -> float:
-    """Mahalanobis distance of the mean of the columns ``sel`` of ``f`` (C, P) to the Gaussian of ``seed``."""
-    mu, cov = gaussian(f, seed)
-    d = f[:, sel].mean(1) - mu
-    return float(np.sqrt(d @ np.linalg.solve(cov, d)))
-
-
 def pale_rim(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, post: np.ndarray, mask: np.ndarray,
              core: np.ndarray, hair: np.ndarray, share: float, light: float,
              bias: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -208,15 +201,16 @@ def pale_rim(f: np.ndarray, valid: np.ndarray, ring: np.ndarray, post: np.ndarra
     rest = valid & ~flat & ~hair
     if share <= 0 or (ring & flat).sum() < RING_REACH * ring.sum() or (ring & rest).sum() < 20:
         return post, mask
-    seed = lightest_ring(f, ring & rest, light)
-    dist = mahalanobis(f, seed)
+    skin = gaussian(f, lightest_ring(f, ring & rest, light))  # the new skin seed's mean and covariance
+    dist = mahalanobis_to(f, *skin)
     init = rest & (dist > otsu_threshold(dist[rest]))
     rim_post, rim = em_rounds(f, rest, init, RIM_EM_ITERS, bias)[-1]
     if rim.sum() < 2 * MIN_PIXELS:
         return post, mask
     outline = (ndi.binary_dilation(core) & ~core).ravel() & valid & ~hair
     lines = (outline & rim).sum() / max(outline.sum(), 1)
-    if lines < RIM_SURROUND or contrast_to(f, rim, seed) < share * contrast_to(f, flat, seed):
+    contrast = [mahalanobis_to(f[:, part].mean(1), *skin) for part in (rim, flat)]  # class means to the skin
+    if lines < RIM_SURROUND or contrast[0] < share * contrast[1]:
         return post, mask
     return np.where(rim, np.maximum(post, rim_post), post), mask | rim
 
@@ -227,7 +221,7 @@ class ContrastEM(Segmenter):
         feats = features(prep, self.s)
         edges = colour_edges(feats[:, :3]) if self.s.edge_margin > 0 and self.s.em_iters > 1 else None
         n, c, size, _ = feats.shape
-        opening = int(round(scaled_px(self.s.mask_opening, size))) if self.s.mask_opening > 0 else 0
+        opening, no_hair = opening_px(self.s, size), np.zeros((size, size), bool)
         scores = np.zeros((n, size, size), np.float32)
         masks = np.zeros((n, size, size), bool)
         for i in range(n):
@@ -242,7 +236,7 @@ class ContrastEM(Segmenter):
             if self.s.em_iters == 0:  # contrast alone: score = distance relative to the threshold
                 post = 1.0 - np.exp(-dist / max(otsu_threshold(dist[v]), 1e-6) * np.log(2))
             if self.s.pale_rim > 0 and m.any():
-                hair = prep.hair[i] if prep.hair is not None else np.zeros((size, size), bool)
+                hair = prep.hair[i] if prep.hair is not None else no_hair
                 core = clean_mask(m.reshape(size, size) & prep.valid[i], self.s.component, False,
                                   opening=opening, only=hair)
                 post, m = pale_rim(f, v, ring, post, m, core, hair.ravel(), self.s.pale_rim, self.s.ring_light,

@@ -31,11 +31,15 @@ def gaussian_nll(f: np.ndarray, sel: np.ndarray, reg: float = REG) -> np.ndarray
     return nll(f, *gaussian(f, sel, reg))
 
 
+def mahalanobis_to(f: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Distance of every column of ``f`` (C, P), or of the vector ``f`` (C,), to N(mu, cov). -> (P,) or ()"""
+    d = f - (mu[:, None] if f.ndim == 2 else mu)
+    return np.sqrt(np.einsum("i...,i...->...", np.linalg.inv(cov) @ d, d))  # a matmul: BLAS, ~4x a 3-operand einsum
+
+
 def mahalanobis(f: np.ndarray, sel: np.ndarray) -> np.ndarray:
     """Distance of every column of ``f`` to the Gaussian of the columns ``sel``. -> (P,)"""
-    mu, cov = gaussian(f, sel)
-    d = f - mu[:, None]
-    return np.sqrt(np.einsum("ip,ip->p", np.linalg.inv(cov) @ d, d))  # (C, C) @ (C, P): BLAS, ~4x the 3-operand einsum
+    return mahalanobis_to(f, *gaussian(f, sel))
 
 
 def em_rounds(f: np.ndarray, valid: np.ndarray, init: np.ndarray, iters: int,

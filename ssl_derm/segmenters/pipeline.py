@@ -10,20 +10,20 @@ from typing import Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
+
+from ssl_derm.augment import resize
 
 from ssl_derm.segmenters.cleanup import clean_up
 from ssl_derm.segmenters.em import em_split
 from ssl_derm.segmenters.prep import prepare, smooth_lab
 
 
-def resize_batch(x: np.ndarray, size: int, antialias: bool = True) -> np.ndarray:
-    """float or uint8 (N, S, S[, C]) -> float32 (N, size, size[, C]): bilinear (antialiased when shrinking, as
-    the cache's resize)."""
+def resize_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """float or uint8 (N, S, S[, C]) -> float32 (N, size, size[, C]): the augment package's square resize
+    (bilinear, antialiased, as the cache's) on channels-last arrays."""
     t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]
-    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    t = resize(t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None], size)
     return (t.permute(0, 2, 3, 1) if x.ndim == 4 else t[:, 0]).numpy()
 
 
@@ -42,8 +42,7 @@ def predict_batch(segmenter, images: np.ndarray):
     if 0 < cap < size:
         small = (resize_batch(images, cap) + 0.5).clip(0, 255).astype(np.uint8)
         scores, masks = _predict_batch(segmenter, small)
-        scores = resize_batch(scores, size, antialias=False).clip(0, 1)
-        return scores.astype(np.float32), resize_batch(masks, size, antialias=False) > 0.5
+        return resize_batch(scores, size).clip(0, 1), resize_batch(masks, size) > 0.5
     return _predict_batch(segmenter, images)
 
 
